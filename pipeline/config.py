@@ -76,7 +76,6 @@ class ServingConfig(_Strict):
     """How the model is served and what staging/canary checks demand of it."""
 
     signature_name: str = "serving_default"
-    backend: Literal["local", "docker", "kubernetes"] = "local"
     load_deadline_s: float = Field(60, gt=0)
     latency_budget_p95_ms: float = Field(200, gt=0)
     golden_tolerance: float = Field(1e-4, ge=0)
