@@ -1,0 +1,554 @@
+"""The release registry: lineage, the state machine, last good version, failures and locks."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from pipeline.errors import ConfigError, DeadlineExceeded, NotFound
+from pipeline.release.registry import Registry, RegistryConflict, State, model_versions
+
+_MODEL = "mnist"
+_PATH_TO_STABLE = (State.STAGED, State.VALIDATED, State.CANARY, State.PROMOTED)
+# fork: the children need no re-import of this module, and each opens its own Registry anyway.
+_MP = multiprocessing.get_context("fork")
+
+
+def _url(path: Path) -> str:
+    return f"sqlite:///{path / 'registry.db'}"
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    reg = Registry(_url(tmp_path))
+    yield reg
+    reg.close()
+
+
+def _export(registry: Registry, version: int, model: str = _MODEL) -> None:
+    registry.register_version(model, version, {"airflow_run_id": f"run-{version}"})
+
+
+def _release(registry: Registry, version: int, until: State = State.PROMOTED, model: str = _MODEL) -> None:
+    """Registers ``version`` and walks it along the happy path up to ``until``."""
+    _export(registry, version, model)
+    for state in _PATH_TO_STABLE[: _PATH_TO_STABLE.index(until) + 1]:
+        registry.transition(model, version, state, run_id=f"run-{version}")
+
+
+# ------------------------------------------------------------------ lineage
+
+
+def test_register_stores_lineage_in_state_exported(registry: Registry) -> None:
+    lineage = {
+        "data_sha256": "ab" * 32,
+        "airflow_run_id": "manual__1",
+        "training_run_id": "train-7",
+        "params": {"epochs": 3},
+        "metrics": {"accuracy": 0.98},
+        "export_path": "/models/mnist/1",
+        "code_version": "0.1.0",
+    }
+    record = registry.register_version(_MODEL, 1, lineage)
+
+    assert record.state is State.EXPORTED
+    assert (record.data_sha256, record.training_run_id) == ("ab" * 32, "train-7")
+    assert record.params == {"epochs": 3} and record.metrics == {"accuracy": 0.98}
+    assert record.extra == {"code_version": "0.1.0"}
+    assert record.created_at.tzinfo is not None
+    assert registry.get_version(_MODEL, 1) == record
+    [registration] = registry.history(_MODEL)
+    assert (registration.from_state, registration.to_state) == (None, State.EXPORTED)
+    assert registration.run_id == "manual__1"
+
+
+def test_register_is_idempotent_for_the_same_run(registry: Registry) -> None:
+    first = registry.register_version(_MODEL, 1, {"airflow_run_id": "r1", "metrics": {"accuracy": 0.9}})
+    again = registry.register_version(_MODEL, 1, {"airflow_run_id": "r1", "metrics": {"accuracy": 0.1}})
+
+    assert again == first
+    assert len(registry.history(_MODEL)) == 1
+
+
+def test_register_same_version_from_another_run_conflicts(registry: Registry) -> None:
+    registry.register_version(_MODEL, 1, {"airflow_run_id": "r1"})
+    with pytest.raises(RegistryConflict, match="already registered by run 'r1'"):
+        registry.register_version(_MODEL, 1, {"airflow_run_id": "r2"})
+
+
+@pytest.mark.parametrize("version", [-1, "3", 2.0, True])
+def test_register_refuses_a_bad_version_number(registry: Registry, version: object) -> None:
+    with pytest.raises(ConfigError, match="non-negative integer"):
+        registry.register_version(_MODEL, version, {})  # type: ignore[arg-type]
+
+
+def test_versions_and_models_list_what_was_registered(registry: Registry) -> None:
+    for version in (2, 1):
+        _export(registry, version)
+    _export(registry, 1, model="spam")
+
+    assert [r.version for r in registry.versions(_MODEL)] == [1, 2]
+    assert registry.models() == ["mnist", "spam"]
+    assert registry.versions("absent") == []
+
+
+def test_get_version_of_an_unknown_version_raises_not_found(registry: Registry) -> None:
+    with pytest.raises(NotFound, match="mnist version 9"):
+        registry.get_version(_MODEL, 9)
+
+
+# ------------------------------------------------------------ state machine
+
+
+def test_transitions_are_recorded_newest_first(registry: Registry) -> None:
+    _export(registry, 1)
+    registry.transition(_MODEL, 1, "staged", run_id="r", reason="deployed to staging")
+    registry.transition(_MODEL, 1, State.VALIDATED, run_id="r", reason="golden predictions match")
+
+    history = registry.history(_MODEL)
+    assert [(t.from_state, t.to_state) for t in history] == [
+        (State.STAGED, State.VALIDATED),
+        (State.EXPORTED, State.STAGED),
+        (None, State.EXPORTED),
+    ]
+    assert history[0].reason == "golden predictions match" and history[0].run_id == "r"
+    assert history[0].at >= history[1].at
+    assert len(registry.history(_MODEL, limit=2)) == 2
+
+
+def test_cannot_promote_a_rejected_version(registry: Registry) -> None:
+    _release(registry, 1, until=State.VALIDATED)
+    registry.transition(_MODEL, 1, State.REJECTED, reason="accuracy 0.5 < 0.9")
+
+    with pytest.raises(RegistryConflict, match="from rejected to promoted.*may go to: retired"):
+        registry.transition(_MODEL, 1, State.PROMOTED)
+    assert registry.get_version(_MODEL, 1).state is State.REJECTED
+    assert registry.stable_version(_MODEL) is None
+
+
+@pytest.mark.parametrize(
+    ("until", "target"),
+    [
+        (None, State.PROMOTED),  # skipping staging validation
+        (None, State.CANARY),
+        (State.STAGED, State.CANARY),
+        (State.CANARY, State.RETIRED),  # deleting what production serves
+        (State.PROMOTED, State.RETIRED),
+        (State.PROMOTED, State.REJECTED),
+    ],
+)
+def test_invalid_transitions_are_refused(registry: Registry, until: State | None, target: State) -> None:
+    if until is None:
+        _export(registry, 1)
+    else:
+        _release(registry, 1, until=until)
+    before = registry.get_version(_MODEL, 1).state
+
+    with pytest.raises(RegistryConflict, match=f"to {target.value}"):
+        registry.transition(_MODEL, 1, target)
+    assert registry.get_version(_MODEL, 1).state is before
+
+
+def test_final_states_allow_only_retirement(registry: Registry) -> None:
+    _release(registry, 1, until=State.CANARY)
+    registry.transition(_MODEL, 1, State.ROLLED_BACK)
+    registry.transition(_MODEL, 1, State.RETIRED)
+
+    with pytest.raises(RegistryConflict, match="nothing \\(final state\\)"):
+        registry.transition(_MODEL, 1, State.STAGED)
+
+
+def test_unknown_and_internal_states_are_refused(registry: Registry) -> None:
+    _export(registry, 1)
+    with pytest.raises(RegistryConflict, match="unknown state 'blessed'"):
+        registry.transition(_MODEL, 1, "blessed")
+    with pytest.raises(RegistryConflict, match="superseded"):
+        registry.transition(_MODEL, 1, State.SUPERSEDED)
+
+
+def test_transition_of_an_unregistered_version_raises_not_found(registry: Registry) -> None:
+    with pytest.raises(NotFound, match="register it first"):
+        registry.transition(_MODEL, 4, State.STAGED)
+
+
+def test_repeating_a_transition_changes_nothing(registry: Registry) -> None:
+    _release(registry, 1, until=State.STAGED)
+    count = len(registry.history(_MODEL))
+
+    record = registry.transition(_MODEL, 1, State.STAGED)  # an Airflow task retry
+    assert record.state is State.STAGED
+    assert len(registry.history(_MODEL)) == count
+
+
+def test_promoting_supersedes_the_previous_stable(registry: Registry) -> None:
+    _release(registry, 1)
+    _release(registry, 2)
+
+    assert registry.stable_version(_MODEL) == 2
+    assert registry.get_version(_MODEL, 1).state is State.SUPERSEDED
+    promoted = [r.version for r in registry.versions(_MODEL) if r.state is State.PROMOTED]
+    assert promoted == [2]
+    superseded = next(t for t in registry.history(_MODEL) if t.to_state is State.SUPERSEDED)
+    assert (superseded.version, superseded.run_id) == (1, "run-2")
+    assert superseded.reason == "superseded by version 2"
+
+
+def test_promoting_without_canary_is_allowed(registry: Registry) -> None:
+    _release(registry, 1, until=State.VALIDATED)
+    registry.transition(_MODEL, 1, State.PROMOTED)
+    assert registry.stable_version(_MODEL) == 1
+
+
+def test_the_database_refuses_two_stable_versions(registry: Registry, tmp_path: Path) -> None:
+    _release(registry, 1)
+    _release(registry, 2, until=State.VALIDATED)
+    engine = sa.create_engine(_url(tmp_path))
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(
+                model_versions.update().where(model_versions.c.version == 2).values(state="promoted")
+            )
+    finally:
+        engine.dispose()
+
+
+def test_only_one_canary_at_a_time(registry: Registry) -> None:
+    _release(registry, 1, until=State.CANARY)
+    _release(registry, 2, until=State.VALIDATED)
+
+    with pytest.raises(RegistryConflict, match="version 1 is already in canary"):
+        registry.transition(_MODEL, 2, State.CANARY)
+    assert registry.canary_version(_MODEL) == 1
+
+
+def test_passed_validation_means_reached_validated_once(registry: Registry) -> None:
+    _release(registry, 1, until=State.VALIDATED)
+    registry.transition(_MODEL, 1, State.REJECTED)
+    _release(registry, 2, until=State.STAGED)
+
+    assert registry.passed_validation(_MODEL, 1) is True
+    assert registry.passed_validation(_MODEL, 2) is False
+    assert registry.passed_validation(_MODEL, 3) is False
+
+
+# -------------------------------------------------- last good and rollback
+
+
+def test_last_good_across_promotions_and_rollbacks(registry: Registry) -> None:
+    for version in (1, 2, 3):
+        _release(registry, version)
+    assert registry.last_good_version(_MODEL) == 3
+    assert registry.last_good_version(_MODEL, before=3) == 2
+
+    registry.record_rollback(_MODEL, 3, restore_version=2, run_id="rb-1", reason="p95 too high")
+    assert registry.stable_version(_MODEL) == 2
+    assert registry.get_version(_MODEL, 3).state is State.ROLLED_BACK
+    assert registry.last_good_version(_MODEL) == 2
+    assert registry.last_good_version(_MODEL, before=2) == 1
+
+    _release(registry, 4)
+    assert registry.last_good_version(_MODEL, before=4) == 2  # 3 was rolled back
+
+    _release(registry, 5, until=State.VALIDATED)
+    registry.transition(_MODEL, 5, State.REJECTED)
+    assert registry.last_good_version(_MODEL) == 4  # rejected is never good
+    assert registry.last_good_version(_MODEL, before=1) is None
+
+
+def test_rolling_back_a_failed_canary_keeps_the_stable(registry: Registry) -> None:
+    _release(registry, 1)
+    _release(registry, 2, until=State.CANARY)
+
+    registry.record_rollback(_MODEL, 2, run_id="canary-check", reason="canary accuracy 0.7")
+
+    assert registry.stable_version(_MODEL) == 1
+    assert registry.canary_version(_MODEL) is None
+    assert registry.last_good_version(_MODEL) == 1
+    assert registry.history(_MODEL, limit=1)[0].reason == "canary accuracy 0.7"
+
+
+def test_a_rollback_restoring_a_bad_version_changes_nothing(registry: Registry) -> None:
+    _release(registry, 1, until=State.VALIDATED)
+    registry.transition(_MODEL, 1, State.REJECTED)
+    _release(registry, 2)
+    count = len(registry.history(_MODEL))
+
+    with pytest.raises(RegistryConflict, match="version 1 from rejected to promoted"):
+        registry.record_rollback(_MODEL, 2, restore_version=1)
+    assert registry.stable_version(_MODEL) == 2  # the rolled_back move went back with the failed one
+    assert len(registry.history(_MODEL)) == count
+
+
+def test_retired_versions_are_no_rollback_target(registry: Registry) -> None:
+    _release(registry, 1)
+    _release(registry, 2)
+    registry.transition(_MODEL, 1, State.RETIRED, reason="retention")
+
+    assert registry.last_good_version(_MODEL, before=2) is None
+    assert registry.protected_versions(_MODEL) == {2}
+
+
+def test_protected_versions_are_stable_canary_and_last_good(registry: Registry) -> None:
+    for version in (1, 2, 3):
+        _release(registry, version)
+    _release(registry, 4, until=State.CANARY)
+    assert registry.protected_versions(_MODEL) == {2, 3, 4}
+
+
+# ------------------------------------------------------------------- events
+
+
+def test_record_failure_keeps_failures_newest_first(registry: Registry) -> None:
+    registry.record_failure(_MODEL, "run-1", "train", "OOM")
+    registry.record_failure(_MODEL, "run-2", "validate_staging", "signature mismatch")
+    registry.record_failure("spam", "run-3", "train", "other model")
+
+    failures = registry.failures(_MODEL)
+    assert [(f.run_id, f.task_id, f.reason) for f in failures] == [
+        ("run-2", "validate_staging", "signature mismatch"),
+        ("run-1", "train", "OOM"),
+    ]
+    assert registry.history(_MODEL) == []  # a failure changes no version's state
+
+
+# ---------------------------------------------------- construction and URLs
+
+
+def test_a_postgres_url_is_accepted_without_connecting() -> None:
+    reg = Registry("postgresql+psycopg://pipeline:secret@postgres:5432/registry")
+    assert reg.url == "postgresql+psycopg://pipeline:***@postgres:5432/registry"
+
+
+def test_a_malformed_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a SQLAlchemy URL"):
+        Registry("not a url")
+
+
+def test_default_url_lives_under_pipeline_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("PIPELINE_HOME", str(home))
+    monkeypatch.delenv("PIPELINE_REGISTRY_URL", raising=False)
+    reg = Registry()
+    assert not home.exists()  # construction does no I/O
+
+    _export(reg, 1)
+    reg.close()
+    assert (home / "registry.db").is_file()
+
+
+def test_sqlite_runs_in_wal_mode(registry: Registry, tmp_path: Path) -> None:
+    _export(registry, 1)
+    engine = sa.create_engine(_url(tmp_path))
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        engine.dispose()
+
+
+def test_import_is_light() -> None:
+    code = (
+        "import sys, pipeline.release.registry; "
+        "heavy = [m for m in ('tensorflow', 'airflow', 'pydantic', 'yaml') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PIPELINE_TEST_POSTGRES_URL"),
+    reason="set PIPELINE_TEST_POSTGRES_URL to a scratch Postgres database (needs a driver, e.g. psycopg)",
+)
+def test_live_postgres_release_cycle_and_lock() -> None:
+    reg = Registry(os.environ["PIPELINE_TEST_POSTGRES_URL"])
+    model = f"pg-test-{uuid.uuid4().hex[:8]}"  # the database may be shared; keep to our own rows
+    try:
+        _release(reg, 1, model=model)
+        _release(reg, 2, model=model)
+        reg.record_rollback(model, 2, restore_version=1)
+        assert reg.stable_version(model) == 1
+        with reg.lock(model, "a"):
+            with pytest.raises(DeadlineExceeded, match="'a'"):
+                reg.acquire_lock(model, "b", timeout_s=0.3)
+        assert reg.lock_holder(model) is None
+    finally:
+        reg.close()
+
+
+# -------------------------------------------------------------------- locks
+
+
+def _hold_lock_and_log(url: str, owner: str, log: str, rounds: int) -> None:
+    """Child process: takes the lock ``rounds`` times and logs entering and leaving the critical section."""
+    try:
+        reg = Registry(url)
+        for _ in range(rounds):
+            with reg.lock(_MODEL, owner, timeout_s=30):
+                _append(log, f"enter {owner}")
+                time.sleep(0.05)
+                _append(log, f"leave {owner}")
+        reg.close()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+
+
+def _append(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+
+
+def _run_children(*children: multiprocessing.process.BaseProcess) -> None:
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0, f"{child.name} exited with {child.exitcode}"
+
+
+def test_lock_excludes_another_process(tmp_path: Path) -> None:
+    url, log = _url(tmp_path), str(tmp_path / "critical.log")
+    _run_children(
+        *(_MP.Process(target=_hold_lock_and_log, args=(url, owner, log, 3)) for owner in ("a", "b"))
+    )
+
+    lines = Path(log).read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 12
+    for enter, leave in zip(lines[::2], lines[1::2]):
+        assert enter.startswith("enter") and leave == enter.replace("enter", "leave")
+
+
+def _acquire_and_exit(url: str, owner: str) -> None:
+    """Child process: an Airflow task that takes the run's lock and ends without releasing it."""
+    Registry(url).acquire_lock(_MODEL, owner, timeout_s=5, ttl_s=60)
+
+
+def test_a_lock_is_held_across_processes_of_one_run(registry: Registry, tmp_path: Path) -> None:
+    _run_children(_MP.Process(target=_acquire_and_exit, args=(_url(tmp_path), "run-1")))
+
+    with pytest.raises(DeadlineExceeded, match="held by 'run-1'"):
+        registry.acquire_lock(_MODEL, "run-2", timeout_s=0.3)
+    assert registry.acquire_lock(_MODEL, "run-1", timeout_s=0).reentered is True
+    with registry.lock(_MODEL, "run-1", timeout_s=0):
+        pass
+    assert registry.lock_holder(_MODEL).owner == "run-1"  # the block ran under the run's lock, kept it
+    assert registry.release_lock(_MODEL, "run-1") is True
+    assert registry.acquire_lock(_MODEL, "run-2", timeout_s=0).reentered is False
+
+
+def test_lock_timeout_names_the_holder(registry: Registry) -> None:
+    registry.acquire_lock(_MODEL, "release-42")
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="held by 'release-42' since .* expiring"):
+        registry.acquire_lock(_MODEL, "rollback-7", timeout_s=0.3)
+    assert time.monotonic() - started >= 0.3
+
+
+def test_an_expired_lock_is_taken_over(registry: Registry) -> None:
+    registry.acquire_lock(_MODEL, "crashed", ttl_s=0.1)
+    time.sleep(0.15)
+
+    taken = registry.acquire_lock(_MODEL, "next", timeout_s=0)
+    assert (taken.owner, taken.reentered) == ("next", False)
+    with pytest.raises(DeadlineExceeded, match="was lost .* 'next'"):
+        registry.refresh_lock(_MODEL, "crashed")
+    assert registry.release_lock(_MODEL, "crashed") is False
+    assert registry.lock_holder(_MODEL).owner == "next"
+
+
+def test_refresh_keeps_a_long_holder_s_lock(registry: Registry) -> None:
+    with registry.lock(_MODEL, "long", ttl_s=0.2) as held:
+        first_expiry = held.info.expires_at
+        time.sleep(0.1)
+        held.refresh(ttl_s=0.5)
+        assert held.info.expires_at > first_expiry
+        time.sleep(0.15)  # past the first expiry, within the refreshed one
+        with pytest.raises(DeadlineExceeded):
+            registry.acquire_lock(_MODEL, "other", timeout_s=0)
+    assert registry.lock_holder(_MODEL) is None
+
+
+def test_lock_is_released_when_the_block_raises(registry: Registry) -> None:
+    with pytest.raises(RuntimeError), registry.lock(_MODEL, "a"):
+        raise RuntimeError("task failed")
+    assert registry.lock_holder(_MODEL) is None
+
+
+def test_release_by_another_owner_keeps_the_lock(registry: Registry) -> None:
+    registry.acquire_lock(_MODEL, "a")
+    assert registry.release_lock(_MODEL, "b") is False
+    assert registry.lock_holder(_MODEL).owner == "a"
+
+
+def test_locks_are_per_model(registry: Registry) -> None:
+    registry.acquire_lock("mnist", "a")
+    assert registry.acquire_lock("spam", "b", timeout_s=0).owner == "b"
+
+
+def _write_many(url: str, model: str, versions: range) -> None:
+    """Child process: many small write transactions, no lock, to provoke 'database is locked'."""
+    try:
+        reg = Registry(url)
+        for version in versions:
+            _release(reg, version, until=State.VALIDATED, model=model)
+            reg.record_failure(model, "r", "t", "noise")
+        reg.close()
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+
+
+def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
+    url = _url(tmp_path)
+    _run_children(
+        _MP.Process(target=_write_many, args=(url, _MODEL, range(1, 16))),
+        _MP.Process(target=_write_many, args=(url, _MODEL, range(16, 31))),
+    )
+    reg = Registry(url)
+    assert [r.state for r in reg.versions(_MODEL)] == [State.VALIDATED] * 30
+    reg.close()
+
+
+def test_a_writer_waits_for_another_writer(registry: Registry, tmp_path: Path) -> None:
+    _export(registry, 1)
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # another process in the middle of a write transaction
+    committer = threading.Timer(0.3, other.execute, args=("COMMIT",))
+    committer.start()
+    try:
+        started = time.monotonic()
+        registry.transition(_MODEL, 1, State.STAGED)  # must wait for the busy timeout, not fail
+        assert time.monotonic() - started >= 0.25
+    finally:
+        committer.join()
+        other.close()
+    assert registry.get_version(_MODEL, 1).state is State.STAGED
+
+
+def test_check_transition_refuses_like_transition_without_changing_anything(registry: Registry) -> None:
+    _release(registry, 1, until=State.CANARY)
+    registry.transition(_MODEL, 1, State.ROLLED_BACK)
+    _release(registry, 2, until=State.VALIDATED)
+    count = len(registry.history(_MODEL))
+
+    with pytest.raises(RegistryConflict, match="from rolled_back to promoted"):
+        registry.check_transition(_MODEL, 1, State.PROMOTED)
+    with pytest.raises(NotFound):
+        registry.check_transition(_MODEL, 3, State.STAGED)
+    registry.check_transition(_MODEL, 2, State.PROMOTED)
+    registry.check_transition(_MODEL, 2, State.VALIDATED)  # already there: fine
+    assert len(registry.history(_MODEL)) == count
+    assert registry.stable_version(_MODEL) is None
