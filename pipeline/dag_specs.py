@@ -1,0 +1,37 @@
+"""What DAG files need to know at parse time, read cheaply (YAML + pydantic, no TensorFlow, no network).
+
+The DAG factory needs the model names and each one's schedule and fault-injection switch; everything
+else is read inside the tasks at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import list_models, load_model_config
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """The parse-time facts of one model's release DAG."""
+
+    model: str
+    task: str
+    schedule: str | None
+    allow_fault_injection: bool
+    data_source: str
+    epochs: int
+    learning_rate: float
+
+
+def release_specs() -> list[ReleaseSpec]:
+    """One spec per ``configs/models/*.yaml``."""
+    specs = []
+    for name in list_models():
+        config = load_model_config(name)
+        specs.append(ReleaseSpec(
+            model=config.name, task=config.task, schedule=config.release.schedule,
+            allow_fault_injection=config.release.allow_fault_injection, data_source=config.data.source,
+            epochs=config.train.epochs, learning_rate=config.train.learning_rate,
+        ))
+    return specs

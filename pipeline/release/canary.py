@@ -1,0 +1,129 @@
+"""Promotion by version bump on production, canary predictions, and the automatic rollback.
+
+Production pins versions with a ``specific`` policy and names them with labels. The life of a release:
+
+    before         versions {…, S}        labels {stable: S}
+    promote        versions {…, S, N}     labels {stable: S, canary: N}   (N loads beside S first)
+    canary passes  versions {S, N}        labels {stable: N}              (S stays loaded: instant rollback)
+    canary fails   versions {…, S}        labels {stable: S}              (N unloaded; stable never moved)
+
+Every change goes through :func:`change_served_state`, which never lets a request fail.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline.errors import ValidationFailed
+from pipeline.release.context import PRODUCTION, Release
+from pipeline.release.gates import Verdict
+from pipeline.release.probes import Target, accuracy_probe, agreement_probe, golden_probe, latency_probe, merge
+from pipeline.release.registry import State
+from pipeline.release.retention import apply_retention
+from pipeline.release.serving_state import ServedState, change_served_state, read_served_state
+
+log = logging.getLogger(__name__)
+
+STABLE = "stable"
+CANARY = "canary"
+
+
+def production_state(release: Release) -> ServedState:
+    """What production's models.config says it serves for this model."""
+    return read_served_state(release.backend(PRODUCTION).config_path, release.model)
+
+
+def _change_production(release: Release, versions: list[int], labels: dict[str, int]) -> ServedState:
+    return change_served_state(release.backend(PRODUCTION), release.client(PRODUCTION), release.model,
+                               release.base_path, versions, labels, release.config.serving.load_deadline_s)
+
+
+def promote_canary(release: Release, version: int, run_id: str | None = None) -> dict[str, Any]:
+    """Load ``version`` on production beside stable and point the ``canary`` label at it."""
+    before = production_state(release)
+    stable = before.label(STABLE)
+    labels = {STABLE: stable, CANARY: version} if stable is not None else {CANARY: version}
+    _change_production(release, sorted(set(before.versions) | {version}), labels)
+    release.registry.transition(release.model, version, State.CANARY, run_id=run_id,
+                                reason=f"canary on production beside stable {stable}")
+    return {"version": version, "stable": stable}
+
+
+def check_canary(release: Release, version: int) -> Verdict:
+    """Canary predictions through the ``canary`` label: golden correctness, agreement with stable, errors, latency."""
+    from pipeline.export import read_golden
+    from pipeline.release.staging import held_out_sample
+
+    serving, client = release.config.serving, release.client(PRODUCTION)
+    canary = Target(client, release.model, label=CANARY, signature_name=serving.signature_name)
+    inputs, labels = held_out_sample(release, version, serving.sample_size)
+    probes = [
+        golden_probe(canary, read_golden(release.version_dir(version)), serving.golden_tolerance, ("rest",)),
+        accuracy_probe(canary, inputs, labels, release.config.gates.min_value),
+        latency_probe(canary, inputs, serving.latency_budget_p95_ms),
+    ]
+    if production_state(release).label(STABLE) is not None:
+        stable = Target(client, release.model, label=STABLE, signature_name=serving.signature_name)
+        probes.append(agreement_probe(canary, stable, inputs, release.config.release.canary_min_agreement))
+    result = merge(*probes)
+    verdict = Verdict("canary", not result.problems, result.problems, result.figures)
+    verdict.write(release.paths.serving_dir / "verdicts" / release.model / str(version) / "canary.json")
+    log.info(verdict.summary())
+    return verdict
+
+
+def finalize_release(release: Release, version: int, run_id: str | None = None) -> dict[str, Any]:
+    """Make ``version`` stable; keep the previous stable loaded; apply retention on disk."""
+    before = production_state(release)
+    if before.label(CANARY) != version:
+        raise ValidationFailed(
+            f"production's canary label points at {before.label(CANARY)}, not {version}: someone rolled back "
+            "or promoted meanwhile; not finalizing")
+    previous = before.label(STABLE)
+    versions = sorted({version} | ({previous} if previous is not None else set()))
+    _change_production(release, versions, {STABLE: version})
+    release.registry.transition(release.model, version, State.PROMOTED, run_id=run_id,
+                                reason=f"canary passed; stable {previous} -> {version}")
+    retired = apply_retention(release.base_path, release.model, release.registry,
+                              keep=release.config.release.keep_versions,
+                              protected=release.registry.protected_versions(release.model) | set(versions))
+    return {"stable": version, "previous": previous, "retired": retired}
+
+
+def rollback_canary(release: Release, version: int, reasons: list[str], run_id: str | None = None) -> dict[str, Any]:
+    """Unload the canary and leave stable as it was; the registry records ``rolled_back``. Idempotent."""
+    before = production_state(release)
+    stable = before.label(STABLE)
+    remaining = [v for v in before.versions if v != version]
+    if remaining or stable is not None:
+        _change_production(release, remaining or [stable], {STABLE: stable} if stable is not None else {})
+    else:
+        _remove_from_production(release)
+    record = release.registry.get_version(release.model, version)
+    if record.state is not State.ROLLED_BACK:
+        release.registry.record_rollback(release.model, version, run_id=run_id, reason="; ".join(reasons))
+    return {"rolled_back": version, "stable": stable}
+
+
+def _remove_from_production(release: Release) -> None:
+    """First release failed its canary: production stops serving the model at all."""
+    from pipeline.serving import model_config as mc
+
+    backend = release.backend(PRODUCTION)
+    config = mc.remove_model(mc.read_config(backend.config_path), release.model)
+    mc.write_config(backend.config_path, config)
+    backend.apply_config(timeout_s=release.config.serving.load_deadline_s)
+
+
+def canary_gate(release: Release, version: int, run_id: str | None = None) -> Verdict:
+    """Check the canary; on failure roll back at once (the decision and the rollback in one step) and raise."""
+    try:
+        verdict = check_canary(release, version)
+    except Exception as exc:  # noqa: BLE001 - a crashed check must not leave a canary serving
+        verdict = Verdict("canary", False, [f"canary check crashed: {exc}"])
+    if not verdict.blessed:
+        rollback_canary(release, version, verdict.reasons, run_id)
+        raise ValidationFailed(f"{verdict.summary()}; rolled back: production serves stable "
+                               f"{production_state(release).label(STABLE)}")
+    return verdict

@@ -1,0 +1,97 @@
+"""On-call rollback and the scheduled probe of production's stable version.
+
+A rollback goes only to a version that exists on disk and once passed staging validation. The target
+is loaded beside the current stable first, then the ``stable`` label moves: clients see the switch
+as soon as the reload returns, and no request fails. When the target is still loaded (the previous
+stable is kept loaded after every promotion), that takes well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pipeline.errors import NotFound, ValidationFailed
+from pipeline.release.canary import CANARY, STABLE, _change_production, production_state
+from pipeline.release.context import PRODUCTION, Release
+from pipeline.release.gates import Verdict
+from pipeline.release.probes import Target, golden_probe
+from pipeline.release.registry import State
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_LOCK_TIMEOUT_S = 30.0
+
+
+def choose_rollback_target(release: Release, current: int | None, to_version: int | None) -> int:
+    """``to_version`` if given, else the last good version before ``current``; checked either way."""
+    target = to_version if to_version is not None else release.registry.last_good_version(release.model, before=current)
+    if target is None:
+        raise NotFound(f"{release.model}: no earlier good version to roll back to (stable is {current}); "
+                       "pass --to N with a version that passed validation")
+    if not (release.version_dir(target) / "saved_model.pb").is_file():
+        raise NotFound(f"{release.model} version {target} is not on disk under {release.base_path}")
+    if not release.registry.passed_validation(release.model, target):
+        raise ValidationFailed(f"{release.model} version {target} never passed staging validation; "
+                               "refusing to roll back to it")
+    if target == current:
+        raise ValidationFailed(f"{release.model} version {target} is already stable")
+    return target
+
+
+def rollback(release: Release, to_version: int | None = None, *, run_id: str | None = None,
+             reason: str = "on-call rollback") -> dict[str, Any]:
+    """Point production's ``stable`` at a known-good version; the bad one is unloaded and recorded."""
+    owner = run_id or f"rollback-{int(time.time())}"
+    with release.registry.lock(release.model, owner, timeout_s=_DEFAULT_LOCK_TIMEOUT_S):
+        started = time.perf_counter()
+        before = production_state(release)
+        current = before.label(STABLE) or release.registry.stable_version(release.model)
+        target = choose_rollback_target(release, current, to_version)
+        dropped = before.label(CANARY)
+        if current is not None:  # refuse before touching the server, so server and registry never disagree
+            release.registry.check_transition(release.model, current, State.ROLLED_BACK)
+        _change_production(release, [target], {STABLE: target})
+        seconds = time.perf_counter() - started
+        _record_rollback(release, current, target, dropped, run_id, reason)
+    log.info("%s: stable %s -> %s in %.2f s (%s)", release.model, current, target, seconds, reason)
+    return {"model": release.model, "from": current, "to": target, "seconds": round(seconds, 3),
+            "dropped_canary": before.label(CANARY)}
+
+
+def _record_rollback(release: Release, current: int | None, target: int, dropped: int | None,
+                     run_id: str | None, reason: str) -> None:
+    registry = release.registry
+    if current is not None:
+        registry.record_rollback(release.model, current, restore_version=target, run_id=run_id, reason=reason)
+    else:
+        registry.transition(release.model, target, State.PROMOTED, run_id=run_id, reason=reason)
+    if dropped is not None and dropped != current and registry.canary_version(release.model) == dropped:
+        registry.record_rollback(release.model, dropped, run_id=run_id, reason=f"canary dropped by rollback: {reason}")
+
+
+def probe_stable(release: Release) -> Verdict:
+    """Replay the stable version's golden requests through production's ``stable`` label."""
+    from pipeline.export import read_golden
+
+    stable = production_state(release).label(STABLE)
+    if stable is None:
+        return Verdict("monitor", True, [], {"stable": None, "note": "nothing in production yet"})
+    target = Target(release.client(PRODUCTION), release.model, label=STABLE,
+                    signature_name=release.config.serving.signature_name)
+    result = golden_probe(target, read_golden(release.version_dir(stable)), release.config.serving.golden_tolerance,
+                          ("rest",))
+    return Verdict("monitor", not result.problems, result.problems, {"stable": stable, **result.figures})
+
+
+def monitor(release: Release, run_id: str | None = None) -> dict[str, Any]:
+    """Probe stable; when it fails, roll back to the last good version on our own and say why."""
+    try:
+        verdict = probe_stable(release)
+    except Exception as exc:  # noqa: BLE001 - an unreachable or broken stable is a failed probe
+        verdict = Verdict("monitor", False, [f"probe failed: {exc}"])
+    if verdict.blessed:
+        return {"healthy": True, **verdict.figures}
+    rolled = rollback(release, run_id=run_id, reason=f"canary_monitor: {verdict.summary()}")
+    return {"healthy": False, "reasons": verdict.reasons, "rollback": rolled}

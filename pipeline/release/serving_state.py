@@ -1,0 +1,71 @@
+"""Change what a TF Serving instance serves for one model, without ever dropping a request.
+
+TF Serving only lets a version label point at a version that is AVAILABLE (unless a flag says
+otherwise), and unloads versions that leave the ``specific`` policy. So a change goes in two phases:
+
+1. serve the union of old and new versions, old labels kept: the new versions load beside the old;
+2. once they are AVAILABLE, serve exactly the new versions with the new labels.
+
+Each phase rewrites the instance's ``models.config`` atomically (so a restart or a polling server
+sees the same truth) and applies it through the backend at once (gRPC reload, or a ConfigMap update).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.serving import model_config as mc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedState:
+    """The versions one instance pins for a model and the labels naming them."""
+
+    versions: tuple[int, ...]
+    labels: dict[str, int]
+
+    def label(self, name: str) -> int | None:
+        return self.labels.get(name)
+
+
+def read_served_state(config_path: Path, model: str) -> ServedState:
+    """What ``models.config`` says an instance serves for ``model`` (empty when absent)."""
+    if not config_path.is_file():
+        return ServedState((), {})
+    config = mc.read_config(config_path)
+    entry = next((m for m in config.model_config_list.config if m.name == model), None)
+    if entry is None:
+        return ServedState((), {})
+    versions = tuple(sorted(entry.model_version_policy.specific.versions))
+    return ServedState(versions, dict(entry.version_labels))
+
+
+def _desired_config(config_path: Path, model: str, base_path: Path, versions: list[int], labels: dict[str, int]):
+    current = mc.read_config(config_path) if config_path.is_file() else mc.empty_config()
+    return mc.set_model_versions(current, model, versions, labels, base_path=str(base_path))
+
+
+def _apply(backend, client, model: str, base_path: Path, versions: list[int], labels: dict[str, int],
+           deadline_s: float) -> None:
+    config = _desired_config(backend.config_path, model, base_path, versions, labels)
+    mc.write_config(backend.config_path, config)
+    backend.apply_config(timeout_s=deadline_s)
+    for version in versions:
+        client.wait_until_available(model, version, deadline_s)
+
+
+def change_served_state(backend, client, model: str, base_path: Path, versions: list[int],
+                        labels: dict[str, int], deadline_s: float) -> ServedState:
+    """Make ``backend`` serve exactly ``versions`` of ``model`` with ``labels``, availability preserved."""
+    before = read_served_state(backend.config_path, model)
+    union = sorted(set(before.versions) | set(versions))
+    if set(versions) - set(before.versions):
+        kept_labels = {k: v for k, v in before.labels.items() if v in union}
+        log.info("%s: loading %s beside %s", model, sorted(set(versions) - set(before.versions)), before.versions)
+        _apply(backend, client, model, base_path, union, kept_labels, deadline_s)
+    _apply(backend, client, model, base_path, sorted(versions), labels, deadline_s)
+    return ServedState(tuple(sorted(versions)), dict(labels))

@@ -1,0 +1,198 @@
+"""One function per task of the release, rollback and monitor DAGs.
+
+Each takes plain values (model name, version, the Airflow run id, the trigger conf) and returns a small
+JSON-able dict for XCom, so a DAG task body is a single call and the same calls run from the CLI and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline import steps
+from pipeline.config import ModelConfig
+from pipeline.errors import ConfigError, ValidationFailed
+from pipeline.release.context import Release
+from pipeline.settings import get_paths
+
+log = logging.getLogger(__name__)
+
+# Trigger-conf keys and the config fields they override.
+CONF_OVERRIDES = {
+    "epochs": "train.epochs",
+    "learning_rate": "train.learning_rate",
+    "batch_size": "train.batch_size",
+    "data_source": "data.source",
+    "data_path": "data.path",
+}
+CONF_FLAGS = ("force", "dry_run", "inject_fault")
+FAULTS = ("label_shift",)
+
+
+def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any]]:
+    """The model's config with the trigger conf applied, and the flags; bad conf names the field."""
+    conf = {k: v for k, v in (conf or {}).items() if v is not None}
+    unknown = sorted(set(conf) - set(CONF_OVERRIDES) - set(CONF_FLAGS))
+    if unknown:
+        raise ConfigError(f"conf: unknown field(s) {unknown}; allowed: {sorted([*CONF_OVERRIDES, *CONF_FLAGS])}")
+    overrides = {CONF_OVERRIDES[k]: v for k, v in conf.items() if k in CONF_OVERRIDES}
+    config = steps.resolve_config(model, overrides=overrides)
+    fault = conf.get("inject_fault")
+    if fault is not None and fault not in FAULTS:
+        raise ConfigError(f"conf.inject_fault: unknown fault {fault!r} (known: {list(FAULTS)})")
+    if fault and not config.release.allow_fault_injection:
+        raise ConfigError(f"conf.inject_fault: {model}'s config does not allow fault injection "
+                          "(release.allow_fault_injection is false)")
+    flags = {"force": bool(conf.get("force")), "dry_run": bool(conf.get("dry_run")), "inject_fault": fault}
+    return config, flags
+
+
+def check_conf(model: str, conf: dict[str, Any] | None) -> dict[str, Any]:
+    """First task: refuse bad conf before any side effect."""
+    config, flags = parse_conf(model, conf)
+    return {"model": config.name, **flags}
+
+
+def prepare_data(model: str, conf: dict[str, Any] | None) -> dict[str, Any]:
+    config, _ = parse_conf(model, conf)
+    return steps.prepare_data(config)
+
+
+def validate_data(model: str, conf: dict[str, Any] | None, snapshot: str) -> dict[str, Any]:
+    config, _ = parse_conf(model, conf)
+    return steps.validate_data(config, snapshot)
+
+
+def train(model: str, conf: dict[str, Any] | None, snapshot: str) -> dict[str, Any]:
+    config, flags = parse_conf(model, conf)
+    return steps.train(config, snapshot, fault=flags["inject_fault"])
+
+
+def production_baseline(release: Release) -> dict[str, float] | None:
+    """Hold-out metrics of the version production serves as stable now (None before the first release)."""
+    stable = release.registry.stable_version(release.model)
+    return None if stable is None else release.registry.get_version(release.model, stable).metrics
+
+
+def evaluate(model: str, conf: dict[str, Any] | None, run_dir: str) -> dict[str, Any]:
+    """Floor + no regression against production; ``force`` skips the baseline, a fault makes it advisory."""
+    config, flags = parse_conf(model, conf)
+    baseline = None if flags["force"] else production_baseline(Release(config))
+    verdict = steps.evaluate(config, run_dir, baseline)
+    _enforce(verdict, flags)
+    return verdict.to_dict()
+
+
+def _enforce(verdict, flags: dict[str, Any]) -> None:
+    """Raise on a failed gate, unless a fault is injected on purpose (the canary must then catch it)."""
+    if verdict.blessed:
+        return
+    if flags.get("inject_fault"):
+        log.warning("%s: overridden because fault %r is injected on purpose", verdict.summary(), flags["inject_fault"])
+        return
+    verdict.raise_if_failed()
+
+
+def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str, run_id: str) -> dict[str, Any]:
+    """Export the run as the next version and register it with its lineage."""
+    import json
+    from pathlib import Path
+
+    config, flags = parse_conf(model, conf)
+    lineage = {"airflow_run_id": run_id, "params": conf or {}}
+    exported = steps.export(config, run_dir, snapshot, lineage=lineage)
+    run = json.loads((Path(run_dir) / "run.json").read_text())
+    Release(config).registry.register_version(model, exported["version"], {
+        "data_sha256": run["snapshot"]["sha256"], "airflow_run_id": run_id, "training_run_id": run["run_id"],
+        "params": conf or {}, "metrics": json.loads((Path(run_dir) / "metrics.json").read_text()),
+        "export_path": exported["path"],
+    })
+    return exported
+
+
+def deploy_staging(model: str, version: int, run_id: str) -> dict[str, Any]:
+    """Take the model's release lock for this run (held until finalize or rollback), then deploy to staging."""
+    from pipeline.release.staging import deploy_to_staging
+
+    release = Release(steps.resolve_config(model))
+    release.registry.acquire_lock(model, run_id, timeout_s=_LOCK_WAIT_S)
+    return deploy_to_staging(release, version, run_id)
+
+
+_LOCK_WAIT_S = 900.0
+
+
+def validate_staging(model: str, conf: dict[str, Any] | None, version: int, run_id: str) -> dict[str, Any]:
+    from pipeline.release.staging import validate_on_staging
+
+    config, flags = parse_conf(model, conf)
+    verdict = validate_on_staging(Release(config), version, run_id)
+    _enforce(verdict, flags)
+    return verdict.to_dict()
+
+
+def should_promote(conf: dict[str, Any] | None) -> bool:
+    """False for a dry run: stop after staging, production untouched."""
+    return not (conf or {}).get("dry_run")
+
+
+def promote_canary(model: str, version: int, run_id: str) -> dict[str, Any]:
+    from pipeline.release.canary import promote_canary as promote
+
+    return promote(Release(steps.resolve_config(model)), version, run_id)
+
+
+def canary_check(model: str, version: int, run_id: str) -> dict[str, Any]:
+    from pipeline.release.canary import canary_gate
+
+    return canary_gate(Release(steps.resolve_config(model)), version, run_id).to_dict()
+
+
+def finalize(model: str, version: int, run_id: str) -> dict[str, Any]:
+    from pipeline.release.canary import finalize_release
+
+    release = Release(steps.resolve_config(model))
+    try:
+        return finalize_release(release, version, run_id)
+    finally:
+        release.registry.release_lock(model, run_id)
+
+
+def restore_production(model: str, version: int | None, run_id: str) -> dict[str, Any]:
+    """After any failure past staging: make sure the canary is gone and stable untouched; free the lock."""
+    from pipeline.release.canary import CANARY, production_state, rollback_canary
+
+    release = Release(steps.resolve_config(model))
+    try:
+        if version is not None and production_state(release).label(CANARY) == version:
+            return rollback_canary(release, version, ["the release failed after promotion"], run_id)
+        return {"restored": False, "reason": "no canary of this run on production"}
+    finally:
+        release.registry.release_lock(model, run_id)
+
+
+def rollback(model: str, to_version: int | None, run_id: str | None, reason: str = "on-call rollback") -> dict[str, Any]:
+    from pipeline.release.rollback import rollback as do_rollback
+
+    return do_rollback(Release(steps.resolve_config(model)), to_version, run_id=run_id, reason=reason)
+
+
+def monitor(model: str, run_id: str | None) -> dict[str, Any]:
+    from pipeline.release.rollback import monitor as do_monitor
+
+    result = do_monitor(Release(steps.resolve_config(model)), run_id)
+    if not result["healthy"]:
+        raise ValidationFailed(f"{model}: stable failed its probe ({'; '.join(result['reasons'])}); "
+                               f"rolled back to {result['rollback']['to']}")
+    return result
+
+
+def record_task_failure(model: str, run_id: str | None, task_id: str | None, reason: str) -> str:
+    """on_failure_callback body: write the failure to the registry and free this run's lock; returns one line."""
+    from pipeline.release.registry import Registry
+
+    registry = Registry(get_paths().registry_url)
+    registry.record_failure(model, run_id, task_id, reason)
+    if run_id:
+        registry.release_lock(model, run_id)
+    return f"RELEASE FAILED model={model} run={run_id} task={task_id}: {reason}"
