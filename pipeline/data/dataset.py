@@ -68,7 +68,9 @@ class Snapshot:
             with np.load(self.path / f"{name}.npz") as data:
                 x, y = data["x"], data["y"]
         else:
-            rows = [json.loads(line) for line in (self.path / f"{name}.jsonl").read_text().splitlines()]
+            # split("\n"), not splitlines(): texts may hold \x85 or \u2028, which JSON leaves unescaped.
+            text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")
+            rows = [json.loads(line) for line in text.split("\n") if line]
             x = np.array([r["text"] for r in rows], dtype=object)
             y = np.array([r["label"] for r in rows], dtype=np.int64)
         return Examples(self.kind, x, y, self.class_names, self.manifest.get("source", {}))
