@@ -118,8 +118,13 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
             from pipeline.release import tasks
             return tasks.export(model, _conf(context), run["run_dir"], data["snapshot"], context["run_id"])
 
+        @task.short_circuit
+        def has_new_version(exported: dict) -> bool:
+            from pipeline.release import tasks
+            return tasks.has_new_version(exported)
+
         @task(**_IDEMPOTENT)
-        def deploy_staging(exported: dict, **context) -> dict:
+        def deploy_staging(exported: dict, _new: bool, **context) -> dict:
             from pipeline.release import tasks
             return tasks.deploy_staging(model, exported["version"], context["run_id"])
 
@@ -160,7 +165,7 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
         run = train(data, validated)
         verdict = evaluate(run)
         exported = export(run, data, verdict)
-        deployed = deploy_staging(exported)
+        deployed = deploy_staging(exported, has_new_version(exported))
         staged = validate_staging(exported, deployed)
         go = unless_dry_run(staged)
         promoted = promote_canary(exported, go)

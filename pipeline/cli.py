@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -88,6 +89,66 @@ def _build(args: argparse.Namespace) -> Any:
     return result if args.json else result["path"]
 
 
+@command("release")
+def _release(args: argparse.Namespace) -> Any:
+    from pipeline.release.runner import run_release
+
+    def progress(task: str, seconds: float) -> None:
+        print(f"  {task:<17} {seconds:7.2f} s", file=sys.stderr)
+
+    conf = json.loads(args.conf) if args.conf else {}
+    if not isinstance(conf, dict):
+        raise PipelineError("--conf must be a JSON object, e.g. '{\"epochs\": 3}'")
+    return run_release(args.model, conf, on_task=progress)
+
+
+def _release_context(model: str):
+    from pipeline.release.context import Release
+    from pipeline.steps import resolve_config
+
+    return Release(resolve_config(model))
+
+
+@command("rollback")
+def _rollback(args: argparse.Namespace) -> Any:
+    from pipeline.release.rollback import rollback
+
+    return rollback(_release_context(args.model), args.to, reason=args.reason)
+
+
+@command("status")
+def _status(args: argparse.Namespace) -> Any:
+    from pipeline.config import list_models
+    from pipeline.release.status import format_status, model_status
+
+    statuses = [model_status(_release_context(m)) for m in ([args.model] if args.model else list_models())]
+    if args.json:
+        return statuses
+    return "\n\n".join(format_status(s) for s in statuses)
+
+
+@command("up")
+def _up(args: argparse.Namespace) -> Any:
+    from pipeline import stack
+
+    return stack.up()
+
+
+@command("down")
+def _down(args: argparse.Namespace) -> Any:
+    from pipeline import stack
+
+    stack.down()
+    return "stopped Airflow and both TF Serving instances"
+
+
+@command("demo")
+def _demo(args: argparse.Namespace) -> Any:
+    from pipeline import demo
+
+    return demo.run_demo(skip_fault=args.skip_fault)
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model name (configs/models/<model>.yaml)")
     parser.add_argument("--config", help="use this config file instead of configs/models/<model>.yaml")
@@ -114,6 +175,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--model-base-path", help="export under this directory (default <home>/models/<model>)")
     p.add_argument("--fault", choices=["label_shift"], help="inject a fault (only where config allows)")
+    p = sub.add_parser("release", help="run a whole release in this process (the DAG's tasks, in order)")
+    p.add_argument("model")
+    p.add_argument("--conf", help="trigger conf as JSON, as for `airflow dags trigger --conf`")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("rollback", help="on-call: make a known-good version stable on production now")
+    p.add_argument("model")
+    p.add_argument("--to", type=int, help="version to roll back to (default: the last good one before stable)")
+    p.add_argument("--reason", default="on-call rollback (CLI)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="versions on disk, what each server serves, labels, registry history")
+    p.add_argument("model", nargs="?")
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("up", help="start the embedded staging/production servers and Airflow standalone")
+    sub.add_parser("down", help="stop Airflow and both servers (the whole process groups)")
+    p = sub.add_parser("demo", help="the main job: the MNIST release through Airflow, then a failing canary")
+    p.add_argument("--skip-fault", action="store_true", help="only the good release")
     sub.add_parser("serve", help="run the embedded TF-Serving-compatible server (tensorflow_model_server flags)",
                    add_help=False)
     return parser
@@ -126,6 +203,15 @@ def _print(result: Any, as_json: bool) -> None:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
 
 
+def _configure_logging(verbose: bool) -> None:
+    """Our INFO lines; TensorFlow's C++ chatter and GX's registration notes only when debugging."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if not verbose else "0")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("great_expectations", "tensorflow", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -134,8 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return serve(argv[1:]) or 0
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _configure_logging(args.verbose)
     try:
         _print(_COMMANDS[args.command](args), getattr(args, "json", False))
     except PipelineError as exc:

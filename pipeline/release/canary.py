@@ -108,11 +108,11 @@ def rollback_canary(release: Release, version: int, reasons: list[str], run_id: 
 
 def _remove_from_production(release: Release) -> None:
     """First release failed its canary: production stops serving the model at all."""
+    from pipeline.release.serving_state import without_model
     from pipeline.serving import model_config as mc
 
     backend = release.backend(PRODUCTION)
-    config = mc.remove_model(mc.read_config(backend.config_path), release.model)
-    mc.write_config(backend.config_path, config)
+    mc.write_config(backend.config_path, without_model(backend.config_path, release.model))
     backend.apply_config(timeout_s=release.config.serving.load_deadline_s)
 
 

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
 from pipeline.serving import model_config as mc
 
 log = logging.getLogger(__name__)
@@ -36,17 +38,28 @@ def read_served_state(config_path: Path, model: str) -> ServedState:
     """What ``models.config`` says an instance serves for ``model`` (empty when absent)."""
     if not config_path.is_file():
         return ServedState((), {})
-    config = mc.read_config(config_path)
-    entry = next((m for m in config.model_config_list.config if m.name == model), None)
+    entry = next((m for m in mc.read_config(config_path).model_config_list.config if m.name == model), None)
     if entry is None:
         return ServedState((), {})
-    versions = tuple(sorted(entry.model_version_policy.specific.versions))
-    return ServedState(versions, dict(entry.version_labels))
+    pinned, labels = mc.versions_and_labels(entry)
+    return ServedState(tuple(pinned or ()), labels)
 
 
 def _desired_config(config_path: Path, model: str, base_path: Path, versions: list[int], labels: dict[str, int]):
-    current = mc.read_config(config_path) if config_path.is_file() else mc.empty_config()
-    return mc.set_model_versions(current, model, versions, labels, base_path=str(base_path))
+    current = mc.read_config(config_path) if config_path.is_file() else ModelServerConfig()
+    if not any(m.name == model for m in current.model_config_list.config):
+        current.model_config_list.config.add().CopyFrom(
+            mc.single_model_config(model, base_path).model_config_list.config[0])
+    return mc.set_model_versions(current, model, versions, labels)
+
+
+def without_model(config_path: Path, model: str) -> ModelServerConfig:
+    """The instance's config with ``model`` removed (TF Serving then unloads all its versions)."""
+    config = mc.read_config(config_path)
+    kept = [m for m in config.model_config_list.config if m.name != model]
+    del config.model_config_list.config[:]
+    config.model_config_list.config.extend(kept)
+    return config
 
 
 def _apply(backend, client, model: str, base_path: Path, versions: list[int], labels: dict[str, int],

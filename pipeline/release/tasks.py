@@ -94,20 +94,44 @@ def _enforce(verdict, flags: dict[str, Any]) -> None:
 
 
 def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str, run_id: str) -> dict[str, Any]:
-    """Export the run as the next version and register it with its lineage."""
+    """Export the run as the next version and register it with its lineage.
+
+    Training is deterministic, so unchanged data and params give a run that is already a version. That
+    version is released again only if no earlier release got past export; otherwise the result says
+    ``release: False`` and the DAG stops there (a scheduled retrain on unchanged data is a no-op).
+    """
+    from pipeline.errors import NotFound
+
+    config, _ = parse_conf(model, conf)
+    exported = steps.export(config, run_dir, snapshot, lineage={"airflow_run_id": run_id, "params": conf or {}})
+    registry = Release(config).registry
+    try:
+        record = registry.get_version(model, exported["version"])
+    except NotFound:
+        record = registry.register_version(model, exported["version"], _lineage(run_dir, run_id, conf, exported))
+    state = str(record.state)
+    release = exported["created"] or state == "exported"
+    if not release:
+        log.warning("%s version %s is this exact model (data, params) and is already %s; nothing new to release",
+                    model, exported["version"], state)
+    return {**exported, "state": state, "release": release}
+
+
+def _lineage(run_dir: str, run_id: str, conf: dict[str, Any] | None, exported: dict[str, Any]) -> dict[str, Any]:
     import json
     from pathlib import Path
 
-    config, flags = parse_conf(model, conf)
-    lineage = {"airflow_run_id": run_id, "params": conf or {}}
-    exported = steps.export(config, run_dir, snapshot, lineage=lineage)
     run = json.loads((Path(run_dir) / "run.json").read_text())
-    Release(config).registry.register_version(model, exported["version"], {
+    return {
         "data_sha256": run["snapshot"]["sha256"], "airflow_run_id": run_id, "training_run_id": run["run_id"],
         "params": conf or {}, "metrics": json.loads((Path(run_dir) / "metrics.json").read_text()),
         "export_path": exported["path"],
-    })
-    return exported
+    }
+
+
+def has_new_version(exported: dict[str, Any]) -> bool:
+    """False when the export is a model that was already released (the run stops, successfully)."""
+    return bool(exported.get("release", True))
 
 
 def deploy_staging(model: str, version: int, run_id: str) -> dict[str, Any]:

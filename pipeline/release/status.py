@@ -1,0 +1,76 @@
+"""``pipeline status``: versions on disk, what each server serves, labels, and the registry's history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.release.context import PRODUCTION, STAGING, Release
+from pipeline.release.retention import versions_on_disk
+from pipeline.release.serving_state import read_served_state
+
+_DEFAULT_HISTORY = 8
+
+
+def _server_view(release: Release, instance: str) -> dict[str, Any]:
+    """What an instance's models.config pins, and what the server says of each version."""
+    from pipeline.serving.backends import get_backend
+
+    backend = get_backend(instance, paths=release.paths)
+    state = read_served_state(backend.config_path, release.model)
+    view: dict[str, Any] = {"versions": list(state.versions), "labels": state.labels, "running": backend.is_running()}
+    if view["running"] and state.versions:
+        from pipeline.serving.client import ServingClient
+
+        with ServingClient.for_endpoint(backend.endpoint(), timeout_s=2.0) as client:
+            try:
+                view["states"] = {s.version: s.state for s in client.model_status(release.model)}
+            except Exception as exc:  # noqa: BLE001 - status must show what it can
+                view["error"] = str(exc)
+    return view
+
+
+def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str, Any]:
+    """Everything on-call needs to know about one model, as a dict."""
+    registry = release.registry
+    stable = registry.stable_version(release.model)
+    holder = registry.lock_holder(release.model)
+    return {
+        "model": release.model,
+        "base_path": str(release.base_path),
+        "on_disk": versions_on_disk(release.base_path),
+        "stable": stable,
+        "last_good_before_stable": registry.last_good_version(release.model, before=stable),
+        "lock": None if holder is None else f"{holder.owner} until {holder.expires_at:%H:%M:%SZ}",
+        "servers": {name: _server_view(release, name) for name in (STAGING, PRODUCTION)},
+        "versions": [
+            {"version": r.version, "state": str(r.state), "created": f"{r.created_at:%Y-%m-%d %H:%MZ}",
+             "data": (r.data_sha256 or "")[:10], "run": r.airflow_run_id,
+             "metrics": {k: round(v, 4) for k, v in r.metrics.items() if isinstance(v, (int, float))}}
+            for r in registry.versions(release.model)
+        ],
+        "history": [
+            {"at": f"{t.at:%Y-%m-%d %H:%M:%SZ}", "version": t.version, "from": t.from_state and str(t.from_state),
+             "to": str(t.to_state), "run": t.run_id, "reason": t.reason}
+            for t in registry.history(release.model, limit=history)
+        ],
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A readable multi-line view of :func:`model_status`."""
+    lines = [f"{status['model']}  base={status['base_path']}  lock: {status['lock'] or 'free'}",
+             f"  on disk     {' '.join(map(str, status['on_disk'])) or '-'}",
+             f"  stable      {status['stable']}   rollback target: {status['last_good_before_stable']}"]
+    for name, view in status["servers"].items():
+        labels = " ".join(f"{k}={v}" for k, v in sorted(view["labels"].items())) or "-"
+        states = " ".join(f"{v}:{s}" for v, s in sorted(view.get("states", {}).items())) or "-"
+        running = "up" if view["running"] else "down"
+        lines.append(f"  {name:<11} {running:<5} versions {view['versions'] or '-'}  labels {labels}  [{states}]")
+    lines.append("  versions")
+    for v in status["versions"]:
+        metrics = " ".join(f"{k}={val}" for k, val in sorted(v["metrics"].items())[:3])
+        lines.append(f"    {v['version']:>3} {v['state']:<11} {v['created']}  data {v['data']}  {metrics}")
+    lines.append("  history (newest first)")
+    for t in status["history"]:
+        lines.append(f"    {t['at']} v{t['version']} {t['from'] or '-'} -> {t['to']}  {t['reason'][:90]}")
+    return "\n".join(lines)

@@ -1,0 +1,170 @@
+"""The local stack the demo and ``make up`` run: embedded staging/production TF Serving + ``airflow standalone``.
+
+Airflow runs with SQLite and the LocalExecutor, sized for a 2-core machine, in its own process group
+(its children outlive a plain SIGTERM of the parent, so the whole group is stopped). Everything lives
+under ``$PIPELINE_HOME`` (``airflow/`` for Airflow's home, logs and password).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from pipeline.errors import DeadlineExceeded, PipelineError
+from pipeline.settings import REPO_ROOT, Paths, config_dir, get_paths
+
+_DEFAULT_API_PORT = 8080
+_DEFAULT_START_TIMEOUT_S = 240.0
+_STOP_GRACE_S = 20.0
+_INSTANCES = ("staging", "production")
+
+
+def airflow_home(paths: Paths) -> Path:
+    return paths.home / "airflow"
+
+
+def airflow_env(paths: Paths, api_port: int = _DEFAULT_API_PORT) -> dict[str, str]:
+    """Environment for every Airflow process of the stack (standalone, CLI calls, task processes)."""
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(airflow_home(paths)),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "3",  # LocalExecutor workers: enough for 2 cores, not 32
+        "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",  # a trigger must run, not queue
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",  # hand the next task over quickly
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "PIPELINE_HOME": str(paths.home),
+        "PIPELINE_CONFIG_DIR": str(config_dir()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GX_ANALYTICS_ENABLED": "false",
+    })
+    return env
+
+
+def _pid_file(paths: Paths) -> Path:
+    return airflow_home(paths) / "standalone.pid"
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def airflow_pgid(paths: Paths) -> int | None:
+    """The process group of a running ``airflow standalone`` of this home, if any."""
+    pid_file = _pid_file(paths)
+    if not pid_file.is_file():
+        return None
+    pgid = int(pid_file.read_text().strip())
+    return pgid if _group_alive(pgid) else None
+
+
+def start_servers(paths: Paths) -> dict[str, str]:
+    """Start (or attach to) the staging and production TF Serving; returns their REST URLs."""
+    from pipeline.serving.backends import get_backend
+
+    urls = {}
+    for name in _INSTANCES:
+        backend = get_backend(name, paths=paths)
+        urls[name] = backend.start().rest_url
+    return urls
+
+
+def start_airflow(paths: Paths, api_port: int = _DEFAULT_API_PORT, timeout_s: float = _DEFAULT_START_TIMEOUT_S) -> str:
+    """Start ``airflow standalone`` in its own process group and wait until its API answers."""
+    home = airflow_home(paths)
+    home.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{api_port}"
+    if airflow_pgid(paths) is None:
+        log_file = (home / "standalone.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=airflow_env(paths, api_port),
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=home)
+        _pid_file(paths).write_text(str(proc.pid))
+    _wait_http(f"{url}/api/v2/monitor/health", timeout_s, home / "standalone.log")
+    return url
+
+
+def _wait_http(url: str, timeout_s: float, log_file: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise DeadlineExceeded(f"{url} did not answer within {timeout_s:.0f}s; see {log_file}")
+
+
+def admin_password(paths: Paths) -> str | None:
+    """The admin password ``airflow standalone`` generated (printed once; kept in this file)."""
+    generated = airflow_home(paths) / "simple_auth_manager_passwords.json.generated"
+    if not generated.is_file():
+        return None
+    return json.loads(generated.read_text()).get("admin")
+
+
+def stop_airflow(paths: Paths) -> bool:
+    """Stop the whole ``airflow standalone`` process group: SIGTERM, then SIGKILL after a grace period."""
+    pgid = airflow_pgid(paths)
+    if pgid is None:
+        return False
+    os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE_S
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    _pid_file(paths).unlink(missing_ok=True)
+    return True
+
+
+def stop_servers(paths: Paths) -> None:
+    from pipeline.serving.backends import get_backend
+
+    for name in _INSTANCES:
+        get_backend(name, paths=paths).stop()
+
+
+def up(paths: Paths | None = None) -> dict[str, str]:
+    """Start the whole stack; returns where to look."""
+    paths = paths or get_paths()
+    servers = start_servers(paths)
+    url = start_airflow(paths)
+    return {"airflow_ui": url, "login": f"admin / {admin_password(paths) or '(see standalone.log)'}",
+            **{f"{k}_rest": v for k, v in servers.items()},
+            "logs": str(airflow_home(paths) / "logs"), "standalone_log": str(airflow_home(paths) / "standalone.log")}
+
+
+def down(paths: Paths | None = None) -> None:
+    """Stop Airflow and both servers; leaves nothing running."""
+    paths = paths or get_paths()
+    errors = []
+    for stop in (stop_airflow, stop_servers):
+        try:
+            stop(paths)
+        except PipelineError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise PipelineError("; ".join(errors))
