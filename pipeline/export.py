@@ -1,0 +1,417 @@
+"""Atomic, versioned SavedModel export of a training run for TF Serving.
+
+Layout of one version (``<model_base_path>/<N>/``)::
+
+    saved_model.pb, variables/, assets/
+    assets.extra/tf_serving_warmup_requests   TFRecord of PredictionLog (TF Serving replays it on load)
+    assets.extra/metadata.json                model, run id, data snapshot, metrics, code version, signatures
+    assets.extra/golden.json                  test inputs, true labels, the offline model's predictions
+
+Signatures (``-1`` is the batch dimension):
+
+* images: ``serving_default`` and ``predict_images`` (the seed's name), same function:
+  inputs ``images`` float32 [-1, 784] (pixels / 255, flattened row-major, as TF Serving's mnist
+  client sends them); outputs ``probabilities`` float32 [-1, 10], ``classes`` int64 [-1].
+* texts: ``serving_default``: inputs ``texts`` string [-1] (raw text); outputs ``probabilities``
+  float32 [-1, 2], ``classes`` int64 [-1], ``labels`` string [-1] (class names).
+
+TF Serving loads any numeric directory it sees, complete or not, so a version is written under a
+hidden temp name in the same directory (``.tmp-export-<uuid>``), fsynced, and then renamed to the
+next integer. Versions only grow: a high-water mark (``.last_version``) survives deleting old
+versions, and it is read and advanced under an fcntl lock so concurrent exports get distinct
+numbers. Temp dirs of crashed exports are ignored and removed once stale. Exporting a run that
+already has a version returns that version (``created=False``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pipeline
+from pipeline.errors import NotFound
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+    from pipeline.data.dataset import Snapshot
+    from pipeline.models.train import TrainResult
+
+log = logging.getLogger(__name__)
+
+TMP_PREFIX = ".tmp-export-"
+LAST_VERSION_FILE = ".last_version"
+LOCK_FILE = ".export.lock"
+ASSETS_EXTRA = "assets.extra"
+WARMUP_FILE = "tf_serving_warmup_requests"
+METADATA_FILE = "metadata.json"
+GOLDEN_FILE = "golden.json"
+SERVING_SIGNATURE = "serving_default"
+IMAGE_ALIAS_SIGNATURE = "predict_images"
+PREDICT_METHOD = "tensorflow/serving/predict"
+# Test hook: when set to a file path, the export writes that file and waits (to be killed) after
+# the SavedModel is in the temp dir and before assets.extra and the rename.
+PAUSE_ENV = "PIPELINE_EXPORT_TEST_PAUSE"
+_DEFAULT_WARMUP_REQUESTS = 5
+_DEFAULT_GOLDEN_SIZE = 32
+_DEFAULT_STALE_TMP_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where a run's SavedModel lives and whether this call wrote it."""
+
+    version: int
+    path: Path
+    created: bool
+
+
+# --- versions on disk -------------------------------------------------------------------------------
+
+
+def list_versions(model_base_path: Path) -> list[int]:
+    """The numeric version directories under a model base path, ascending."""
+    base = Path(model_base_path)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{path.parent.parent} has no {what} ({path.name}); was it made by pipeline.export?") from None
+
+
+def read_metadata(version_dir: Path) -> dict[str, Any]:
+    """The ``assets.extra/metadata.json`` of a version directory."""
+    return _read_json(Path(version_dir) / ASSETS_EXTRA / METADATA_FILE, "metadata")
+
+
+def read_golden(version_dir: Path) -> dict[str, Any]:
+    """The ``assets.extra/golden.json`` of a version directory (inputs, labels, offline predictions)."""
+    return _read_json(Path(version_dir) / ASSETS_EXTRA / GOLDEN_FILE, "golden set")
+
+
+def find_version_of_run(model_base_path: Path, run_id: str) -> int | None:
+    """The version exported from ``run_id``, or None."""
+    for version in list_versions(model_base_path):
+        meta_path = Path(model_base_path) / str(version) / ASSETS_EXTRA / METADATA_FILE
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
+            if json.loads(meta_path.read_text()).get("run_id") == run_id:
+                return version
+    return None
+
+
+def remove_stale_temp_dirs(model_base_path: Path, max_age_s: float = _DEFAULT_STALE_TMP_AGE_S) -> list[Path]:
+    """Delete temp dirs of crashed exports older than ``max_age_s``; younger ones may be in progress."""
+    removed = []
+    for path in Path(model_base_path).glob(f"{TMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - path.stat().st_mtime > max_age_s:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    if removed:
+        log.info("removed %d stale export temp dir(s) under %s", len(removed), model_base_path)
+    return removed
+
+
+@contextlib.contextmanager
+def _export_lock(model_base_path: Path) -> Iterator[None]:
+    """Exclusive lock of a model base path (fcntl; released when the process dies)."""
+    with open(Path(model_base_path) / LOCK_FILE, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root``, so the rename publishes durable bytes."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _read_high_water(model_base_path: Path) -> int:
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        return int((Path(model_base_path) / LAST_VERSION_FILE).read_text().strip())
+    return 0
+
+
+def _write_high_water(model_base_path: Path, version: int) -> None:
+    tmp = Path(model_base_path) / f"{LAST_VERSION_FILE}.tmp"
+    with open(tmp, "w") as handle:
+        handle.write(f"{version}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, Path(model_base_path) / LAST_VERSION_FILE)
+
+
+def _publish(model_base_path: Path, tmp_dir: Path, run_id: str) -> ExportResult:
+    """Rename a complete temp dir to the next version, under the lock."""
+    base = Path(model_base_path)
+    with _export_lock(base):
+        existing = find_version_of_run(base, run_id)  # a concurrent export of the same run won
+        if existing is not None:
+            return ExportResult(existing, base / str(existing), created=False)
+        version = max([_read_high_water(base), *list_versions(base)]) + 1
+        os.rename(tmp_dir, base / str(version))
+        _write_high_water(base, version)
+        _fsync_dir(base)
+    return ExportResult(version, base / str(version), created=True)
+
+
+# --- signatures ------------------------------------------------------------------------------------
+
+
+def _add_endpoints(archive: Any, model: keras.Model, kind: str, class_names: list[str]) -> dict[str, Any]:
+    """Add the serving signatures to a Keras ``ExportArchive``; returns their tf.functions by name."""
+    import tensorflow as tf
+
+    if kind == "image":
+        spec = tf.TensorSpec([None, 784], tf.float32, name="images")
+
+        def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+            probabilities = model(images, training=False)
+            return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
+
+        names = (SERVING_SIGNATURE, IMAGE_ALIAS_SIGNATURE)
+    else:
+        spec = tf.TensorSpec([None], tf.string, name="texts")
+        labels = tf.constant(class_names, dtype=tf.string)
+
+        def serve(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+            probabilities = model(texts, training=False)
+            classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+            return {"probabilities": probabilities, "classes": classes, "labels": tf.gather(labels, classes)}
+
+        names = (SERVING_SIGNATURE,)
+    return {name: archive.add_endpoint(name, serve, input_signature=[spec]) for name in names}
+
+
+def _describe_tensor(tensor: Any) -> dict[str, Any]:
+    from tensorflow.core.framework import types_pb2
+
+    return {
+        "dtype": types_pb2.DataType.Name(tensor.dtype.as_datatype_enum),
+        "shape": [-1 if dim is None else int(dim) for dim in tensor.shape.as_list()],
+    }
+
+
+def describe_signatures(endpoints: dict[str, Any]) -> dict[str, Any]:
+    """Inputs and outputs of each signature (dtype names as TF Serving reports them, -1 = any size).
+
+    Staging compares this with what the server's metadata endpoint says it loaded.
+    """
+    described = {}
+    for name, function in endpoints.items():
+        concrete = function.get_concrete_function()
+        args, kwargs = concrete.structured_input_signature
+        specs = [*args, *kwargs.values()]  # every spec is named; the name is the signature's input key
+        described[name] = {
+            "method_name": PREDICT_METHOD,
+            "inputs": {spec.name: _describe_tensor(spec) for spec in specs},
+            "outputs": {key: _describe_tensor(t) for key, t in concrete.structured_outputs.items()},
+        }
+    return described
+
+
+# --- assets.extra ----------------------------------------------------------------------------------
+
+
+def _tensor_proto(inputs: np.ndarray) -> Any:
+    import tensorflow as tf
+
+    if inputs.dtype == object:
+        return tf.make_tensor_proto([str(text).encode() for text in inputs], dtype=tf.string, shape=[len(inputs)])
+    return tf.make_tensor_proto(inputs, dtype=tf.float32, shape=list(inputs.shape))
+
+
+def write_warmup_requests(path: Path, model_name: str, input_name: str, inputs: np.ndarray) -> int:
+    """Write one single-example ``PredictRequest`` per input as TF Serving's warmup TFRecord.
+
+    Returns:
+        The number of requests written.
+    """
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for index in range(len(inputs)):
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = SERVING_SIGNATURE
+            request.inputs[input_name].CopyFrom(_tensor_proto(inputs[index : index + 1]))
+            record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(record.SerializeToString())
+    return len(inputs)
+
+
+def build_golden(model: keras.Model, snapshot: Snapshot, input_name: str, size: int) -> dict[str, Any]:
+    """The first ``size`` test examples with true labels and the offline model's predictions."""
+    import numpy as np
+
+    from pipeline.models import predict_probabilities, to_model_inputs
+
+    test = snapshot.split("test")
+    sample = test.subset(np.arange(min(size, len(test))))
+    inputs = to_model_inputs(sample)
+    probabilities = predict_probabilities(model, inputs)
+    return {
+        "signature_name": SERVING_SIGNATURE,
+        "input_name": input_name,
+        "snapshot_sha256": snapshot.sha256,
+        "class_names": list(snapshot.class_names),
+        "inputs": inputs.tolist(),
+        "labels": [int(label) for label in sample.y],
+        "probabilities": probabilities.tolist(),
+        "classes": [int(c) for c in probabilities.argmax(axis=1)],
+    }
+
+
+def _write_json(path: Path, payload: Any, *, compact: bool = False) -> None:
+    text = json.dumps(payload, separators=(",", ":")) if compact else json.dumps(payload, indent=1, sort_keys=True)
+    path.write_text(text + "\n")
+
+
+def _pause_for_tests(tmp_dir: Path) -> None:
+    """Block after a partial write when the test hook asks, so a test can SIGKILL us mid-export."""
+    marker = os.environ.get(PAUSE_ENV)
+    if marker:
+        Path(marker).write_text(str(tmp_dir))
+        while True:
+            time.sleep(1)
+
+
+def _metadata(run: TrainResult, signatures: dict, extra: dict[str, Any] | None) -> dict[str, Any]:
+    core = {
+        "model": run.info["model"],
+        "run_id": run.run_id,
+        "kind": run.info["kind"],
+        "architecture": run.info.get("architecture"),
+        "class_names": run.info["class_names"],
+        "data_snapshot_sha256": run.info["snapshot"]["sha256"],
+        "fault": run.info.get("fault"),
+        "metrics": run.metrics,
+        "trained_at": run.info.get("finished_at"),
+        "code_version": pipeline.__version__,
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "signatures": signatures,
+    }
+    return {**(extra or {}), **core}  # the core facts cannot be overridden
+
+
+def write_version_dir(
+    run: TrainResult, snapshot: Snapshot, target: Path, extra_metadata: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write a complete version directory (SavedModel + assets.extra) at ``target``; returns metadata."""
+    import keras
+
+    model = run.load_model(compile=False)  # serving needs no optimizer state
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    endpoints = _add_endpoints(archive, model, run.info["kind"], run.info["class_names"])
+    archive.write_out(str(target), verbose=False)
+    _pause_for_tests(target)
+    signatures = describe_signatures(endpoints)
+    input_name = next(iter(signatures[SERVING_SIGNATURE]["inputs"]))
+    golden = build_golden(model, snapshot, input_name, _DEFAULT_GOLDEN_SIZE)
+    extra_dir = target / ASSETS_EXTRA
+    extra_dir.mkdir()
+    warmup_inputs = to_inputs_array(golden["inputs"], run.info["kind"])[:_DEFAULT_WARMUP_REQUESTS]
+    write_warmup_requests(extra_dir / WARMUP_FILE, run.info["model"], input_name, warmup_inputs)
+    _write_json(extra_dir / GOLDEN_FILE, golden, compact=True)  # thousands of numbers
+    metadata = _metadata(run, signatures, extra_metadata)
+    _write_json(extra_dir / METADATA_FILE, metadata)
+    _fsync_tree(target)
+    return metadata
+
+
+def to_inputs_array(inputs: list, kind: str) -> np.ndarray:
+    """Golden ``inputs`` (JSON lists) back to the array the model takes: float32 images or str texts."""
+    import numpy as np
+
+    return np.asarray(inputs, dtype=np.float32 if kind == "image" else object)
+
+
+def _resolve_snapshot(run: TrainResult, snapshot: Snapshot | None) -> Snapshot:
+    from pipeline.data.dataset import Snapshot
+
+    if snapshot is None:
+        path = Path(run.info["snapshot"]["path"])
+        if not (path / "manifest.json").is_file():
+            raise NotFound(f"the run's data snapshot {path} is gone; pass snapshot= to export_run")
+        snapshot = Snapshot.open(path)
+    if snapshot.sha256 != run.info["snapshot"]["sha256"]:
+        log.warning("golden set from snapshot %s, run %s trained on %s",
+                    snapshot.sha256[:12], run.run_id, run.info["snapshot"]["sha256"][:12])
+    return snapshot
+
+
+def export_run(
+    run_dir: Path,
+    model_base_path: Path,
+    snapshot: Snapshot | None = None,
+    *,
+    extra_metadata: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Export a training run as the next version under ``model_base_path``, atomically.
+
+    Args:
+        run_dir: A finished training run (see pipeline.models.train).
+        model_base_path: TF Serving's ``model_base_path`` of the model (created if missing).
+        snapshot: Data for warmup requests and the golden set (its test split); default: the
+            snapshot the run was trained on.
+        extra_metadata: More keys for metadata.json (e.g. the Airflow run id); core keys win.
+
+    Returns:
+        The version, its directory, and whether this call created it (False: the run was
+        already exported, nothing written).
+
+    Raises:
+        NotFound: ``run_dir`` is not a finished run, or its snapshot is gone and none was given.
+    """
+    from pipeline.models.train import load_run
+
+    run = load_run(run_dir)
+    base = Path(model_base_path)
+    base.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_dirs(base)
+    existing = find_version_of_run(base, run.run_id)
+    if existing is not None:
+        log.info("run %s is already version %d under %s", run.run_id, existing, base)
+        return ExportResult(existing, base / str(existing), created=False)
+    snapshot = _resolve_snapshot(run, snapshot)
+    tmp_dir = base / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    try:
+        write_version_dir(run, snapshot, tmp_dir, extra_metadata)
+        result = _publish(base, tmp_dir, run.run_id)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # gone already after a successful rename
+    log.info("exported run %s as %s (created=%s)", run.run_id, result.path, result.created)
+    return result
