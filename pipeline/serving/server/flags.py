@@ -1,0 +1,104 @@
+"""The command line of ``tensorflow_model_server``, as far as this server implements it.
+
+Flags use TF Serving's names and defaults (``--port=8500``, ``--rest_api_port=0`` meaning REST off,
+``--file_system_poll_wait_seconds=1``...). Deviation: ``--bind_address`` defaults to 127.0.0.1 where TF Serving
+binds every interface.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Sequence
+
+_DEFAULT_GRPC_PORT = 8500
+_DEFAULT_BIND_ADDRESS = "127.0.0.1"
+_DEFAULT_FS_POLL_S = 1.0
+_DEFAULT_REST_THREADS = 16
+_DEFAULT_GRPC_THREADS = 16
+
+
+@dataclass
+class ServerOptions:
+    """How one server runs.
+
+    ``rest_api_port`` is None for no REST API and 0 for any free port (the CLI maps TF Serving's
+    ``--rest_api_port=0`` to None). ``port`` 0 picks a free gRPC port. Poll intervals <= 0 turn polling off.
+    """
+
+    port: int = _DEFAULT_GRPC_PORT
+    rest_api_port: int | None = None
+    bind_address: str = _DEFAULT_BIND_ADDRESS
+    model_name: str | None = None
+    model_base_path: str | None = None
+    model_config_file: str | None = None
+    model_config_file_poll_wait_seconds: float = 0.0
+    file_system_poll_wait_seconds: float = _DEFAULT_FS_POLL_S
+    allow_version_labels_for_unavailable_models: bool = False
+    rest_api_num_threads: int = _DEFAULT_REST_THREADS
+    grpc_max_threads: int = _DEFAULT_GRPC_THREADS
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "t", "y"):
+        return True
+    if value in ("0", "false", "no", "f", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; accepts ``--flag=value`` and ``--flag value`` like TF Serving's absl flags."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.serving.server",
+        description="A TensorFlow Serving compatible model server (REST + gRPC) for SavedModels.",
+    )
+    add = parser.add_argument
+    add("--port", type=int, default=_DEFAULT_GRPC_PORT, help="gRPC port (0: any free port)")
+    add("--rest_api_port", type=int, default=0, help="REST port; 0 turns REST off (as in TF Serving)")
+    add("--bind_address", default=_DEFAULT_BIND_ADDRESS, help="interface both APIs bind to")
+    add("--model_name", default="default", help="name of the single model (with --model_base_path)")
+    add("--model_base_path", default="", help="base path of the single model served")
+    add("--model_config_file", default="", help="models.config (ModelServerConfig text proto)")
+    add("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+        help="re-read --model_config_file this often; 0 reads it once")
+    add("--file_system_poll_wait_seconds", type=float, default=_DEFAULT_FS_POLL_S,
+        help="look for new versions under the base paths this often; 0 looks once")
+    add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True, default=False,
+        help="let labels point at versions that are not AVAILABLE yet")
+    add("--rest_api_num_threads", type=int, default=_DEFAULT_REST_THREADS, help="REST worker threads (ignored: one per connection)")
+    add("--grpc_max_threads", type=int, default=_DEFAULT_GRPC_THREADS, help="gRPC worker threads")
+    # Accepted for command-line compatibility with tensorflow_model_server; no effect here.
+    for flag in ("--enable_batching", "--enable_model_warmup", "--rest_api_timeout_in_ms",
+                 "--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism", "--grpc_channel_arguments",
+                 "--monitoring_config_file", "--batching_parameters_file"):
+        add(flag, default=None, nargs="?", const="true", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
+    """ServerOptions from a command line (without the program name).
+
+    Raises:
+        SystemExit: bad flags (argparse prints why), or neither/both of a model and a config file.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.model_config_file and args.model_base_path:
+        parser.error("give either --model_config_file or --model_base_path, not both")
+    if not args.model_config_file and not args.model_base_path:
+        parser.error("give --model_base_path (with --model_name) or --model_config_file")
+    return ServerOptions(
+        port=args.port,
+        rest_api_port=args.rest_api_port or None,
+        bind_address=args.bind_address,
+        model_name=args.model_name if args.model_base_path else None,
+        model_base_path=args.model_base_path or None,
+        model_config_file=args.model_config_file or None,
+        model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        rest_api_num_threads=args.rest_api_num_threads,
+        grpc_max_threads=args.grpc_max_threads,
+    )

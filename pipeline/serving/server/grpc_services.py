@@ -1,0 +1,121 @@
+"""TF Serving's gRPC services on the generated stubs: PredictionService and ModelService."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from typing import Any, Callable
+
+import grpc
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+
+from pipeline.serving.server import api
+from pipeline.serving.server.manager import ModelManager
+from pipeline.serving.server.status import ServingError, from_exception
+
+log = logging.getLogger(__name__)
+
+_DEADLINE_MARGIN_S = 0.2  # answer DEADLINE_EXCEEDED this long before the client gives up
+_UNLIMITED = -1
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", _UNLIMITED),  # TF Serving accepts INT_MAX-sized requests
+    ("grpc.max_send_message_length", _UNLIMITED),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def _call(context: grpc.ServicerContext, function: Callable[[], Any]) -> Any:
+    """Run one RPC; a ServingError becomes the gRPC status of the same name with TF Serving's message."""
+    try:
+        return function()
+    except Exception as exc:
+        error = from_exception(exc)
+        if not isinstance(exc, ServingError):
+            log.exception("gRPC call failed")
+        context.abort(getattr(grpc.StatusCode, error.code), error.message)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict, Classify, Regress and GetModelMetadata."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC naming)
+        return _call(context, lambda: api.predict(self.manager, request))
+
+    def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _call(context, lambda: api.classify(self.manager, request))
+
+    def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _call(context, lambda: api.regress(self.manager, request))
+
+    def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _call(context, lambda: api.get_model_metadata(self.manager, request))
+
+    def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by this server")
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus and HandleReloadConfigRequest."""
+
+    def __init__(self, manager: ModelManager):
+        self.manager = manager
+
+    def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return _call(context, lambda: api.get_model_status(self.manager, request))
+
+    def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Apply the config now; answer once its versions are AVAILABLE, or with an error before the deadline."""
+        result: dict[str, BaseException] = {}
+        done = threading.Event()
+
+        def apply() -> None:
+            try:
+                self.manager.apply_config(request.config)
+            except BaseException as exc:  # handed to the RPC thread
+                result["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=apply, name="reload-config", daemon=True).start()
+        remaining = context.time_remaining()
+        wait_s = None if remaining is None else max(0.0, remaining - _DEADLINE_MARGIN_S)
+        if not done.wait(wait_s):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "Config reload did not finish before the request deadline; versions are still "
+                          "loading in the background (watch GetModelStatus)")
+        response = model_management_pb2.ReloadConfigResponse()
+        if "error" in result:
+            error = from_exception(result["error"])
+            log.error("ServerCore::ReloadConfig failed: %s", error.message)
+            response.status.error_code = error.code_number
+            response.status.error_message = error.message
+            context.abort(getattr(grpc.StatusCode, error.code), error.message)
+        return response
+
+
+class GrpcServer:
+    """Both services on ``host:port`` (port 0: any free port)."""
+
+    def __init__(self, manager: ModelManager, host: str, port: int, max_workers: int):
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+                                   options=_GRPC_OPTIONS)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self._server)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.port = self._server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"could not bind gRPC to {address}")
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self._server.stop(grace_s).wait(grace_s + 1)

@@ -1,0 +1,631 @@
+"""REST JSON <-> tensors, following TF Serving's ``tensorflow_serving/util/json_tensor.cc``.
+
+Requests: ``{"signature_name": ..., "instances": [...]}`` (row format, one element per batch item) or
+``{"inputs": ...}`` (columnar format, one value per named input). Responses: ``{"predictions": ...}`` for rows,
+``{"outputs": ...}`` for columns. Values are checked against the signature's input dtypes with TF Serving's
+rules (an integer JSON number is a valid float, a decimal is not a valid int, ``{"b64": ...}`` is a DT_STRING,
+numbers that a dtype cannot hold without loss are refused) and its error texts. Floats are written the way TF
+Serving writes them: six significant digits when that round-trips, full precision otherwise.
+
+Imported only by the server (numpy at module level; tensorflow protos inside functions).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from pipeline.serving.server.status import ServingError, invalid_argument, unimplemented
+
+ROW = "row"
+COLUMNAR = "columnar"
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_UINT32 = (0, 2**32 - 1)
+_UINT64 = (0, 2**64 - 1)
+_BYTES_SUFFIX = "_bytes"  # outputs whose name ends so are written as {"b64": ...}
+
+# DT_* name -> (numpy dtype, TF's DataTypeString, leaf kind)
+_DTYPES: dict[str, tuple[Any, str, str]] = {
+    "DT_FLOAT": (np.float32, "float", "float"),
+    "DT_DOUBLE": (np.float64, "double", "double"),
+    "DT_INT32": (np.int32, "int32", "int"),
+    "DT_INT16": (np.int16, "int16", "int"),
+    "DT_INT8": (np.int8, "int8", "int"),
+    "DT_UINT8": (np.uint8, "uint8", "int"),
+    "DT_INT64": (np.int64, "int64", "int64"),
+    "DT_UINT32": (np.uint32, "uint32", "uint32"),
+    "DT_UINT64": (np.uint64, "uint64", "uint64"),
+    "DT_BOOL": (np.bool_, "bool", "bool"),
+    "DT_STRING": (object, "string", "string"),
+}
+_OTHER_DTYPE_STRINGS = {"DT_HALF": "half", "DT_BFLOAT16": "bfloat16", "DT_UINT16": "uint16",
+                        "DT_COMPLEX64": "complex64", "DT_COMPLEX128": "complex128"}
+
+
+# ---------------------------------------------------------------- messages
+
+
+def json_type_string(val: Any) -> str:
+    """rapidjson's type name of a parsed JSON value, as TF Serving prints it."""
+    if val is None:
+        return "Null"
+    if val is True:
+        return "True"
+    if val is False:
+        return "False"
+    if isinstance(val, dict):
+        return "Object"
+    if isinstance(val, list):
+        return "Array"
+    if isinstance(val, str):
+        return "String"
+    return "Number"
+
+
+def json_value_string(val: Any) -> str:
+    """A JSON value printed for an error message."""
+    if isinstance(val, float):
+        return format_double(val)
+    try:
+        return json.dumps(val, ensure_ascii=False, allow_nan=True)
+    except (TypeError, ValueError, RecursionError):
+        return repr(val)
+
+
+def dtype_string(dtype: str) -> str:
+    """TF's DataTypeString of a ``DT_*`` name (``DT_FLOAT`` -> ``float``)."""
+    if dtype in _DTYPES:
+        return _DTYPES[dtype][1]
+    return _OTHER_DTYPE_STRINGS.get(dtype, dtype.removeprefix("DT_").lower())
+
+
+def _type_error(val: Any, dtype: str) -> ServingError:
+    return invalid_argument(f"JSON Value: {json_value_string(val)} Type: {json_type_string(val)} "
+                            f"is not of expected type: {dtype_string(dtype)}")
+
+
+def _lossy_error(val: Any, target: str) -> ServingError:
+    return invalid_argument(f"Cannot convert JSON value: {json_value_string(val)} to {target} "
+                            "without loss of precision.")
+
+
+def _format_error(doc: Any, *parts: str) -> ServingError:
+    return invalid_argument(f"JSON Value: {json_value_string(doc)} " + "".join(parts))
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def parse_json(body: bytes | str) -> dict:
+    """Parse a request body; TF Serving's errors for an empty body, bad JSON or a non-object.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT.
+    """
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc = json.loads(body)  # accepts NaN/Infinity like rapidjson's kParseNanAndInfFlag
+    except json.JSONDecodeError as exc:
+        raise invalid_argument(f"JSON Parse error: {_rapidjson_message(exc.msg)} at offset: {exc.pos}") from None
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise invalid_argument(f"JSON Parse error: {type(exc).__name__} at offset: 0") from None
+    if not isinstance(doc, dict):
+        raise _format_error(doc, "Is not object")
+    return doc
+
+
+# Python's json messages -> rapidjson's (GetParseError_En), which TF Serving's clients and tests match on.
+_PARSE_MESSAGES = {
+    "Expecting value": "Invalid value.",
+    "Extra data": "The document root must not be followed by other values.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Expecting ',' delimiter": "Missing a comma or ']' after an array element.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+}
+
+
+def _rapidjson_message(python_message: str) -> str:
+    return _PARSE_MESSAGES.get(python_message, python_message)
+
+
+def signature_name_of(doc: dict) -> str:
+    """The optional ``signature_name`` of a request ('' when absent)."""
+    name = doc.get("signature_name", "")
+    if not isinstance(name, str):
+        raise _format_error(doc, "not formatted correctly. 'signature_name' key must be a string value.")
+    return name
+
+
+def _is_b64(val: Any) -> bool:
+    return isinstance(val, dict) and len(val) == 1 and isinstance(val.get("b64"), str)
+
+
+def _decode_b64(val: Any) -> bytes:
+    if not _is_b64(val):
+        raise invalid_argument(f"JSON Value: {json_value_string(val)} not formatted correctly for base64 data")
+    text = val["b64"]
+    try:
+        # absl::Base64Unescape accepts missing padding; so do we.
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid_argument("Unable to base64 decode") from None
+
+
+def _check_leaf(val: Any, dtype: str) -> Any:
+    """One JSON scalar as a Python value of ``dtype``, or TF Serving's error."""
+    kind = _DTYPES[dtype][2] if dtype in _DTYPES else None
+    if kind is None:
+        raise unimplemented(f"Conversion of JSON Value: {json_value_string(val)} to type: {dtype_string(dtype)}")
+    if isinstance(val, dict):
+        if kind == "string":
+            return _decode_b64(val)
+        raise _type_error(val, dtype)
+    if kind == "string":
+        if not isinstance(val, str):
+            raise _type_error(val, dtype)
+        return val.encode("utf-8", "surrogatepass")
+    if kind == "bool":
+        if not isinstance(val, bool):
+            raise _type_error(val, dtype)
+        return val
+    if isinstance(val, bool) or not isinstance(val, (int, float)):
+        raise _type_error(val, dtype)
+    if kind in ("float", "double"):
+        return _check_decimal(val, kind)
+    return _check_integer(val, dtype, kind)
+
+
+def _check_decimal(val: int | float, kind: str) -> float:
+    """rapidjson's IsLosslessDecimal: integers up to 2**digits - 1, decimals within the type's range."""
+    digits, largest = (24, _FLOAT32_MAX) if kind == "float" else (53, _FLOAT64_MAX)
+    if isinstance(val, int) and _INT64[0] <= val <= _UINT64[1]:
+        if abs(val) > (1 << digits) - 1:
+            raise _lossy_error(val, kind)
+        return float(val)
+    as_float = float(val) if not isinstance(val, int) else _int_as_double(val)
+    if math.isfinite(as_float) and abs(as_float) > largest:
+        raise _lossy_error(val, kind)
+    return as_float
+
+
+def _int_as_double(val: int) -> float:
+    try:
+        return float(val)
+    except OverflowError:
+        return math.inf if val > 0 else -math.inf
+
+
+def _check_integer(val: int | float, dtype: str, kind: str) -> int:
+    if not isinstance(val, int):
+        raise _type_error(val, dtype)
+    low, high = {"int": _INT32, "int64": _INT64, "uint32": _UINT32, "uint64": _UINT64}[kind]
+    if not low <= val <= high:
+        raise _type_error(val, dtype)
+    return val
+
+
+def _dense_shape(val: Any) -> list[int]:
+    """The shape implied by following the first element of each nested list (TF's GetDenseTensorShape)."""
+    shape = []
+    while isinstance(val, list):
+        shape.append(len(val))
+        if not val:
+            break
+        val = val[0]
+    return shape
+
+
+def _fill(val: Any, level: int, shape: list[int], dtype: str, out: list) -> None:
+    """Append the leaves of ``val`` to ``out`` checking that it is dense with ``shape`` (TF's FillTensorProto)."""
+    rank = len(shape)
+    if not isinstance(val, list):
+        if level != rank:
+            raise invalid_argument(f"JSON Value: {json_value_string(val)} found at incorrect level: {level + 1} "
+                                   f"in the JSON DOM. Expected at level: {rank}")
+        out.append(_check_leaf(val, dtype))
+        return
+    if level >= rank:
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
+    if len(val) != shape[level]:
+        raise invalid_argument(f"Encountered list at unexpected size: {len(val)} at level: {level} "
+                               f"expected size: {shape[level]}")
+    for item in val:
+        _fill(item, level + 1, shape, dtype, out)
+
+
+def _flatten(val: Any, shape: list[int], dtype: str) -> list:
+    """The leaves of ``val`` checked against ``shape`` and ``dtype``: a fast breadth-first pass for the common
+    well-formed case, else the element-by-element walk that produces TF Serving's exact error."""
+    flat = _fast_flatten(val, shape, dtype)
+    if flat is None:
+        flat = []
+        _fill(val, 0, shape, dtype, flat)
+    return flat
+
+
+def _fast_flatten(val: Any, shape: list[int], dtype: str) -> list | None:
+    level = [val]
+    for size in shape:
+        nested: list = []
+        for item in level:
+            if type(item) is not list or len(item) != size:
+                return None
+            nested.extend(item)
+        level = nested
+    return _fast_leaves(level, dtype)
+
+
+def _fast_leaves(leaves: list, dtype: str) -> list | None:
+    """``leaves`` converted if all are of the one plain JSON type ``dtype`` takes in range; None to go slow."""
+    kinds = set(map(type, leaves))
+    if not leaves or len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    if kind is float and dtype in ("DT_FLOAT", "DT_DOUBLE"):
+        largest = _FLOAT32_MAX if dtype == "DT_FLOAT" else _FLOAT64_MAX
+        return leaves if max(map(abs, leaves)) <= largest else None
+    if kind is int and dtype in _INT_RANGES:
+        low, high = _INT_RANGES[dtype]
+        return leaves if low <= min(leaves) and max(leaves) <= high else None
+    if kind is bool and dtype == "DT_BOOL":
+        return leaves
+    if kind is str and dtype == "DT_STRING":
+        return [v.encode("utf-8", "surrogatepass") for v in leaves]
+    return None
+
+
+_INT_RANGES = {"DT_INT32": _INT32, "DT_INT16": _INT32, "DT_INT8": _INT32, "DT_UINT8": _INT32, "DT_INT64": _INT64,
+               "DT_UINT32": _UINT32, "DT_UINT64": _UINT64}
+
+
+def _to_array(flat: list, shape: list[int], dtype: str) -> np.ndarray:
+    np_dtype = _DTYPES[dtype][0] if dtype in _DTYPES else object
+    if np_dtype is object:
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    if np_dtype in (np.int8, np.int16, np.uint8):
+        # TF stores these in int_val (int32) and narrows; keep that wrap-around.
+        return np.asarray(flat, dtype=np.int64).astype(np_dtype).reshape(shape)
+    return np.asarray(flat, dtype=np_dtype).reshape(shape)
+
+
+def value_to_array(val: Any, dtype: str) -> tuple[np.ndarray, list[int], int]:
+    """One JSON value (scalar or nested lists) as an array of ``dtype``; also its shape and element count."""
+    shape = _dense_shape(val)
+    flat = _flatten(val, shape, dtype)
+    return _to_array(flat, shape, dtype), shape, len(flat)
+
+
+def _shape_string(shape: list[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def parse_predict_request(doc: dict, input_dtypes: dict[str, str]) -> tuple[dict[str, np.ndarray], str]:
+    """Tensors of a predict request already parsed by :func:`parse_json`.
+
+    Args:
+        doc: the request object.
+        input_dtypes: the signature's inputs, name -> ``DT_*`` dtype name.
+
+    Returns:
+        The input arrays by name, and the request format (:data:`ROW` or :data:`COLUMNAR`).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT with TF Serving's message.
+    """
+    if not input_dtypes:
+        raise invalid_argument("Failed to get input map for signature: " + (doc.get("signature_name") or "DEFAULT"))
+    has_instances, has_inputs = "instances" in doc, "inputs" in doc
+    if has_instances and has_inputs:
+        raise _format_error(doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ")
+    if has_instances:
+        instances = doc["instances"]
+        if not isinstance(instances, list):
+            raise _format_error(doc, "Excepting 'instances' to be an list/array")
+        if not instances:
+            raise _format_error(doc, "No values in 'instances' array")
+        return _instances_to_arrays(instances, input_dtypes), ROW
+    if has_inputs:
+        return _inputs_to_arrays(doc["inputs"], input_dtypes), COLUMNAR
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
+
+
+class _Batch:
+    """Per-input leaves of the ``instances`` list, checked to share one shape."""
+
+    def __init__(self, input_dtypes: dict[str, str]):
+        self.input_dtypes = input_dtypes
+        self.flat: dict[str, list] = {}
+        self.shapes: dict[str, list[int]] = {}
+        self.sizes: dict[str, int] = {}
+
+    def add(self, name: str, item: Any) -> None:
+        if name not in self.input_dtypes:
+            raise invalid_argument(f"JSON object: does not have named input: {name}")
+        shape = _dense_shape(item)
+        flat = _flatten(item, shape, self.input_dtypes[name])
+        if name not in self.sizes:
+            self.sizes[name], self.shapes[name], self.flat[name] = len(flat), shape, flat
+            return
+        if self.sizes[name] != len(flat):
+            raise invalid_argument(f"Expecting tensor size: {self.sizes[name]} but got: {len(flat)}")
+        if self.shapes[name] != shape:
+            raise invalid_argument(f"Expecting shape {_shape_string(self.shapes[name])} but got: "
+                                   f"{_shape_string(shape)}")
+        self.flat[name].extend(flat)
+
+    def arrays(self, count: int) -> dict[str, np.ndarray]:
+        return {name: _to_array(flat, [count, *self.shapes[name]], self.input_dtypes[name])
+                for name, flat in self.flat.items()}
+
+
+def _is_named_object(val: Any) -> bool:
+    return isinstance(val, dict) and not _is_b64(val)
+
+
+def _instances_to_arrays(instances: list, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+    if not isinstance(instances[0], dict) and len(input_dtypes) > 1:
+        raise invalid_argument("instances is a plain list, but expecting list of objects as multiple input "
+                               "tensors required as per tensorinfo_map")
+    objects = _is_named_object(instances[0])
+    names = sorted(input_dtypes)
+    batch = _Batch(input_dtypes)
+    for index, element in enumerate(instances):
+        if objects:
+            _add_object_element(batch, index, element, names)
+        else:
+            if _is_named_object(element):
+                raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
+            try:
+                batch.add(names[0], element)
+            except ServingError as exc:
+                raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
+                                       f"Error: {exc}") from None
+    return batch.arrays(len(instances))
+
+
+def _add_object_element(batch: _Batch, index: int, element: Any, names: list[str]) -> None:
+    if not _is_named_object(element):
+        raise invalid_argument(f"Expecting object but got list at item {index} of input list")
+    for name, item in element.items():
+        try:
+            batch.add(name, item)
+        except ServingError as exc:
+            raise invalid_argument(f"Failed to process element: {index} key: {name} of 'instances' list. "
+                                   f"Error: {exc}") from None
+    if set(element) != set(names):
+        raise invalid_argument(f"Failed to process element: {index} of 'instances' list. JSON object: "
+                               f"{json_value_string(element)} keys must be equal to: {','.join(names)}")
+
+
+def _inputs_to_arrays(val: Any, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+    if not isinstance(val, dict) or _is_b64(val):
+        if len(input_dtypes) > 1:
+            raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input "
+                                   "tensors required as per tensorinfo_map")
+        name = next(iter(input_dtypes))
+        return {name: value_to_array(val, input_dtypes[name])[0]}
+    arrays = {}
+    for name in sorted(input_dtypes):
+        if name not in val:
+            raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
+        arrays[name] = value_to_array(val[name], input_dtypes[name])[0]
+    return arrays
+
+
+# ---------------------------------------------------------------- writing
+
+
+def format_float(value: float) -> str:
+    """A float32 as TF Serving writes it (``%g`` if it round-trips, else 9 digits; ``.0`` on whole numbers)."""
+    return _format_decimal(value, np.float32, 9)
+
+
+def format_double(value: float) -> str:
+    """A float64 as TF Serving writes it (``%g`` if it round-trips, else 17 digits)."""
+    return _format_decimal(value, float, 17)
+
+
+def _format_decimal(value: float, caster: Callable[[Any], Any], max_digits: int) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "-Infinity" if value < 0 else "Infinity"
+    text = "%g" % value
+    if caster(text) != caster(value):
+        text = "%.*g" % (max_digits, value)
+    if "." not in text and "e" not in text:
+        text += ".0"
+    return text
+
+
+def _float_tokens(array: np.ndarray, max_digits: int) -> list[str]:
+    values = array.ravel().tolist()
+    tokens = ["%g" % v for v in values]
+    exact = np.asarray(tokens, dtype=array.dtype) == array.ravel() if values else np.ones(0, bool)
+    for index in np.flatnonzero(~exact).tolist():
+        tokens[index] = ("%.*g" % (max_digits, values[index]))
+    for index, token in enumerate(tokens):
+        if "." not in token and "e" not in token:
+            tokens[index] = _special_or_whole(token)
+    return tokens
+
+
+def _special_or_whole(token: str) -> str:
+    special = {"nan": "NaN", "-nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+    return special.get(token, token + ".0")
+
+
+def _string_tokens(array: np.ndarray, as_b64: bool) -> list[str]:
+    tokens = []
+    for value in array.ravel().tolist():
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        if as_b64:
+            tokens.append('{"b64": "%s"}' % base64.b64encode(raw).decode("ascii"))
+        else:
+            tokens.append(json.dumps(raw.decode("utf-8", "replace"), ensure_ascii=False))
+    return tokens
+
+
+def tensor_tokens(name: str, array: np.ndarray) -> list[str]:
+    """The JSON text of each element of ``array`` (row-major)."""
+    kind = array.dtype.kind
+    if kind == "f":
+        return _float_tokens(array, 9 if array.dtype.itemsize <= 4 else 17)
+    if kind == "b":
+        return ["true" if v else "false" for v in array.ravel().tolist()]
+    if kind in "iu":
+        return [str(v) for v in array.ravel().tolist()]
+    if kind in "OSU":
+        return _string_tokens(array, name.endswith(_BYTES_SUFFIX))
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {array.dtype}")
+
+
+def _nest(tokens: list[str], shape: tuple[int, ...], start: int = 0) -> str:
+    """Nested JSON lists of ``tokens[start:]`` laid out in ``shape``."""
+    if not shape:
+        return tokens[start]
+    if len(shape) == 1:
+        return "[" + ", ".join(tokens[start:start + shape[0]]) + "]"
+    step = int(np.prod(shape[1:]))
+    return "[" + ", ".join(_nest(tokens, shape[1:], start + i * step) for i in range(shape[0])) + "]"
+
+
+def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
+    """``{"predictions": ...}`` (rows) or ``{"outputs": ...}`` (columns) as TF Serving writes them.
+
+    One output is written bare, several as objects keyed by output name.
+    """
+    if not outputs:
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
+    names = sorted(outputs)
+    tokens = {name: tensor_tokens(name, outputs[name]) for name in names}
+    if fmt == COLUMNAR:
+        if len(names) == 1:
+            body = _nest(tokens[names[0]], outputs[names[0]].shape)
+        else:
+            body = "{" + ", ".join(f"{json.dumps(n)}: {_nest(tokens[n], outputs[n].shape)}" for n in names) + "}"
+        return '{"outputs": ' + body + "}"
+    return '{"predictions": ' + _rows(outputs, names, tokens) + "}"
+
+
+def _rows(outputs: dict[str, np.ndarray], names: list[str], tokens: dict[str, list[str]]) -> str:
+    batch = -1
+    for name in names:
+        shape = outputs[name].shape
+        if not shape:
+            raise invalid_argument(f"Tensor name: {name} has no shape information ")
+        if batch >= 0 and shape[0] != batch:
+            raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {shape[0]} "
+                                   f"expecting: {batch}")
+        batch = shape[0]
+    rows = []
+    for item in range(batch):
+        cells = {}
+        for name in names:
+            inner = outputs[name].shape[1:]
+            cells[name] = _nest(tokens[name], inner, item * int(np.prod(inner)))
+        if len(names) == 1:
+            rows.append(cells[names[0]])
+        else:
+            rows.append("{" + ", ".join(f"{json.dumps(n)}: {cells[n]}" for n in names) + "}")
+    return "[" + ", ".join(rows) + "]"
+
+
+def format_classify_response(result: Any) -> str:
+    """``{"results": [[[label, score], ...], ...]}`` from a ``ClassificationResult``."""
+    if not result.classifications:
+        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
+    rows = []
+    for classifications in result.classifications:
+        pairs = [f"[{json.dumps(c.label, ensure_ascii=False)}, {format_float(c.score)}]"
+                 for c in classifications.classes]
+        rows.append("[" + ", ".join(pairs) + "]")
+    return '{"results": [' + ", ".join(rows) + "]}"
+
+
+def format_regress_response(result: Any) -> str:
+    """``{"results": [value, ...]}`` from a ``RegressionResult``."""
+    if not result.regressions:
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
+    return '{"results": [' + ", ".join(format_float(r.value) for r in result.regressions) + "]}"
+
+
+def error_body(message: str) -> str:
+    """TF Serving's error object."""
+    return json.dumps({"error": message}, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- classify / regress requests
+
+
+def parse_examples_request(doc: dict) -> Any:
+    """The ``tensorflow.serving.Input`` of a classify/regress request (``examples`` and optional ``context``)."""
+    from tensorflow_serving.apis import input_pb2
+
+    request_input = input_pb2.Input()
+    has_context = "context" in doc
+    if has_context:
+        _fill_example(doc["context"], request_input.example_list_with_context.context)
+    if "examples" not in doc:
+        raise _format_error(doc, "When method is classify, key 'examples' is expected and was not found")
+    examples = doc["examples"]
+    if not isinstance(examples, list):
+        raise _format_error(doc, "Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise _format_error(doc, "'examples' value is an empty array")
+    for example in examples:
+        target = (request_input.example_list_with_context.examples if has_context
+                  else request_input.example_list.examples)
+        _fill_example(example, target.add())
+    return request_input
+
+
+def _fill_example(val: Any, example: Any) -> None:
+    if not isinstance(val, dict):
+        raise invalid_argument(f"Example must be JSON object but got JSON {json_type_string(val)}")
+    for name, content in val.items():
+        feature = example.features.feature[name]
+        for item in content if isinstance(content, list) else [content]:
+            _add_feature_value(item, name, feature)
+
+
+def _feature_kind_error(name: str, feature: Any) -> ServingError:
+    kind = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}.get(
+        feature.WhichOneof("kind"), "UNKNOWN")
+    return invalid_argument(f"Unexpected element type in feature: {name} expecting type: {kind}")
+
+
+def _add_feature_value(val: Any, name: str, feature: Any) -> None:
+    """TF Serving's AddValueToFeature: bools and integers -> int64, decimals -> float, strings/b64 -> bytes."""
+    if val is None or isinstance(val, list) or (isinstance(val, dict) and not _is_b64(val)):
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {json_type_string(val)}")
+    kind = ("bytes_list" if isinstance(val, (str, dict)) else
+            "float_list" if isinstance(val, float) else "int64_list")
+    if feature.WhichOneof("kind") not in (None, kind):
+        raise _feature_kind_error(name, feature)
+    if kind == "bytes_list":
+        raw = _decode_b64(val) if isinstance(val, dict) else val.encode("utf-8", "surrogatepass")
+        feature.bytes_list.value.append(raw)
+    elif kind == "float_list":
+        feature.float_list.value.append(_check_decimal(val, "float"))
+    else:
+        if not isinstance(val, bool) and val > _INT64[1]:
+            raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
+        if not isinstance(val, bool) and val < _INT64[0]:
+            raise _lossy_error(val, "int64")
+        feature.int64_list.value.append(int(val))

@@ -1,0 +1,205 @@
+"""The server process: initial config, REST + gRPC front ends, config-file and file-system polling, signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from pipeline.serving.server.flags import ServerOptions, parse_flags
+from pipeline.serving.server.status import ServingError
+
+log = logging.getLogger(__name__)
+
+READY_PREFIX = "ModelServer ready:"  # launchers wait for this line on stdout
+
+
+def single_model_server_config(name: str, base_path: str) -> Any:
+    """The config of ``--model_name``/``--model_base_path``: one model, latest version (TF Serving's default)."""
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    model = config.model_config_list.config.add()
+    model.name, model.base_path, model.model_platform = name, base_path, "tensorflow"
+    return config
+
+
+def read_server_config(path: str) -> Any:
+    """Parse a models.config file for the server (errors as INVALID_ARGUMENT / NOT_FOUND statuses)."""
+    from pipeline.errors import ConfigError, NotFound
+    from pipeline.serving.model_config import read_config
+
+    try:
+        return read_config(path)
+    except NotFound as exc:
+        raise ServingError("NOT_FOUND", str(exc)) from None
+    except ConfigError as exc:
+        raise ServingError("INVALID_ARGUMENT", str(exc)) from None
+
+
+class ModelServer:
+    """A TF Serving compatible server, in this process.
+
+    Example::
+
+        server = ModelServer(ServerOptions(port=0, rest_api_port=0, model_name="m", model_base_path="/models/m"))
+        server.start()          # loads the initial config, then opens both ports
+        ... server.rest_port, server.grpc_port ...
+        server.stop()
+    """
+
+    def __init__(self, options: ServerOptions):
+        from pipeline.serving.server.manager import ModelManager
+
+        self.options = options
+        self.manager = ModelManager(
+            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models)
+        self._grpc: Any = None
+        self._rest: Any = None
+        self._stop = threading.Event()
+        self._pollers: list[threading.Thread] = []
+
+    @property
+    def grpc_port(self) -> int:
+        return self._grpc.port
+
+    @property
+    def rest_port(self) -> int | None:
+        return self._rest.port if self._rest else None
+
+    def start(self) -> ModelServer:
+        """Load the initial config (failing like TF Serving if a version does not load), then serve.
+
+        Raises:
+            ServingError: the config is invalid or a model failed to load.
+            OSError: a port could not be bound.
+        """
+        from pipeline.serving.server.grpc_services import GrpcServer
+        from pipeline.serving.server.rest import RestServer
+
+        self.manager.apply_config(self._initial_config())
+        try:
+            self._grpc = GrpcServer(self.manager, self.options.bind_address, self.options.port,
+                                    self.options.grpc_max_threads)
+            if self.options.rest_api_port is not None:
+                self._rest = RestServer(self.manager, self.options.bind_address, self.options.rest_api_port)
+        except BaseException:
+            self.stop()
+            raise
+        self._grpc.start()
+        if self._rest:
+            self._rest.start()
+        self._start_pollers()
+        return self
+
+    def _initial_config(self) -> Any:
+        if self.options.model_config_file:
+            return read_server_config(self.options.model_config_file)
+        if not self.options.model_base_path:
+            raise ServingError("INVALID_ARGUMENT", "Both server_model_config_file and model_base_path are empty!")
+        return single_model_server_config(self.options.model_name or "default", self.options.model_base_path)
+
+    def _start_pollers(self) -> None:
+        if self.options.file_system_poll_wait_seconds > 0:
+            self._spawn("fs-poll", self.options.file_system_poll_wait_seconds, self.manager.poll_file_system)
+        if self.options.model_config_file and self.options.model_config_file_poll_wait_seconds > 0:
+            self._spawn("config-poll", self.options.model_config_file_poll_wait_seconds, self.poll_config_file)
+
+    def _spawn(self, name: str, interval_s: float, action: Any) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    action()
+                except Exception:  # a bad poll is logged; the server keeps serving what it has
+                    log.exception("%s failed", name)
+
+        thread = threading.Thread(target=loop, name=name, daemon=True)
+        thread.start()
+        self._pollers.append(thread)
+
+    def poll_config_file(self) -> None:
+        """Re-read ``--model_config_file`` and apply it when it differs from the config in effect.
+
+        Like TF Serving, the file wins: a config applied through gRPC but not written to the file is undone here.
+        """
+        try:
+            config = read_server_config(self.options.model_config_file)
+        except ServingError as exc:
+            log.error("Failed to read model config file %s: %s", self.options.model_config_file, exc.message)
+            return
+        if config == self.manager.config:
+            return
+        log.info("Model config file %s changed; applying it", self.options.model_config_file)
+        try:
+            self.manager.apply_config(config)
+        except ServingError as exc:
+            log.error("Failed to apply model config file: %s", exc)
+
+    def stop(self) -> None:
+        """Stop polling, close both ports and unload every model; idempotent."""
+        self._stop.set()
+        for thread in self._pollers:
+            thread.join(timeout=5)
+        self._pollers.clear()
+        if self._rest:
+            self._rest.stop()
+            self._rest = None
+        if self._grpc:
+            self._grpc.stop()
+        self.manager.close()
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _ready_lines(server: ModelServer) -> list[str]:
+    host = server.options.bind_address
+    lines = [f"Running gRPC ModelServer at {host}:{server.grpc_port} ..."]
+    if server.rest_port:
+        lines.append(f"Exporting HTTP/REST API at:{host}:{server.rest_port} ...")
+    rest = f"{host}:{server.rest_port}" if server.rest_port else "off"
+    lines.append(f"{READY_PREFIX} grpc={host}:{server.grpc_port} rest={rest}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT; the exit status (0 clean, 1 failed to start)."""
+    options = parse_flags(sys.argv[1:] if argv is None else list(argv))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    server = ModelServer(options)
+    try:
+        server.start()
+    except (ServingError, OSError, RuntimeError) as exc:
+        print(f"Failed to start server. Error: {exc}", file=sys.stderr, flush=True)
+        server.stop()
+        return 1
+    for line in _ready_lines(server):
+        print(line, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("Shutting down")
+        server.stop()
+    return 0
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals only reach the main thread; an embedding caller stops us itself
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def config_path_of(options: ServerOptions) -> Path | None:
+    """The models.config a server reads, if any."""
+    return Path(options.model_config_file) if options.model_config_file else None

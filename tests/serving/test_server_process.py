@@ -1,0 +1,87 @@
+"""The real ``python -m pipeline.serving.server`` process: flags, ready line, both APIs, clean SIGTERM exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from pipeline.serving.server import READY_PREFIX, parse_flags
+
+_START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_flags_follow_tensorflow_model_server() -> None:
+    options = parse_flags(["--model_name=m", "--model_base_path=/models/m"])
+    assert (options.port, options.rest_api_port, options.bind_address) == (8500, None, "127.0.0.1")
+    assert options.file_system_poll_wait_seconds == 1.0
+    options = parse_flags(["--port", "9000", "--rest_api_port=9001", "--model_config_file=/c",
+                           "--model_config_file_poll_wait_seconds=5", "--allow_version_labels_for_unavailable_models",
+                           "--enable_batching=false"])
+    assert (options.port, options.rest_api_port, options.model_config_file) == (9000, 9001, "/c")
+    assert options.allow_version_labels_for_unavailable_models is True
+    assert options.model_config_file_poll_wait_seconds == 5.0
+    with pytest.raises(SystemExit):
+        parse_flags(["--port=1"])  # neither a model nor a config file
+
+
+@pytest.fixture
+def server_process(make_base_path: Any, half_plus_two_dir: Path) -> Any:
+    base = make_base_path("half_plus_two", {1: half_plus_two_dir})
+    rest_port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.serving.server", "--port=0", f"--rest_api_port={rest_port}",
+         "--model_name=half_plus_two", f"--model_base_path={base}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    yield process, rest_port
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def read_ready_line(process: subprocess.Popen) -> str:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith(READY_PREFIX):
+            return line
+        if not line and process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode} before it was ready")
+    raise AssertionError("no ready line")
+
+
+@pytest.mark.slow
+def test_subprocess_serves_rest_and_grpc_and_exits_cleanly_on_sigterm(server_process: Any) -> None:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    process, rest_port = server_process
+    line = read_ready_line(process)
+    grpc_target = line.split("grpc=")[1].split()[0]
+    assert f"rest=127.0.0.1:{rest_port}" in line
+    response = requests.post(f"http://127.0.0.1:{rest_port}/v1/models/half_plus_two:predict",
+                             data='{"instances": [1.0, 2.0, 5.0]}', timeout=10)
+    assert response.json() == {"predictions": [2.5, 3.0, 4.5]}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.signature_name = "half_plus_two", "serving_default"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 2.0, 5.0], dtype=tf.float32))
+    with grpc.insecure_channel(grpc_target) as channel:
+        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
+    assert tf.make_ndarray(reply.outputs["y"]).tolist() == [2.5, 3.0, 4.5]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
