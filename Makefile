@@ -31,11 +31,19 @@ test: install system-deps  ## the README's test command: installs what it needs,
 test-fast: install  ## skip the slow tests
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-demo: install data  ## the main job: the MNIST release
-	$(BIN)/python -m pipeline build mnist
+demo: install system-deps data  ## the main job: the MNIST release through Airflow, then a failing canary rolled back
+	$(BIN)/python -m pipeline demo
 
-bench: install data
+up: install data  ## start the embedded staging/production TF Serving and Airflow standalone (UI on :8080)
+	$(BIN)/python -m pipeline up
+
+down:  ## stop Airflow and both servers; leaves nothing running
+	@test -x $(BIN)/python && $(BIN)/python -m pipeline down || true
+
+bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/release.py
 
 clean:
 	rm -rf var

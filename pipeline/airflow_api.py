@@ -1,0 +1,81 @@
+"""Talk to the local Airflow: trigger DAGs with the ``airflow`` CLI, follow runs through the REST API (v2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+import requests
+
+from pipeline.errors import DeadlineExceeded, PipelineError
+from pipeline.settings import Paths
+from pipeline.stack import admin_password, airflow_env
+
+_FINISHED = {"success", "failed"}
+_DEFAULT_TIMEOUT_S = 600.0
+
+
+class AirflowApi:
+    """A small client of Airflow 3's public REST API, logged in as the standalone admin."""
+
+    def __init__(self, base_url: str, paths: Paths) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.paths = paths
+        self._session = requests.Session()
+
+    def _login(self) -> None:
+        password = admin_password(self.paths)
+        if password is None:
+            raise PipelineError("no generated admin password yet; is `airflow standalone` running?")
+        reply = self._session.post(f"{self.base_url}/auth/token", json={"username": "admin", "password": password},
+                                   timeout=10)
+        reply.raise_for_status()
+        self._session.headers["Authorization"] = f"Bearer {reply.json()['access_token']}"
+
+    def get(self, path: str) -> dict[str, Any]:
+        if "Authorization" not in self._session.headers:
+            self._login()
+        reply = self._session.get(f"{self.base_url}/api/v2{path}", timeout=10)
+        if reply.status_code == 401:
+            self._login()
+            reply = self._session.get(f"{self.base_url}/api/v2{path}", timeout=10)
+        reply.raise_for_status()
+        return reply.json()
+
+    def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> None:
+        """Wait until the DAG processor has parsed ``dag_id`` (a trigger before that is refused)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.get(f"/dags/{dag_id}")
+                return
+            except requests.HTTPError:
+                time.sleep(2)
+        raise DeadlineExceeded(f"DAG {dag_id} not parsed within {timeout_s:.0f}s; check `airflow dags list-import-errors`")
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = _DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+        """Poll a DAG run until it succeeds or fails; returns the run."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            run = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in _FINISHED:
+                return run
+            time.sleep(1)
+        raise DeadlineExceeded(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+
+def trigger_dag(paths: Paths, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+    """``airflow dags trigger <dag> --conf '{...}'``, exactly as a person would type it; returns the run id."""
+    cmd = [sys.executable, "-m", "airflow", "dags", "trigger", dag_id, "--conf", json.dumps(conf or {}),
+           "--output", "json"]
+    proc = subprocess.run(cmd, env=airflow_env(paths), capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise PipelineError(f"`airflow dags trigger {dag_id}` failed: {proc.stderr.strip()[-500:]}")
+    start = proc.stdout.find("[")
+    return json.loads(proc.stdout[start:])[0]["dag_run_id"]

@@ -1,0 +1,324 @@
+"""TF Serving in a docker container: one we start (``manage: true``) or a compose service (``manage: false``).
+
+A managed instance runs the pinned ``tensorflow/serving`` image with the host's models dir and config
+dir bind-mounted *at the same absolute paths*, so the ``base_path`` values the pipeline writes into
+``models.config`` mean the same thing inside the container. An attached instance is a service of
+``docker-compose.yml``; compose mounts the shared volumes at the same paths in Airflow and both servers.
+
+Either way :meth:`DockerBackend.apply_config` sends the ``models.config`` the caller already wrote through
+gRPC ``HandleReloadConfigRequest``, then watches the REST model status until every model reports what the
+file says. The file stays the truth a restarted (or polling) server reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.containers import require_pinned_image
+from pipeline.errors import DeadlineExceeded, NotFound, SourceUnavailable
+from pipeline.serving.backends import validate_spec
+from pipeline.serving.backends.base import Endpoint, ServingBackend
+from pipeline.serving.model_config import read_config
+from pipeline.settings import Paths
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+log = logging.getLogger(__name__)
+
+# A real, pinned TF Serving release (CPU image). Same tag in docker-compose.yml and k8s/.
+_DEFAULT_IMAGE = "tensorflow/serving:2.19.0"
+_CONTAINER_REST_PORT = 8501
+_CONTAINER_GRPC_PORT = 8500
+_DEFAULT_POLL_WAIT_S = 30
+_DEFAULT_DOCKER_SOCKET = "unix:///var/run/docker.sock"
+_PROBE_TIMEOUT_S = 2.0
+_POLL_INTERVAL_S = 0.5
+_LOG_TAIL_LINES = 30
+
+# (HTTP status, parsed JSON or None) of a GET on the server's REST API, path relative to its root.
+StatusGetter = Callable[[str], tuple[int, Any]]
+
+
+class DockerSpec(BaseModel):
+    """How to run or reach one TF Serving container (a profile's ``instances.<name>`` block)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["docker"] = "docker"
+    manage: bool = True  # false: attach to a container someone else (docker-compose) runs
+    image: str = _DEFAULT_IMAGE
+    container_name: str | None = None  # default: pipeline-tfserving-<instance>
+    host: str = "127.0.0.1"  # where this process reaches it: 127.0.0.1 (published ports) or a service name
+    rest_port: int = Field(8501, gt=0, lt=65536)
+    grpc_port: int = Field(8500, gt=0, lt=65536)
+    config_path: str | None = None  # default: <serving_dir>/<instance>/models.config
+    poll_wait_s: int = Field(_DEFAULT_POLL_WAIT_S, ge=0)  # --model_config_file_poll_wait_seconds
+    docker_url: str | None = None  # default: $DOCKER_HOST or the local socket
+    extra_args: tuple[str, ...] = ()
+
+    @field_validator("image")
+    @classmethod
+    def _pinned(cls, image: str) -> str:
+        return require_pinned_image(image)
+
+
+def connect_docker(docker_url: str | None = None) -> docker.DockerClient:
+    """A docker client whose engine answered a ping.
+
+    Raises:
+        SourceUnavailable: no engine answers at ``docker_url`` / ``$DOCKER_HOST`` / the local socket.
+    """
+    import docker
+
+    target = docker_url or os.environ.get("DOCKER_HOST") or _DEFAULT_DOCKER_SOCKET
+    try:
+        client = docker.DockerClient(base_url=target)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        raise SourceUnavailable(
+            f"no Docker engine answers at {target} ({exc}); start Docker or point DOCKER_HOST at one"
+        ) from None
+    return client
+
+
+def config_mismatches(get_status: StatusGetter, config: ModelServerConfig) -> list[str]:
+    """What a server still does differently from ``config``; empty once it serves exactly that.
+
+    Per model: every pinned version (``specific`` policy) AVAILABLE and no other version AVAILABLE (so a
+    rolled-back canary counts as gone only once unloaded); each ``version_labels`` entry resolving to its
+    version; for ``latest``/``all`` policies at least one version AVAILABLE.
+    """
+    problems: list[str] = []
+    for model in config.model_config_list.config:
+        code, body = get_status(f"v1/models/{model.name}")
+        states = _version_states(body) if code == 200 else {}
+        if code != 200:
+            problems.append(f"{model.name}: status HTTP {code}")
+            continue
+        available = {v for v, state in states.items() if state == "AVAILABLE"}
+        if model.model_version_policy.WhichOneof("policy_choice") == "specific":
+            wanted = set(model.model_version_policy.specific.versions)
+            if missing := sorted(wanted - available):
+                problems.append(f"{model.name}: versions {missing} not AVAILABLE (states {states})")
+            if extra := sorted(available - wanted):
+                problems.append(f"{model.name}: versions {extra} still AVAILABLE")
+        elif not available:
+            problems.append(f"{model.name}: no version AVAILABLE (states {states})")
+        problems += _label_mismatches(get_status, model)
+    return problems
+
+
+def _version_states(body: Any) -> dict[int, str]:
+    return {int(s["version"]): s.get("state", "") for s in (body or {}).get("model_version_status", [])}
+
+
+def _label_mismatches(get_status: StatusGetter, model: Any) -> list[str]:
+    problems = []
+    for label, version in sorted(model.version_labels.items()):
+        code, body = get_status(f"v1/models/{model.name}/labels/{label}")
+        states = _version_states(body) if code == 200 else {}
+        if states.get(version) != "AVAILABLE":
+            problems.append(f"{model.name}: label {label!r} does not serve version {version} yet")
+    return problems
+
+
+def wait_until_config_served(
+    get_status: StatusGetter, config: ModelServerConfig, timeout_s: float, where: str
+) -> None:
+    """Poll until :func:`config_mismatches` is empty.
+
+    Raises:
+        DeadlineExceeded: with what was still different at the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            problems = config_mismatches(get_status, config)
+        except (OSError, ValueError) as exc:  # connection refused, a half-written JSON reply
+            problems = [f"status unreachable: {exc}"]
+        if not problems:
+            return
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(
+                f"{where} did not serve its models.config within {timeout_s:.0f}s: {'; '.join(problems)}; "
+                "check the server's log for load errors"
+            )
+        time.sleep(_POLL_INTERVAL_S)
+
+
+def rest_status_getter(endpoint: Endpoint) -> StatusGetter:
+    """A :data:`StatusGetter` over HTTP to ``endpoint``'s REST port."""
+    import requests
+
+    def get(path: str) -> tuple[int, Any]:
+        try:
+            reply = requests.get(f"{endpoint.rest_url}/{path}", timeout=_PROBE_TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise OSError(str(exc)) from None
+        body = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else None
+        return reply.status_code, body
+
+    return get
+
+
+def server_answers(get_status: StatusGetter) -> bool:
+    """Whether TF Serving's REST API answers the model status URL at all.
+
+    A 404 ("servable not found") still means up: TF Serving starts its HTTP server only after the
+    models of its initial config have loaded, so an answer of any kind means the server is serving.
+    """
+    try:
+        code, _ = get_status("v1/models/_health")
+    except OSError:
+        return False
+    return code in (200, 404)
+
+
+class DockerBackend(ServingBackend):
+    """A TF Serving instance in a docker container (see the module docstring)."""
+
+    def __init__(self, name: str, spec: dict[str, Any], paths: Paths) -> None:
+        """Validate ``spec`` (see :class:`DockerSpec`); connects to nothing yet."""
+        self.name = name
+        self.spec = validate_spec(DockerSpec, name, spec)
+        self.paths = paths
+        self._config_path = Path(self.spec.config_path or paths.serving_dir / name / "models.config")
+
+    @property
+    def config_path(self) -> Path:
+        return self._config_path
+
+    @property
+    def container_name(self) -> str:
+        """The container's name (managed) or the compose service it attaches to."""
+        return self.spec.container_name or f"pipeline-tfserving-{self.name}"
+
+    def _endpoint(self) -> Endpoint:
+        return Endpoint(self.spec.host, self.spec.rest_port, self.spec.grpc_port)
+
+    def start(self, timeout_s: float = 60.0) -> Endpoint:
+        """Start the container (managed) or check the compose service answers, then wait until it serves."""
+        if self.spec.manage:
+            self._ensure_container()
+        self._wait_until_answering(timeout_s)
+        return self._endpoint()
+
+    def endpoint(self) -> Endpoint:
+        if not self.is_running():
+            raise NotFound(
+                f"TF Serving {self.name!r} does not answer at {self._endpoint().rest_url}; "
+                + ("call start()" if self.spec.manage else "is its compose service up? (docker compose ps)")
+            )
+        return self._endpoint()
+
+    def apply_config(self, timeout_s: float = 60.0) -> None:
+        """Send the models.config the caller wrote by gRPC reload, then wait until it is served."""
+        from pipeline.serving.client import ServingClient
+
+        started = time.monotonic()
+        config = read_config(self.config_path)
+        endpoint = self.endpoint()
+        with ServingClient.for_endpoint(endpoint, timeout_s=timeout_s) as client:
+            client.reload_config(config, deadline_s=timeout_s)
+        timeout_s = max(timeout_s - (time.monotonic() - started), 1.0)
+        where = f"TF Serving {self.name!r} ({endpoint.rest_url})"
+        wait_until_config_served(rest_status_getter(endpoint), config, timeout_s, where)
+
+    def stop(self) -> None:
+        """Stop and remove the managed container; an attached compose service is left alone."""
+        if not self.spec.manage:
+            log.info("%s is compose-managed; not stopping it (docker compose stop)", self.container_name)
+            return
+        import docker
+
+        client = connect_docker(self.spec.docker_url)
+        try:
+            container = client.containers.get(self.container_name)
+        except docker.errors.NotFound:
+            return
+        container.remove(force=True)
+        log.info("removed container %s", self.container_name)
+
+    def is_running(self) -> bool:
+        from pipeline.serving.client import ServingClient
+
+        with ServingClient.for_endpoint(self._endpoint()) as client:
+            return client.is_ready(timeout_s=_PROBE_TIMEOUT_S)
+
+    def _ensure_container(self) -> Container:
+        import docker
+
+        client = connect_docker(self.spec.docker_url)
+        try:
+            container = client.containers.get(self.container_name)
+        except docker.errors.NotFound:
+            container = None
+        if container is not None and container.status == "running":
+            return container
+        if container is not None:  # exited or created: its flags may be stale, start afresh
+            container.remove(force=True)
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        self.paths.models_dir.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self.config_path.write_text("model_config_list {\n}\n")  # TF Serving needs the file to start
+        return self._run_container(client)
+
+    def _run_container(self, client: docker.DockerClient) -> Container:
+        models = str(self.paths.models_dir)
+        config_dir = str(self.config_path.parent)
+        log.info("starting %s from %s", self.container_name, self.spec.image)
+        return client.containers.run(
+            self.spec.image,
+            entrypoint=["tensorflow_model_server"],
+            command=self.server_args(),
+            name=self.container_name,
+            detach=True,
+            # Same absolute paths inside: base_path values in models.config need no rewriting.
+            volumes={models: {"bind": models, "mode": "ro"}, config_dir: {"bind": config_dir, "mode": "ro"}},
+            ports={
+                f"{_CONTAINER_REST_PORT}/tcp": (self.spec.host, self.spec.rest_port),
+                f"{_CONTAINER_GRPC_PORT}/tcp": (self.spec.host, self.spec.grpc_port),
+            },
+            labels={"app.kubernetes.io/part-of": "mlops-pipeline", "pipeline/instance": self.name},
+        )
+
+    def server_args(self) -> list[str]:
+        """``tensorflow_model_server`` flags of a managed container."""
+        return [
+            f"--port={_CONTAINER_GRPC_PORT}",
+            f"--rest_api_port={_CONTAINER_REST_PORT}",
+            f"--model_config_file={self.config_path}",
+            f"--model_config_file_poll_wait_seconds={self.spec.poll_wait_s}",
+            # Production names a canary version in the same reload that first loads it.
+            "--allow_version_labels_for_unavailable_models=true",
+            *self.spec.extra_args,
+        ]
+
+    def _wait_until_answering(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.is_running():
+            if self.spec.manage:
+                self._fail_if_container_exited()
+            if time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"TF Serving {self.name!r} did not answer at {self._endpoint().rest_url} within "
+                    f"{timeout_s:.0f}s; see `docker logs {self.container_name}`"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _fail_if_container_exited(self) -> None:
+        client = connect_docker(self.spec.docker_url)
+        container = client.containers.get(self.container_name)
+        if container.status in ("exited", "dead"):
+            tail = container.logs(tail=_LOG_TAIL_LINES).decode(errors="replace")
+            raise SourceUnavailable(f"container {self.container_name} exited; its log ends:\n{tail}")

@@ -1,0 +1,158 @@
+"""docker-compose.yml: Compose accepts it, secrets come only from .env, and the serving wiring lines up.
+
+`docker-compose config` (v1, Debian's docker-compose package) or `docker compose config` (v2 plugin)
+validates the file against the Compose schema and resolves the .env variables; without either binary
+those tests skip naming it. The other checks read the YAML directly (PyYAML resolves the `<<` merges).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.serving.profiles import load_profile
+from pipeline.settings import REPO_ROOT
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+
+_AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",
+                     "airflow-triggerer")
+_SERVERS = ("tfserving-staging", "tfserving-production")
+
+
+def _compose_command() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    pytest.skip("neither `docker-compose` nor the `docker compose` plugin is installed "
+                "(apt-get install docker-compose)")
+
+
+def _compose_config(env_file: Path) -> subprocess.CompletedProcess:
+    command = _compose_command() + ["--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=COMPOSE_FILE.parent)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict[str, Any]:
+    """The file as Compose resolves it with .env.example's values."""
+    result = _compose_config(ENV_EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_accepts_the_file_with_the_example_env(resolved):
+    assert set(_AIRFLOW_SERVICES + _SERVERS + ("postgres",)) <= set(resolved["services"])
+
+
+def test_compose_refuses_to_run_without_the_secrets(tmp_path):
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = _compose_config(empty)
+    assert result.returncode != 0
+    assert re.search(r"set \w+ in \.env", result.stderr), result.stderr
+
+
+def test_every_required_variable_is_documented_in_env_example(compose):
+    required = set(re.findall(r"\$\{(\w+):\?", COMPOSE_FILE.read_text()))
+    documented = dict(
+        line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if line and not line.startswith("#")
+    )
+    assert required and required <= set(documented)
+    secrets = {name for name in required if re.search("PASSWORD|SECRET|KEY", name)}
+    assert secrets and all(documented[name] == "change-me" for name in secrets)  # placeholders, never real values
+
+
+def test_airflow_runs_the_local_executor_with_our_serving_profile(compose):
+    for name in _AIRFLOW_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["PIPELINE_SERVING_PROFILE"] == "compose"
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """target path -> volume name."""
+    return {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+
+
+def _flags(service: dict[str, Any]) -> dict[str, str]:
+    return dict(arg.lstrip("-").split("=", 1) for arg in service["command"])
+
+
+@pytest.mark.parametrize("instance", ["staging", "production"])
+def test_servers_read_the_config_and_models_the_pipeline_writes(compose, instance):
+    server = compose["services"][f"tfserving-{instance}"]
+    airflow = compose["services"]["airflow-scheduler"]
+    spec = load_profile("compose").instance(instance).spec()
+    flags = _flags(server)
+    assert server["image"] == "tensorflow/serving:2.19.0"
+    assert flags["model_config_file"] == spec["config_path"]
+    assert int(flags["model_config_file_poll_wait_seconds"].split(":-")[-1].rstrip("}")) > 0
+    assert (flags["port"], flags["rest_api_port"]) == (str(spec["grpc_port"]), str(spec["rest_port"]))
+    assert spec["host"] == f"tfserving-{instance}" and spec["manage"] is False
+    # Same volume at the same path in Airflow and the server: models.config base paths mean the same file.
+    for target, volume in _mounts(server).items():
+        assert _mounts(airflow)[target] == volume
+    assert any(Path(spec["config_path"]).is_relative_to(target) for target in _mounts(server))
+    assert "/opt/pipeline/var/models" in _mounts(server)
+
+
+def test_servers_wait_for_init_and_airflow_waits_for_healthy_servers(compose):
+    for name in _SERVERS:
+        assert compose["services"][name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+        assert compose["services"]["airflow-scheduler"]["depends_on"][name]["condition"] == "service_healthy"
+    assert compose["volumes"]["models"]["name"] == "mlops-models"  # pipeline.containers mounts it by this name
+
+
+class _StatusHandler(BaseHTTPRequestHandler):
+    status = 404
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.send_response(self.status)
+        self.end_headers()
+        self.wfile.write(b'{"error": "Servable not found"}')
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _run_probe(probe: str, port: int) -> int:
+    script = probe.replace("/127.0.0.1/8501", f"/127.0.0.1/{port}")
+    return subprocess.run(["bash", "-c", script], capture_output=True, timeout=10).returncode
+
+
+@pytest.mark.parametrize("status, healthy", [(200, True), (404, True), (503, False)])
+def test_the_healthcheck_probe_reads_the_model_status_url(compose, status, healthy):
+    test = compose["services"]["tfserving-production"]["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "bash", "-c"]
+    handler = type("Handler", (_StatusHandler,), {"status": status})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert (_run_probe(test[3], server.server_address[1]) == 0) is healthy
+    finally:
+        server.shutdown()
+
+
+def test_the_healthcheck_probe_fails_when_nothing_listens(compose):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        assert _run_probe(compose["services"]["tfserving-staging"]["healthcheck"]["test"][3], port) != 0

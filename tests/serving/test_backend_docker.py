@@ -1,0 +1,163 @@
+"""The docker backend: its spec, its checks, attach mode against a live server, and a real container.
+
+Attach mode (``manage: false``, how the compose profile reaches its services) talks only TF Serving's REST
+and gRPC APIs, so it is tested for real against the embedded TF-Serving-compatible server. The managed
+container test needs a Docker engine (``@pytest.mark.docker``) and skips naming the socket it tried.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
+from pipeline.serving.backends import make_backend
+from pipeline.serving.backends.docker import DockerBackend, config_mismatches, connect_docker
+from pipeline.serving.model_config import ModelServerConfig, parse_config, single_model_config, write_config
+from pipeline.settings import get_paths
+
+_ENGINE_START_S = 300.0  # a first run pulls tensorflow/serving
+
+
+def _backend(home: Path, **spec: Any) -> DockerBackend:
+    return make_backend("production", {"backend": "docker", **spec}, get_paths(home))  # type: ignore[return-value]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("field, value, complaint", [
+    ("image", "tensorflow/serving:latest", "pinned"),
+    ("image", "tensorflow/serving", "pinned"),
+    ("rest_port", 70000, "rest_port"),
+    ("replicas", 2, "replicas"),  # a kubernetes field: not this backend's
+])
+def test_a_bad_spec_names_the_instance_and_field(tmp_path, field, value, complaint):
+    with pytest.raises(ConfigError, match=rf"instances\.production\.{field}.*") as caught:
+        _backend(tmp_path, **{field: value})
+    assert complaint in str(caught.value)
+
+
+def test_defaults_put_the_config_under_the_pipeline_home(tmp_path):
+    backend = _backend(tmp_path)
+    assert backend.config_path == tmp_path / "serving" / "production" / "models.config"
+    assert backend.container_name == "pipeline-tfserving-production"
+    args = backend.server_args()
+    assert f"--model_config_file={backend.config_path}" in args
+    assert "--model_config_file_poll_wait_seconds=30" in args and "--rest_api_port=8501" in args
+
+
+def test_no_engine_is_reported_naming_the_socket(tmp_path, monkeypatch):
+    socket_path = tmp_path / "docker.sock"
+    with pytest.raises(SourceUnavailable, match=f"unix://{socket_path}"):
+        connect_docker(f"unix://{socket_path}")
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{_free_port()}")
+    with pytest.raises(SourceUnavailable, match="tcp://127.0.0.1"):
+        _backend(tmp_path).stop()  # managed: stopping needs the engine
+
+
+def test_attached_instance_that_does_not_answer(tmp_path):
+    backend = _backend(tmp_path, manage=False, host="127.0.0.1", rest_port=_free_port(), grpc_port=_free_port())
+    assert not backend.is_running()
+    with pytest.raises(NotFound, match="compose"):
+        backend.endpoint()
+    with pytest.raises(DeadlineExceeded, match="did not answer"):
+        backend.start(timeout_s=1)
+    backend.stop()  # compose owns it: nothing to do, no engine needed
+
+
+def _status(states: dict[int, str]) -> dict[str, Any]:
+    return {"model_version_status": [{"version": str(v), "state": s} for v, s in states.items()]}
+
+
+def _getter(replies: dict[str, tuple[int, Any]]) -> Any:
+    return lambda path: replies.get(path, (404, None))
+
+
+_PINNED = """model_config_list { config { name: "m" base_path: "/m" model_platform: "tensorflow"
+  model_version_policy { specific { versions: 1 versions: 2 } } version_labels { key: "stable" value: 1 }
+  version_labels { key: "canary" value: 2 } } }"""
+
+
+@pytest.mark.parametrize("replies, problem", [
+    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "AVAILABLE"})),
+      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"})),
+      "v1/models/m/labels/canary": (200, _status({2: "AVAILABLE"}))}, None),
+    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "LOADING"})),
+      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"}))}, "versions [2] not AVAILABLE"),
+    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"})),
+      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"})),
+      "v1/models/m/labels/canary": (200, _status({2: "AVAILABLE"}))}, "versions [3] still AVAILABLE"),
+    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "AVAILABLE"})),
+      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"})),
+      "v1/models/m/labels/canary": (200, _status({1: "AVAILABLE"}))}, "label 'canary'"),
+    ({}, "status HTTP 404"),
+])
+def test_config_mismatches_say_what_is_still_different(replies, problem):
+    found = config_mismatches(_getter(replies), parse_config(_PINNED))
+    assert (found == []) if problem is None else any(problem in p for p in found), found
+
+
+def test_a_latest_policy_needs_one_available_version():
+    config = single_model_config("m", "/m")
+    assert config_mismatches(_getter({"v1/models/m": (200, _status({3: "AVAILABLE"}))}), config) == []
+    assert config_mismatches(_getter({"v1/models/m": (200, _status({3: "LOADING"}))}), config)
+
+
+@pytest.mark.slow
+def test_attach_apply_promote_and_roll_back_on_a_live_server(tmp_path, serve, make_base_path, half_plus_two_dir,
+                                                             half_plus_three_dir):
+    base = make_base_path("hpt", {1: half_plus_two_dir, 2: half_plus_three_dir})
+    config_path = tmp_path / "serving" / "production" / "models.config"
+    write_config(config_path, ModelServerConfig())
+    server = serve(model_config_file=str(config_path), allow_version_labels_for_unavailable_models=True)
+    backend = _backend(tmp_path, manage=False, rest_port=server.rest_port, grpc_port=server.grpc_port)
+
+    assert backend.start(timeout_s=30).rest_port == server.rest_port and backend.is_running()
+    write_config(config_path, single_model_config("hpt", base, [1, 2], {"stable": 1, "canary": 2}))
+    backend.apply_config(timeout_s=60)  # canary loaded and labelled: returns only once served
+
+    write_config(config_path, single_model_config("hpt", base, [1], {"stable": 1}))
+    backend.apply_config(timeout_s=60)  # rollback: returns once version 2 is no longer AVAILABLE
+    from pipeline.serving.client import ServingClient
+
+    with ServingClient.for_endpoint(backend.endpoint()) as client:
+        states = {s.version: s.state for s in client.model_status("hpt")}
+    assert states.get(1) == "AVAILABLE" and states.get(2) != "AVAILABLE"
+
+    write_config(config_path, single_model_config("hpt", base, [1, 7], {"stable": 1}))
+    with pytest.raises(DeadlineExceeded, match=r"versions \[7\] not AVAILABLE"):
+        backend.apply_config(timeout_s=2)
+
+
+@pytest.fixture
+def engine() -> Any:
+    try:
+        return connect_docker()
+    except SourceUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_managed_container_serves_and_goes_away(engine, tmp_path, make_base_path, half_plus_two_dir):
+    base = make_base_path("hpt", {1: half_plus_two_dir})  # under tmp_path/models: the backend's models dir
+    name = f"pipeline-test-{tmp_path.name}"
+    backend = _backend(tmp_path, rest_port=_free_port(), grpc_port=_free_port(), container_name=name)
+    try:
+        endpoint = backend.start(timeout_s=_ENGINE_START_S)
+        assert backend.start(timeout_s=30) == endpoint  # idempotent: the running container is reused
+        write_config(backend.config_path, single_model_config("hpt", base, [1], {"stable": 1}))
+        backend.apply_config(timeout_s=120)
+        assert engine.containers.get(backend.container_name).status == "running"
+    finally:
+        backend.stop()
+    assert not backend.is_running()
+    assert not [c for c in engine.containers.list(all=True) if c.name == backend.container_name]
+    backend.stop()  # idempotent
