@@ -1,0 +1,344 @@
+"""The local backend: the embedded TF-Serving-compatible server as a child process on this machine.
+
+Everything an instance has lies in ``<serving_dir>/<instance>/``: ``models.config`` (what it serves),
+``server.log`` and ``server.json`` (pid, process group and ports of the running server). The state file lets a
+later process (the next Airflow task, the CLI) attach to or stop the server an earlier one started; a file lock
+keeps two processes from starting two servers for one instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import DeadlineExceeded, NotFound
+from pipeline.serving.backends import validate_spec
+from pipeline.serving.backends.base import Endpoint, ServingBackend
+from pipeline.serving.client import ServingClient, ServingError
+from pipeline.settings import Paths
+
+_DEFAULT_STOP_GRACE_S = 10.0
+_DEFAULT_POLL_S = 0.1
+_EMPTY_CONFIG = "model_config_list {\n}\n"
+_SERVER_MODULE = "pipeline.serving.server"
+
+# Servers this process started, so that it reaps them (an unreaped child stays a zombie).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class LocalSpec(BaseModel):
+    """A local instance's fields in the serving profile. Port 0 picks a free port at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["local"] = "local"
+    host: str = "127.0.0.1"
+    rest_port: int = Field(0, ge=0, le=65535)
+    grpc_port: int = Field(0, ge=0, le=65535)
+    # TF Serving's own defaults: version directories polled every second; models.config only reloaded through
+    # gRPC (0 = never polled), so a half-written file is never read.
+    file_system_poll_wait_seconds: int = Field(1, ge=0)
+    model_config_file_poll_wait_seconds: int = Field(0, ge=0)
+    # A models.config with version labels is refused at start otherwise: TF Serving checks labels against
+    # versions that are still loading (FAILED_PRECONDITION "... not currently available for inference").
+    # Our release code only moves a label to a version after it is AVAILABLE, so this only matters at start.
+    allow_version_labels_for_unavailable_models: bool = True
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What ``server.json`` records of a running server."""
+
+    pid: int
+    pgid: int
+    create_time: float  # tells our server from a later process that got the same pid
+    host: str
+    rest_port: int
+    grpc_port: int
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.rest_port, self.grpc_port)
+
+
+class LocalBackend(ServingBackend):
+    """Starts ``python -m pipeline.serving.server`` in its own process group and reaches it on 127.0.0.1.
+
+    Args:
+        name: the instance (``staging``, ``production``).
+        spec: its profile entry (see :class:`LocalSpec`).
+        paths: the pipeline's directories.
+    """
+
+    def __init__(self, name: str, spec: dict[str, Any], paths: Paths):
+        self.name = name
+        self.spec = validate_spec(LocalSpec, name, spec)
+        self.paths = paths
+
+    @property
+    def instance_dir(self) -> Path:
+        return self.paths.serving_dir / self.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.instance_dir / "models.config"
+
+    @property
+    def log_path(self) -> Path:
+        return self.instance_dir / "server.log"
+
+    @property
+    def state_path(self) -> Path:
+        return self.instance_dir / "server.json"
+
+    def start(self, timeout_s: float = 60.0) -> Endpoint:
+        """Start the server, or attach to the one already running; return once it answers and serves its config.
+
+        Raises:
+            ServingError: the server exited while starting, or a version in models.config failed to load.
+            DeadlineExceeded: it did not answer, or serve its config, within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._locked():
+            state = self._live_state()
+            if state is not None:  # started earlier, maybe by another process: attach
+                self._wait_until_ready(state, timeout_s)
+                return state.endpoint
+            self._ensure_config()
+            state = self._spawn()
+            try:
+                self._wait_until_ready(state, timeout_s)
+                self._wait_until_serving(state, max(deadline - time.monotonic(), 0.1))
+            except BaseException:
+                self._terminate(state)  # leave no half-started server behind; its log stays
+                raise
+            return state.endpoint
+
+    def endpoint(self) -> Endpoint:
+        """Where the running server answers.
+
+        Raises:
+            NotFound: no server of this instance is running.
+        """
+        state = self._live_state()
+        if state is None:
+            raise NotFound(f"local TF Serving {self.name!r} is not running; start it first (see {self.log_path})")
+        return state.endpoint
+
+    def is_running(self) -> bool:
+        state = self._live_state()
+        if state is None:
+            return False
+        with ServingClient.for_endpoint(state.endpoint) as client:
+            return client.is_ready(timeout_s=1.0)
+
+    def apply_config(self, timeout_s: float = 60.0) -> None:
+        """Send ``models.config`` through gRPC ``HandleReloadConfigRequest``; return once it is served."""
+        started = time.monotonic()
+        config_text = self.config_path.read_text()
+        with ServingClient.for_endpoint(self.endpoint(), timeout_s=timeout_s) as client:
+            client.reload_config(config_text, deadline_s=timeout_s)
+            client.wait_until_served(config_text, deadline_s=max(timeout_s - (time.monotonic() - started), 0.1))
+
+    def stop(self, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
+        """SIGTERM the server's process group, SIGKILL what is left after ``grace_s``; idempotent."""
+        with self._locked():
+            state = self._read_state()
+            if state is not None:
+                self._terminate(state, grace_s)
+
+    # ---- process management -------------------------------------------------------------------------------
+
+    def _spawn(self) -> ServerState:
+        rest_port = self.spec.rest_port or _free_port(self.spec.host)
+        grpc_port = self.spec.grpc_port or _free_port(self.spec.host)
+        with self.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                self._command(rest_port, grpc_port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stop() ends it and anything it started
+            )
+        _CHILDREN[process.pid] = process
+        state = ServerState(
+            pid=process.pid,
+            pgid=process.pid,
+            create_time=psutil.Process(process.pid).create_time(),
+            host=self.spec.host,
+            rest_port=rest_port,
+            grpc_port=grpc_port,
+        )
+        _write_atomically(self.state_path, json.dumps(asdict(state), indent=2))
+        return state
+
+    def _command(self, rest_port: int, grpc_port: int) -> list[str]:
+        spec = self.spec
+        allow_labels = str(spec.allow_version_labels_for_unavailable_models).lower()
+        return [
+            sys.executable, "-m", _SERVER_MODULE,
+            f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}",
+            f"--bind_address={spec.host}",
+            f"--model_config_file={self.config_path}",
+            f"--model_config_file_poll_wait_seconds={spec.model_config_file_poll_wait_seconds}",
+            f"--file_system_poll_wait_seconds={spec.file_system_poll_wait_seconds}",
+            f"--allow_version_labels_for_unavailable_models={allow_labels}",
+            *spec.extra_args,
+        ]  # fmt: skip
+
+    def _wait_until_ready(self, state: ServerState, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with ServingClient.for_endpoint(state.endpoint, timeout_s=1.0) as client:
+            while time.monotonic() < deadline:
+                if not _is_our_process(state):
+                    raise ServingError(
+                        "UNAVAILABLE", f"local TF Serving {self.name!r} exited while starting: {self._log_tail()}"
+                    )
+                if client.is_ready(timeout_s=min(1.0, max(deadline - time.monotonic(), 0.05))):
+                    return
+                time.sleep(_DEFAULT_POLL_S)
+        raise DeadlineExceeded(
+            f"local TF Serving {self.name!r} did not answer on {state.endpoint.rest_url} within {timeout_s:g}s; "
+            f"see {self.log_path}: {self._log_tail()}"
+        )
+
+    def _wait_until_serving(self, state: ServerState, timeout_s: float) -> None:
+        with ServingClient.for_endpoint(state.endpoint, timeout_s=timeout_s) as client:
+            client.wait_until_served(self.config_path.read_text(), deadline_s=timeout_s)
+
+    def _terminate(self, state: ServerState, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
+        """End the server's process group (if it is still ours) and forget its state."""
+        if _is_our_process(state) or _leader_gone_group_left(state):
+            _signal_group(state.pgid, signal.SIGTERM)
+            if not _wait_group_gone(state, grace_s):
+                _signal_group(state.pgid, signal.SIGKILL)
+                _wait_group_gone(state, 5.0)
+        _CHILDREN.pop(state.pid, None)
+        self.state_path.unlink(missing_ok=True)
+
+    # ---- state and files ----------------------------------------------------------------------------------
+
+    def _read_state(self) -> ServerState | None:
+        try:
+            return ServerState(**json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            self.state_path.unlink(missing_ok=True)  # unreadable: no server can be found through it anyway
+            return None
+
+    def _live_state(self) -> ServerState | None:
+        """The recorded server if its process still runs, else None."""
+        state = self._read_state()
+        return state if state is not None and _is_our_process(state) else None
+
+    def _ensure_config(self) -> None:
+        if not self.config_path.exists():
+            _write_atomically(self.config_path, _EMPTY_CONFIG)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold ``<instance>/.lock`` so that start/stop of one instance never run at once."""
+        self.instance_dir.mkdir(parents=True, exist_ok=True)
+        with (self.instance_dir / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _free_port(host: str) -> int:
+    # The port may be taken again before the server binds it; start() then fails with the server's log.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _reap(pid: int) -> None:
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        _CHILDREN.pop(pid, None)
+
+
+def _is_our_process(state: ServerState) -> bool:
+    """Whether ``state.pid`` is still the server we started (alive, not a zombie, same start time)."""
+    _reap(state.pid)
+    try:
+        process = psutil.Process(state.pid)
+        return abs(process.create_time() - state.create_time) < 0.5 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _leader_gone_group_left(state: ServerState) -> bool:
+    """Whether the server itself is gone but processes of its group live on.
+
+    Linux hands out no pid that is still some group's id, so while our group exists its pid is unused or
+    a zombie; a pid that belongs to another live process means our group is gone (and its pgid is not ours).
+    """
+    try:
+        if psutil.Process(state.pid).status() != psutil.STATUS_ZOMBIE:
+            return False  # alive but not ours (_is_our_process said so): the pid was reused
+    except psutil.Error:
+        pass
+    return _group_exists(state.pgid)
+
+
+def _group_exists(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is in group ``pgid``.
+
+    A pid is never handed out while a group of that id exists, so a surviving group is still ours.
+    """
+    for process in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _wait_group_gone(state: ServerState, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _reap(state.pid)
+        if not _group_exists(state.pgid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_DEFAULT_POLL_S)
