@@ -7,10 +7,12 @@ the task so parsing this file never loads TensorFlow, numpy or pandas.
 from __future__ import annotations
 
 import logging
+import os
 
 import pendulum
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, teardown
 
+from pipeline.config import FAULTS
 from pipeline.dag_specs import ReleaseSpec, release_specs
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,8 @@ _DOC = """
 prepare_data → validate_data (Great Expectations, blocking) → train → evaluate (floor, no regression vs
 production) → export (`<base>/{model}/<N>/`, atomic) → deploy_staging → validate_staging → promote_canary
 (production: `specific` versions, label `canary` → N) → canary_check (fails ⇒ automatic rollback) → finalize
-(`stable` → N, previous stable kept loaded). `restore_production` runs after any failure past staging.
+(`stable` → N, previous stable kept loaded). `restore_production` (a teardown) makes sure no canary of this
+run is left on production and frees the release lock, whatever happened.
 
 Trigger with the form, or `airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
 Conf: `epochs`, `learning_rate`, `batch_size`, `data_source`, `data_path`, `force` (skip the baseline gate),
@@ -44,7 +47,7 @@ def _on_failure(context) -> None:
 
 
 def _params(spec: ReleaseSpec) -> dict[str, Param]:
-    faults = [None, "label_shift"] if spec.allow_fault_injection else [None]
+    faults = [None, *FAULTS] if spec.allow_fault_injection else [None]
     return {
         "epochs": Param(spec.epochs, type="integer", minimum=1, maximum=1000, description="training epochs"),
         "learning_rate": Param(spec.learning_rate, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
@@ -61,7 +64,12 @@ def _params(spec: ReleaseSpec) -> dict[str, Param]:
 
 
 def _schedule(spec: ReleaseSpec, raw_data: Asset):
-    if spec.schedule is None:
+    """The config's cron schedule or new raw data, whichever comes first.
+
+    ``PIPELINE_SCHEDULES=off`` keeps only the asset trigger (the demo triggers by hand and must not race a
+    scheduled run).
+    """
+    if spec.schedule is None or os.environ.get("PIPELINE_SCHEDULES", "on") == "off":
         return [raw_data]
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[raw_data])
 
@@ -153,7 +161,7 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
             from pipeline.release import tasks
             return tasks.finalize(model, exported["version"], context["run_id"])
 
-        @task(trigger_rule=TriggerRule.ONE_FAILED)
+        @teardown  # runs after the release whatever happened; ignored for the run's own state
         def restore_production(**context) -> dict:
             from pipeline.release import tasks
             exported = context["ti"].xcom_pull(task_ids="export") or {}

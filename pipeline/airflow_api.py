@@ -77,5 +77,8 @@ def trigger_dag(paths: Paths, dag_id: str, conf: dict[str, Any] | None = None) -
     proc = subprocess.run(cmd, env=airflow_env(paths), capture_output=True, text=True, timeout=120, check=False)
     if proc.returncode != 0:
         raise PipelineError(f"`airflow dags trigger {dag_id}` failed: {proc.stderr.strip()[-500:]}")
-    start = proc.stdout.find("[")
-    return json.loads(proc.stdout[start:])[0]["dag_run_id"]
+    # Airflow logs to stdout too; the JSON answer is the line that starts with "[{".
+    answer = next((line for line in proc.stdout.splitlines() if line.startswith("[{")), None)
+    if answer is None:
+        raise PipelineError(f"`airflow dags trigger {dag_id}` printed no run: {proc.stdout.strip()[-500:]}")
+    return json.loads(answer)[0]["dag_run_id"]

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline.config import FAULTS
 from pipeline.errors import PipelineError
 
 _EXIT_ERROR = 2
@@ -170,11 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_args(p)
         p.add_argument("--snapshot", help="snapshot directory (default: prepare one)")
         if name == "train":
-            p.add_argument("--fault", choices=["label_shift"], help="inject a fault (only where config allows)")
+            p.add_argument("--fault", choices=FAULTS, help="inject a fault (only where config allows)")
     p = sub.add_parser("build", help="prepare -> validate -> train -> evaluate -> export; prints the version path")
     _add_model_args(p)
     p.add_argument("--model-base-path", help="export under this directory (default <home>/models/<model>)")
-    p.add_argument("--fault", choices=["label_shift"], help="inject a fault (only where config allows)")
+    p.add_argument("--fault", choices=FAULTS, help="inject a fault (only where config allows)")
     p = sub.add_parser("release", help="run a whole release in this process (the DAG's tasks, in order)")
     p.add_argument("model")
     p.add_argument("--conf", help="trigger conf as JSON, as for `airflow dags trigger --conf`")

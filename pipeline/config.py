@@ -16,6 +16,10 @@ from pipeline.errors import ConfigError, NotFound
 from pipeline.settings import config_dir
 
 
+# Faults a release may inject on purpose (demo, drills) where release.allow_fault_injection is true.
+FAULTS: tuple[str, ...] = ("label_shift",)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

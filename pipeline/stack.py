@@ -51,6 +51,7 @@ def airflow_env(paths: Paths, api_port: int = _DEFAULT_API_PORT) -> dict[str, st
         "PIPELINE_CONFIG_DIR": str(config_dir()),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PIPELINE_SCHEDULES": os.environ.get("PIPELINE_SCHEDULES", "off"),  # the demo triggers by hand
         "GX_ANALYTICS_ENABLED": "false",
     })
     return env

@@ -6,7 +6,6 @@ Heavy libraries are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -45,10 +44,10 @@ def validate_data(config: ModelConfig, snapshot_path: str | Path) -> dict[str, A
 
 
 def run_dir_for(config: ModelConfig, snapshot_sha: str, fault: str | None, paths: Paths) -> Path:
-    """Where a training run lives: the same data, config and fault give the same directory."""
-    payload = json.dumps({"snapshot": snapshot_sha, "train": config.train.model_dump(mode="json"), "fault": fault},
-                         sort_keys=True)
-    return paths.runs_dir / config.name / hashlib.sha256(payload.encode()).hexdigest()[:16]
+    """Where a training run lives: ``runs/<model>/<run_id>``; the same data, config and fault give the same id."""
+    from pipeline.models.train import compute_run_id
+
+    return paths.runs_dir / config.name / compute_run_id(config, snapshot_sha, fault)
 
 
 def train(config: ModelConfig, snapshot_path: str | Path, *, fault: str | None = None,

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 import pipeline
-from pipeline.config import ModelConfig
+from pipeline.config import FAULTS, ModelConfig
 from pipeline.data.dataset import Examples, Snapshot
 from pipeline.errors import ConfigError, NotFound
 from pipeline.models import build_model, kind_of_architecture, make_dataset, to_model_inputs
@@ -45,7 +45,6 @@ HISTORY_FILE = "history.json"
 RUN_FILE = "run.json"
 CURVE_FILE = "training_curve.png"
 CONFUSION_FILE = "confusion_matrix.png"
-FAULTS: tuple[str, ...] = ("label_shift",)
 _RUN_ID_LENGTH = 16
 _DEFAULT_MIN_DELTA = 1e-4  # smaller validation-loss gains do not count as improvement
 

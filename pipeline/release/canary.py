@@ -41,6 +41,7 @@ def _change_production(release: Release, versions: list[int], labels: dict[str, 
 
 def promote_canary(release: Release, version: int, run_id: str | None = None) -> dict[str, Any]:
     """Load ``version`` on production beside stable and point the ``canary`` label at it."""
+    release.registry.check_transition(release.model, version, State.CANARY)  # refuse before touching production
     before = production_state(release)
     stable = before.label(STABLE)
     labels = {STABLE: stable, CANARY: version} if stable is not None else {CANARY: version}
@@ -80,6 +81,7 @@ def finalize_release(release: Release, version: int, run_id: str | None = None) 
         raise ValidationFailed(
             f"production's canary label points at {before.label(CANARY)}, not {version}: someone rolled back "
             "or promoted meanwhile; not finalizing")
+    release.registry.check_transition(release.model, version, State.PROMOTED)
     previous = before.label(STABLE)
     versions = sorted({version} | ({previous} if previous is not None else set()))
     _change_production(release, versions, {STABLE: version})
@@ -101,7 +103,7 @@ def rollback_canary(release: Release, version: int, reasons: list[str], run_id: 
     else:
         _remove_from_production(release)
     record = release.registry.get_version(release.model, version)
-    if record.state is not State.ROLLED_BACK:
+    if record.state is State.CANARY:
         release.registry.record_rollback(release.model, version, run_id=run_id, reason="; ".join(reasons))
     return {"rolled_back": version, "stable": stable}
 

@@ -52,6 +52,7 @@ def rollback(release: Release, to_version: int | None = None, *, run_id: str | N
         dropped = before.label(CANARY)
         if current is not None:  # refuse before touching the server, so server and registry never disagree
             release.registry.check_transition(release.model, current, State.ROLLED_BACK)
+        release.registry.check_transition(release.model, target, State.PROMOTED)
         _change_production(release, [target], {STABLE: target})
         seconds = time.perf_counter() - started
         _record_rollback(release, current, target, dropped, run_id, reason)

@@ -63,11 +63,11 @@ def without_model(config_path: Path, model: str) -> ModelServerConfig:
 
 
 def _apply(backend, client, model: str, base_path: Path, versions: list[int], labels: dict[str, int],
-           deadline_s: float) -> None:
+           deadline_s: float, wait_for: list[int]) -> None:
     config = _desired_config(backend.config_path, model, base_path, versions, labels)
     mc.write_config(backend.config_path, config)
     backend.apply_config(timeout_s=deadline_s)
-    for version in versions:
+    for version in wait_for:
         client.wait_until_available(model, version, deadline_s)
 
 
@@ -76,9 +76,10 @@ def change_served_state(backend, client, model: str, base_path: Path, versions: 
     """Make ``backend`` serve exactly ``versions`` of ``model`` with ``labels``, availability preserved."""
     before = read_served_state(backend.config_path, model)
     union = sorted(set(before.versions) | set(versions))
-    if set(versions) - set(before.versions):
+    new = sorted(set(versions) - set(before.versions))
+    if new:
         kept_labels = {k: v for k, v in before.labels.items() if v in union}
-        log.info("%s: loading %s beside %s", model, sorted(set(versions) - set(before.versions)), before.versions)
-        _apply(backend, client, model, base_path, union, kept_labels, deadline_s)
-    _apply(backend, client, model, base_path, sorted(versions), labels, deadline_s)
+        log.info("%s: loading %s beside %s", model, new, before.versions)
+        _apply(backend, client, model, base_path, union, kept_labels, deadline_s, wait_for=new)
+    _apply(backend, client, model, base_path, sorted(versions), labels, deadline_s, wait_for=sorted(versions))
     return ServedState(tuple(sorted(versions)), dict(labels))

@@ -83,8 +83,13 @@ def _normalise(tensors: dict[str, Any]) -> dict[str, tuple]:
     return {k: (dtype_name(str(v["dtype"])), shape(v.get("shape"))) for k, v in tensors.items()}
 
 
-def validate_on_staging(release: Release, version: int, run_id: str | None = None) -> Verdict:
-    """Every staging check on ``version``; the verdict is written beside the run and in the registry."""
+def validate_on_staging(release: Release, version: int, run_id: str | None = None, *,
+                        overridden_by: str | None = None) -> Verdict:
+    """Every staging check on ``version``; the verdict is written down and the registry updated.
+
+    ``overridden_by`` (a fault injected on purpose) lets a NOT_BLESSED version go on to the canary, which
+    must then catch it; the registry reason says so.
+    """
     from pipeline.export import read_golden, read_metadata
 
     serving = release.config.serving
@@ -100,7 +105,10 @@ def validate_on_staging(release: Release, version: int, run_id: str | None = Non
     )
     verdict = Verdict("staging", not result.problems, result.problems, result.figures)
     verdict.write(release.paths.serving_dir / "verdicts" / release.model / str(version) / "staging.json")
-    state = State.VALIDATED if verdict.blessed else State.REJECTED
-    release.registry.transition(release.model, version, state, run_id=run_id, reason=verdict.summary())
+    reason = verdict.summary()
+    if not verdict.blessed and overridden_by:
+        reason = f"{reason}; overridden: {overridden_by}"
+    state = State.VALIDATED if verdict.blessed or overridden_by else State.REJECTED
+    release.registry.transition(release.model, version, state, run_id=run_id, reason=reason)
     log.info(verdict.summary())
     return verdict

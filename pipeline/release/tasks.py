@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from pipeline import steps
-from pipeline.config import ModelConfig
+from pipeline.config import FAULTS, ModelConfig
 from pipeline.errors import ConfigError, ValidationFailed
 from pipeline.release.context import Release
 from pipeline.settings import get_paths
@@ -26,7 +26,6 @@ CONF_OVERRIDES = {
     "data_path": "data.path",
 }
 CONF_FLAGS = ("force", "dry_run", "inject_fault")
-FAULTS = ("label_shift",)
 
 
 def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any]]:
@@ -150,7 +149,9 @@ def validate_staging(model: str, conf: dict[str, Any] | None, version: int, run_
     from pipeline.release.staging import validate_on_staging
 
     config, flags = parse_conf(model, conf)
-    verdict = validate_on_staging(Release(config), version, run_id)
+    fault = flags["inject_fault"]
+    verdict = validate_on_staging(Release(config), version, run_id,
+                                  overridden_by=f"fault {fault!r} injected on purpose" if fault else None)
     _enforce(verdict, flags)
     return verdict.to_dict()
 

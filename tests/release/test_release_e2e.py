@@ -1,0 +1,138 @@
+"""Whole releases against embedded staging and production servers (real training, real servers)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.errors import DeadlineExceeded, NotFound, ValidationFailed
+from pipeline.release import tasks
+from pipeline.release.canary import CANARY, STABLE, production_state
+from pipeline.release.context import PRODUCTION, Release
+from pipeline.release.registry import RegistryConflict, State
+from pipeline.release.rollback import monitor, rollback
+from pipeline.release.runner import run_release
+from pipeline.steps import resolve_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def _release() -> Release:
+    return Release(resolve_config("mnist"))
+
+
+def _predict_stable(release: Release) -> np.ndarray:
+    from pipeline.export import read_golden
+
+    stable = production_state(release).label(STABLE)
+    golden = read_golden(release.version_dir(stable))
+    inputs = np.asarray(golden["inputs"][:4], dtype=np.float32)
+    return release.client(PRODUCTION).predict("mnist", instances=inputs, label=STABLE)["classes"]
+
+
+def test_release_end_to_end_then_canary_failure_rolls_back(release_world):
+    first = run_release("mnist", {}, run_id="run-1")
+    assert first["finalize"]["stable"] == 1
+    release = _release()
+    assert production_state(release).labels == {STABLE: 1}
+    assert release.registry.stable_version("mnist") == 1
+    assert len(_predict_stable(release)) == 4
+
+    with pytest.raises(ValidationFailed, match="canary: NOT_BLESSED.*rolled back"):
+        run_release("mnist", {"inject_fault": "label_shift"}, run_id="run-2")
+    state = production_state(release)
+    assert state.labels == {STABLE: 1} and CANARY not in state.labels
+    assert state.versions == (1,)  # the canary is unloaded
+    assert release.registry.get_version("mnist", 2).state is State.ROLLED_BACK
+    assert release.registry.stable_version("mnist") == 1
+    assert release.registry.lock_holder("mnist") is None
+    reasons = [t.reason for t in release.registry.history("mnist") if t.to_state is State.ROLLED_BACK]
+    assert reasons and "agrees with" in reasons[0]
+
+
+def test_staging_failure_leaves_production_untouched(release_world):
+    run_release("mnist", {}, run_id="good")
+    release = _release()
+    before = production_state(release)
+    config_text = release.backend(PRODUCTION).config_path.read_text()
+    strict = release_world / "configs" / "models" / "mnist.yaml"
+    raw = yaml.safe_load(strict.read_text())
+    raw["serving"]["latency_budget_p95_ms"] = 0.001  # no server answers in a microsecond
+    strict.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValidationFailed, match="p95 latency"):
+        run_release("mnist", {"epochs": 4}, run_id="too-slow")
+    assert production_state(release) == before
+    assert release.backend(PRODUCTION).config_path.read_text() == config_text
+    assert release.registry.get_version("mnist", 2).state is State.REJECTED
+    with pytest.raises(ValidationFailed, match="never passed staging validation"):
+        rollback(release, to_version=2)
+
+
+def test_on_call_rollback_and_its_refusals(release_world):
+    run_release("mnist", {}, run_id="v1")
+    run_release("mnist", {"epochs": 4}, run_id="v2")
+    release = _release()
+    assert production_state(release).labels == {STABLE: 2}
+    with pytest.raises(NotFound, match="not on disk"):
+        rollback(release, to_version=9)
+    result = tasks.rollback("mnist", None, "oncall-1")
+    assert (result["from"], result["to"]) == (2, 1)
+    assert result["seconds"] < 5
+    assert production_state(release).labels == {STABLE: 1}
+    assert release.registry.stable_version("mnist") == 1
+    assert release.registry.get_version("mnist", 2).state is State.ROLLED_BACK
+    with pytest.raises(RegistryConflict, match="from rolled_back"):
+        rollback(release, to_version=2)  # refused before production is touched
+    assert production_state(release).labels == {STABLE: 1}
+
+
+def test_monitor_rolls_back_a_broken_stable(release_world):
+    run_release("mnist", {}, run_id="v1")
+    run_release("mnist", {"epochs": 4}, run_id="v2")
+    release = _release()
+    assert monitor(release, "probe-ok")["healthy"] is True
+    golden_path = release.version_dir(2) / "assets.extra" / "golden.json"
+    golden = yaml.safe_load(golden_path.read_text())  # JSON is YAML
+    golden["probabilities"] = [[1.0 - p for p in row] for row in golden["probabilities"]]
+    golden_path.write_text(yaml.safe_dump(golden))
+    result = monitor(release, "probe-bad")
+    assert result["healthy"] is False and result["rollback"]["to"] == 1
+    assert production_state(release).labels == {STABLE: 1}
+
+
+def test_a_held_lock_blocks_another_release(release_world, monkeypatch):
+    run_release("mnist", {}, run_id="first")
+    release = _release()
+    release.registry.acquire_lock("mnist", "someone-else", timeout_s=1, ttl_s=60)
+    monkeypatch.setattr(tasks, "_LOCK_WAIT_S", 1.0)
+    with pytest.raises(DeadlineExceeded, match="someone-else"):
+        run_release("mnist", {"epochs": 4}, run_id="second")
+    assert production_state(release).labels == {STABLE: 1}
+
+
+def test_overlapping_releases_are_serialized(release_world):
+    run_release("mnist", {}, run_id="base")  # data and a first stable version in place
+    errors: list[BaseException] = []
+
+    def release_in_thread(run_id: str, epochs: int) -> None:
+        try:
+            run_release("mnist", {"epochs": epochs}, run_id=run_id)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=release_in_thread, args=(f"overlap-{e}", e)) for e in (4, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors, errors
+    # (A promotion also moves the previous stable to superseded, in the same transaction.)
+    history = [t for t in reversed(_release().registry.history("mnist")) if t.to_state is not State.SUPERSEDED]
+    # Between a version entering staging and its promotion, no other version changes state.
+    for version in (2, 3):
+        moves = [i for i, t in enumerate(history) if t.version == version and t.to_state in (State.STAGED, State.PROMOTED)]
+        window = history[moves[0]:moves[-1] + 1]
+        assert {t.version for t in window} == {version}, [(t.version, str(t.to_state)) for t in window]
