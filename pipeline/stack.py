@@ -26,11 +26,16 @@ _STOP_GRACE_S = 20.0
 _INSTANCES = ("staging", "production")
 
 
+def api_port() -> int:
+    """Airflow's API/UI port (``$PIPELINE_AIRFLOW_PORT``, default 8080)."""
+    return int(os.environ.get("PIPELINE_AIRFLOW_PORT", _DEFAULT_API_PORT))
+
+
 def airflow_home(paths: Paths) -> Path:
     return paths.home / "airflow"
 
 
-def airflow_env(paths: Paths, api_port: int = _DEFAULT_API_PORT) -> dict[str, str]:
+def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
     """Environment for every Airflow process of the stack (standalone, CLI calls, task processes)."""
     env = dict(os.environ)
     env.update({
@@ -42,7 +47,7 @@ def airflow_env(paths: Paths, api_port: int = _DEFAULT_API_PORT) -> dict[str, st
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",  # a trigger must run, not queue
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__PORT": str(port or api_port()),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",  # hand the next task over quickly
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
@@ -91,14 +96,15 @@ def start_servers(paths: Paths) -> dict[str, str]:
     return urls
 
 
-def start_airflow(paths: Paths, api_port: int = _DEFAULT_API_PORT, timeout_s: float = _DEFAULT_START_TIMEOUT_S) -> str:
+def start_airflow(paths: Paths, timeout_s: float = _DEFAULT_START_TIMEOUT_S) -> str:
     """Start ``airflow standalone`` in its own process group and wait until its API answers."""
     home = airflow_home(paths)
     home.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{api_port}"
+    port = api_port()
+    url = f"http://127.0.0.1:{port}"
     if airflow_pgid(paths) is None:
         log_file = (home / "standalone.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=airflow_env(paths, api_port),
+        proc = subprocess.Popen([sys.executable, "-m", "airflow", "standalone"], env=airflow_env(paths, port),
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=home)
         _pid_file(paths).write_text(str(proc.pid))
