@@ -74,6 +74,27 @@ def _schedule(spec: ReleaseSpec, raw_data: Asset):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[raw_data])
 
 
+def _container_training(spec: ReleaseSpec):
+    """The operator that trains in the pipeline image, when the config says so (else None).
+
+    The container prepares or reuses the same snapshot and writes the run into the shared pipeline home;
+    the ``train`` task after it then finds the finished run and reuses it.
+    """
+    if spec.train_runner == "docker":
+        from airflow.providers.docker.operators.docker import DockerOperator
+
+        from pipeline.containers import docker_operator_kwargs
+
+        return DockerOperator(task_id="train_in_container", **docker_operator_kwargs(spec.model))
+    if spec.train_runner == "kubernetes":
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+        from pipeline.containers import kubernetes_pod_operator_kwargs
+
+        return KubernetesPodOperator(task_id="train_in_container", **kubernetes_pod_operator_kwargs(spec.model))
+    return None
+
+
 def _conf(context) -> dict:
     """The trigger conf as validated Params, plus any unknown key (check_conf refuses those)."""
     raw = dict(context["dag_run"].conf or {})
@@ -171,6 +192,9 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
         data = prepare_data(checked)
         validated = validate_data(data)
         run = train(data, validated)
+        container = _container_training(spec)
+        if container is not None:
+            validated >> container >> run
         verdict = evaluate(run)
         exported = export(run, data, verdict)
         deployed = deploy_staging(exported, has_new_version(exported))

@@ -54,6 +54,9 @@ class TrainConfig(_Strict):
     """Model architecture and optimiser settings."""
 
     architecture: Literal["cnn", "mlp", "softmax", "text_cnn"]
+    # Where the release DAG trains: in the task's own process, or in the pipeline image through
+    # DockerOperator / KubernetesPodOperator (see pipeline/containers.py).
+    runner: Literal["in_process", "docker", "kubernetes"] = "in_process"
     epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0, lt=1)

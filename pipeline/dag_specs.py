@@ -22,6 +22,7 @@ class ReleaseSpec:
     data_source: str
     epochs: int
     learning_rate: float
+    train_runner: str = "in_process"
 
 
 def release_specs() -> list[ReleaseSpec]:
@@ -33,5 +34,6 @@ def release_specs() -> list[ReleaseSpec]:
             model=config.name, task=config.task, schedule=config.release.schedule,
             allow_fault_injection=config.release.allow_fault_injection, data_source=config.data.source,
             epochs=config.train.epochs, learning_rate=config.train.learning_rate,
+            train_runner=config.train.runner,
         ))
     return specs

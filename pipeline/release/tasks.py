@@ -26,6 +26,7 @@ CONF_OVERRIDES = {
     "data_path": "data.path",
 }
 CONF_FLAGS = ("force", "dry_run", "inject_fault")
+_TRAIN_OVERRIDES = {"train.epochs", "train.learning_rate", "train.batch_size"}
 
 
 def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any]]:
@@ -36,6 +37,10 @@ def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, di
         raise ConfigError(f"conf: unknown field(s) {unknown}; allowed: {sorted([*CONF_OVERRIDES, *CONF_FLAGS])}")
     overrides = {CONF_OVERRIDES[k]: v for k, v in conf.items() if k in CONF_OVERRIDES}
     config = steps.resolve_config(model, overrides=overrides)
+    if config.train.runner != "in_process" and set(overrides) & _TRAIN_OVERRIDES:
+        raise ConfigError(f"conf: {sorted(k for k in conf if CONF_OVERRIDES.get(k) in _TRAIN_OVERRIDES)} cannot be "
+                          f"changed per run while {model} trains in a container (train.runner: "
+                          f"{config.train.runner}); change configs/models/{model}.yaml instead")
     fault = conf.get("inject_fault")
     if fault is not None and fault not in FAULTS:
         raise ConfigError(f"conf.inject_fault: unknown fault {fault!r} (known: {list(FAULTS)})")

@@ -86,3 +86,20 @@ def test_parsing_reads_no_network_and_no_tensorflow_in_a_clean_process():
             f"print(sorted(m for m in {_HEAVY!r} if m in sys.modules), len(b.import_errors))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[] 0"
+
+
+@pytest.mark.parametrize("runner,operator", [("docker", "DockerOperator"), ("kubernetes", "KubernetesPodOperator")])
+def test_training_in_a_container_when_configured(runner, operator, monkeypatch):
+    import dataclasses
+    import runpy
+
+    from pipeline.dag_specs import release_specs
+
+    monkeypatch.setenv("PIPELINE_IMAGE", "mlops-pipeline:0.1.0")
+    spec = dataclasses.replace(next(s for s in release_specs() if s.model == "mnist"), train_runner=runner)
+    dag = runpy.run_path(str(DAGS_DIR / "model_release.py"))["build_release_dag"](spec)
+    container = dag.get_task("train_in_container")
+    assert type(container).__name__ == operator
+    assert container.upstream_task_ids == {"validate_data"} and container.downstream_task_ids == {"train"}
+    command = getattr(container, "command", None) or [*container.cmds, *container.arguments]
+    assert command[-4:] == ["pipeline", "train", "mnist", "--json"]

@@ -55,3 +55,18 @@ def test_failed_gate_raises_unless_a_fault_is_injected_on_purpose():
 def test_unchanged_model_is_not_released_again():
     assert tasks.has_new_version({"version": 1, "created": True, "release": True})
     assert not tasks.has_new_version({"version": 1, "created": False, "release": False})
+
+
+def test_per_run_training_params_are_refused_when_training_in_a_container(tmp_path, monkeypatch):
+    import yaml
+
+    from pipeline.settings import REPO_ROOT
+
+    (tmp_path / "models").mkdir()
+    raw = yaml.safe_load((REPO_ROOT / "configs/models/mnist.yaml").read_text())
+    raw["train"]["runner"] = "docker"
+    (tmp_path / "models" / "mnist.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"\['epochs'\] cannot be changed per run"):
+        tasks.check_conf("mnist", {"epochs": 3})
+    assert tasks.check_conf("mnist", {"dry_run": True})["dry_run"] is True
