@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ _DEFAULT_RUN_NAME = "data_validation"
 _SITE_NAME = "local_site"
 _MAX_VALUES_SHOWN = 5
 _LOG = logging.getLogger(__name__)
+_GX_LOCK = threading.Lock()
 
 
 @dataclass
@@ -107,7 +109,7 @@ def validate_snapshot(
         ValidationFailed: A rule is broken; the report and docs are written first.
     """
     splits = {name: snapshot.split(name) for name in SPLITS if _has_split(snapshot, name)}
-    docs_dir = docs_dir or snapshot.path / _DEFAULT_DOCS_SUBDIR
+    docs_dir = Path(docs_dir or snapshot.path / _DEFAULT_DOCS_SUBDIR).resolve()  # GX wants absolute paths
     return validate_splits(splits, config, docs_dir, run_name=f"snapshot-{snapshot.sha256[:12]}")
 
 
@@ -279,6 +281,11 @@ def _rule(text: str) -> dict[str, str]:
 
 def _run_checkpoints(batches: list[_Batch], docs_dir: Path | None, run_name: str) -> ValidationReport:
     """Validate each batch through its own checkpoint in one ephemeral GX context."""
+    with _GX_LOCK:  # GX keeps process-wide state: two contexts built at once in threads break each other
+        return _run_checkpoints_unlocked(batches, docs_dir, run_name)
+
+
+def _run_checkpoints_unlocked(batches: list[_Batch], docs_dir: Path | None, run_name: str) -> ValidationReport:
     from great_expectations.core.run_identifier import RunIdentifier
 
     context = _ephemeral_context(docs_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import traceback
 
 import numpy as np
 import pytest
@@ -115,20 +116,20 @@ def test_a_held_lock_blocks_another_release(release_world, monkeypatch):
 
 def test_overlapping_releases_are_serialized(release_world):
     run_release("mnist", {}, run_id="base")  # data and a first stable version in place
-    errors: list[BaseException] = []
+    errors: list[str] = []
 
     def release_in_thread(run_id: str, epochs: int) -> None:
         try:
             run_release("mnist", {"epochs": epochs}, run_id=run_id)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        except BaseException:  # noqa: BLE001 - reported below
+            errors.append(traceback.format_exc())
 
     threads = [threading.Thread(target=release_in_thread, args=(f"overlap-{e}", e)) for e in (4, 5)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
-    assert not errors, errors
+    assert not errors, errors[0]
     # (A promotion also moves the previous stable to superseded, in the same transaction.)
     history = [t for t in reversed(_release().registry.history("mnist")) if t.to_state is not State.SUPERSEDED]
     # Between a version entering staging and its promotion, no other version changes state.
@@ -136,3 +137,19 @@ def test_overlapping_releases_are_serialized(release_world):
         moves = [i for i, t in enumerate(history) if t.version == version and t.to_state in (State.STAGED, State.PROMOTED)]
         window = history[moves[0]:moves[-1] + 1]
         assert {t.version for t in window} == {version}, [(t.version, str(t.to_state)) for t in window]
+
+
+def test_spam_release_end_to_end_serves_raw_strings(release_world):
+    result = run_release("spam", {}, run_id="spam-1")
+    assert result["finalize"]["stable"] == 1
+    release = Release(resolve_config("spam"))
+    texts = np.array(["Re: meeting notes for thursday", "WIN $$$ NOW!!! click here for FREE money"], dtype=object)
+    for protocol in ("rest", "grpc"):
+        outputs = release.client(PRODUCTION).predict("spam", instances=texts, label=STABLE, protocol=protocol)
+        assert outputs["probabilities"].shape == (2, 2)
+        classes = outputs["probabilities"].argmax(axis=1)
+        assert list(outputs["classes"]) == list(classes)
+        labels = [label.decode() if isinstance(label, bytes) else str(label) for label in outputs["labels"]]
+        assert labels == [("ham", "spam")[c] for c in classes]
+    verdict = result["validate_staging"]
+    assert verdict["blessed"] and verdict["figures"]["golden_max_abs_diff_grpc"] <= 1e-4
