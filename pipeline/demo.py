@@ -34,7 +34,11 @@ def _run(api: AirflowApi, conf: dict[str, Any]) -> tuple[str, dict[str, Any], fl
 
 def _task_summary(api: AirflowApi, run_id: str) -> str:
     rows = sorted(api.task_instances(_DAG, run_id), key=lambda t: t.get("start_date") or "~")
-    return "\n".join(f"   {t['task_id']:<18} {t['state'] or '-':<15} {t.get('duration') or 0:6.1f} s" for t in rows)
+    lines = [f"   {t['task_id']:<18} {t['state'] or '-':<15} {t.get('duration') or 0:6.1f} s" for t in rows]
+    if any(t["task_id"] == "deploy_staging" and t["state"] == "skipped" for t in rows):
+        lines.append("   (this exact model was released before — training is deterministic — so the run stopped "
+                     "after export; `make down clean` starts the demo from scratch)")
+    return "\n".join(lines)
 
 
 def _production_summary() -> dict[str, Any]:
