@@ -97,7 +97,7 @@ def test_a_server_that_cannot_bind_fails_start_and_leaves_nothing(tmp_path):
         taken.listen(1)
         backend = _backend(tmp_path, rest_port=taken.getsockname()[1])
         try:
-            with pytest.raises(ServingError, match="exited while starting") as caught:
+            with pytest.raises(ServingError, match="is already in use") as caught:
                 backend.start(timeout_s=_START_TIMEOUT_S)
         finally:
             backend.stop()
