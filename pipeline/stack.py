@@ -37,6 +37,7 @@ def airflow_home(paths: Paths) -> Path:
 
 def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
     """Environment for every Airflow process of the stack (standalone, CLI calls, task processes)."""
+    port = port or api_port()
     env = dict(os.environ)
     env.update({
         "AIRFLOW_HOME": str(airflow_home(paths)),
@@ -47,7 +48,12 @@ def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",  # a trigger must run, not queue
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__API__PORT": str(port or api_port()),
+        "AIRFLOW__API__PORT": str(port),
+        # Task processes report to this API; its default assumes port 8080.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        # Log servers of the scheduler and triggerer: next to the API port, so two stacks can run side by side.
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 1),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 2),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",  # hand the next task over quickly
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
