@@ -1,7 +1,8 @@
 """Scheduled probe of production: replays each model's golden requests through the ``stable`` label.
 
 When a probe fails, the task rolls that model back to its last good version on its own, records why in
-the registry, and fails so the run shows red. Interval: ``$PIPELINE_MONITOR_MINUTES`` (default 5).
+the registry, and fails so the run shows red. Interval: ``$PIPELINE_MONITOR_MINUTES`` (default 5);
+``PIPELINE_SCHEDULES=off`` (the demo stack) leaves it to manual triggers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from pipeline.config import list_models
 
 _DEFAULT_MINUTES = 5
 
+_SCHEDULE = (None if os.environ.get("PIPELINE_SCHEDULES", "on") == "off"  # the demo stack: by hand only
+             else pendulum.duration(minutes=int(os.environ.get("PIPELINE_MONITOR_MINUTES", _DEFAULT_MINUTES))))
+
 with DAG(
     dag_id="canary_monitor",
-    schedule=pendulum.duration(minutes=int(os.environ.get("PIPELINE_MONITOR_MINUTES", _DEFAULT_MINUTES))),
+    schedule=_SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

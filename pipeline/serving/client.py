@@ -393,13 +393,15 @@ class ServingClient:
         Raises:
             ServingError: the server rejected the config (the message is TF Serving's).
         """
-        from tensorflow_serving.apis import model_management_pb2
+        from pipeline.serving import reload_rpc  # no TensorFlow import: a rollback must not wait 4 s for it
 
-        request = model_management_pb2.ReloadConfigRequest()
-        request.config.CopyFrom(_as_model_server_config(model_server_config))
-        response = self._grpc(
-            "model", "HandleReloadConfigRequest", request, deadline_s or self.timeout_s, NO_RETRY, "reload config"
-        )
+        request = reload_rpc.reload_request(_as_model_server_config(model_server_config))
+        call = reload_rpc.reload_call(self._grpc_channel())
+        timeout_s = deadline_s or self.timeout_s
+        try:
+            response = call(request, timeout=timeout_s)
+        except grpc.RpcError as exc:
+            raise _error_from_rpc(exc, "reload config", timeout_s) from None
         error = _status_error(response.status.error_code, response.status.error_message)
         if error is not None:
             code = _CODE_NAME_BY_NUMBER.get(response.status.error_code, "UNKNOWN")
