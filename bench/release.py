@@ -101,13 +101,7 @@ def sandbox_environment(home: Path, config_dir: Path, airflow_port: int) -> None
         "PIPELINE_CONFIG_DIR": str(config_dir),
         "PIPELINE_AIRFLOW_PORT": str(airflow_port),
         "PIPELINE_SERVING_PROFILE": "embedded",
-        "PIPELINE_SCHEDULES": "off",  # only our triggers run
-        # canary_monitor ignores PIPELINE_SCHEDULES: with a day's interval it probes once at start, then
-        # never again, rather than landing in the middle of a measured window.
-        "PIPELINE_MONITOR_MINUTES": "1440",
-        # Task processes reach the scheduler through the execution API, which Airflow assumes on port 8080
-        # unless told; stack.airflow_env does not say so for another port (reported), so we do.
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{airflow_port}/execution/",
+        "PIPELINE_SCHEDULES": "off",  # only our triggers run (canary_monitor included)
     })  # fmt: skip
     os.environ.pop("PIPELINE_REGISTRY_URL", None)  # the sandbox's own SQLite registry, never a shared one
 
