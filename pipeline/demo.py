@@ -74,6 +74,7 @@ def run_demo(skip_fault: bool = False) -> str:
     lines = [f"Airflow UI   {where['airflow_ui']}   login {where['login']}",
              f"Task logs    {where['logs']}",
              f"Servers      staging {where['staging_rest']}   production {where['production_rest']}",
+             f"Shell        {where['shell']}   (then: airflow dags trigger mnist_release --conf '{{\"epochs\": 3}}')",
              "State        .venv/bin/pipeline status mnist",
              "Stop         make down"]
     return "\n".join(lines)

@@ -160,14 +160,27 @@ def stop_servers(paths: Paths) -> None:
         get_backend(name, paths=paths).stop()
 
 
+def write_env_file(paths: Paths) -> Path:
+    """``airflow/env.sh``: ``source`` it so ``airflow ...`` and ``pipeline ...`` in a shell talk to this stack."""
+    import shlex
+
+    keep = {k: v for k, v in airflow_env(paths).items() if k.startswith(("AIRFLOW", "PIPELINE_")) or k == "PATH"}
+    target = airflow_home(paths) / "env.sh"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(keep.items())))
+    return target
+
+
 def up(paths: Paths | None = None) -> dict[str, str]:
     """Start the whole stack; returns where to look."""
     paths = paths or get_paths()
     servers = start_servers(paths)
     url = start_airflow(paths)
+    env_file = write_env_file(paths)
     return {"airflow_ui": url, "login": f"admin / {admin_password(paths) or '(see standalone.log)'}",
             **{f"{k}_rest": v for k, v in servers.items()},
-            "logs": str(airflow_home(paths) / "logs"), "standalone_log": str(airflow_home(paths) / "standalone.log")}
+            "logs": str(airflow_home(paths) / "logs"), "standalone_log": str(airflow_home(paths) / "standalone.log"),
+            "shell": f"source {env_file}"}
 
 
 def down(paths: Paths | None = None) -> None:
