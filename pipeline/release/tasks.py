@@ -27,6 +27,7 @@ CONF_OVERRIDES = {
 }
 CONF_FLAGS = ("force", "dry_run", "inject_fault")
 _TRAIN_OVERRIDES = {"train.epochs", "train.learning_rate", "train.batch_size"}
+_LOCK_WAIT_S = 900.0  # how long a release waits for another release or rollback of the same model
 
 
 def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any]]:
@@ -146,8 +147,6 @@ def deploy_staging(model: str, version: int, run_id: str) -> dict[str, Any]:
     release.registry.acquire_lock(model, run_id, timeout_s=_LOCK_WAIT_S)
     return deploy_to_staging(release, version, run_id)
 
-
-_LOCK_WAIT_S = 900.0
 
 
 def validate_staging(model: str, conf: dict[str, Any] | None, version: int, run_id: str) -> dict[str, Any]:
