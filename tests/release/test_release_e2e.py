@@ -130,9 +130,11 @@ def test_overlapping_releases_are_serialized(release_world):
     for thread in threads:
         thread.join(timeout=600)
     assert not errors, errors[0]
-    # (A promotion also moves the previous stable to superseded, in the same transaction.)
-    history = [t for t in reversed(_release().registry.history("mnist")) if t.to_state is not State.SUPERSEDED]
-    # Between a version entering staging and its promotion, no other version changes state.
+    # Training and export run concurrently; everything from staging on is under the model's lock. (A promotion
+    # also moves the previous stable to superseded, in the same transaction.)
+    serving_states = {State.STAGED, State.VALIDATED, State.CANARY, State.PROMOTED, State.REJECTED, State.ROLLED_BACK}
+    history = [t for t in reversed(_release().registry.history("mnist")) if t.to_state in serving_states]
+    # Between a version entering staging and its promotion, no other version touches a server.
     for version in (2, 3):
         moves = [i for i, t in enumerate(history) if t.version == version and t.to_state in (State.STAGED, State.PROMOTED)]
         window = history[moves[0]:moves[-1] + 1]
