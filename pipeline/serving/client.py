@@ -432,7 +432,7 @@ class ServingClient:
             raise ConfigError("this client has no grpc_target; use protocol='rest'")
         return chosen
 
-    def _http(self) -> requests.Session:
+    def _http(self) -> Any:
         if self._session is None:
             self._session = _keep_alive_session(self.rest_url)
         return self._session
@@ -526,17 +526,11 @@ class ServingClient:
         return json_format.MessageToDict(signature_map, preserving_proto_field_name=True)
 
 
-def _keep_alive_session(rest_url: str | None) -> requests.Session:
-    """A session whose proxy settings are read from the environment once, not on every request.
+def _keep_alive_session(rest_url: str | None) -> Any:
+    """Persistent connections to the REST API (see :mod:`pipeline.serving.http_transport` for why not requests)."""
+    from pipeline.serving.http_transport import KeepAliveSession
 
-    requests re-reads the proxy variables and ~/.netrc per request when ``trust_env`` is on: about 1 ms a
-    call, which is most of what a small predict costs.
-    """
-    session = requests.Session()
-    if rest_url:
-        session.proxies.update(requests.utils.get_environ_proxies(rest_url))
-    session.trust_env = False
-    return session
+    return KeepAliveSession(rest_url or "")
 
 
 # ---- helpers: paths, errors, status -----------------------------------------------------------------------
