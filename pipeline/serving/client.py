@@ -343,11 +343,15 @@ class ServingClient:
     def _rest_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float) -> dict[str, np.ndarray]:
         model, version, label, signature_name = key
         body: dict[str, Any] = {"signature_name": signature_name}
-        if instances is not None:
-            body["instances"] = _rows_for_json(instances)
+        key_name, payload = ("instances", instances) if instances is not None else ("inputs", inputs)
+        if _is_finite_float32(payload):  # the common case (images): half the encoding time, shorter body
+            data = f'{{"signature_name": {json.dumps(signature_name)}, "{key_name}": {_float32_json(payload)}}}'
         else:
-            body["inputs"] = dict(inputs) if isinstance(inputs, Mapping) else inputs
-        data = json.dumps(body, default=_json_default).encode()  # bytes: http.client sends it without copying
+            if instances is not None:
+                body["instances"] = _rows_for_json(instances)
+            else:
+                body["inputs"] = dict(inputs) if isinstance(inputs, Mapping) else inputs
+            data = json.dumps(body, default=_json_default).encode()  # bytes: http.client sends it without copying
         path = _model_path(model, version, label) + ":predict"
         payload = self._rest("POST", path, data, timeout_s, self.retry, f"predict on {model}")
         signature = self._signature(key, timeout_s)
@@ -653,6 +657,18 @@ def _json_default(value: Any) -> Any:
         except UnicodeDecodeError:
             return {"b64": base64.b64encode(value).decode("ascii")}
     raise TypeError(f"cannot send a {type(value).__name__} to TF Serving")
+
+
+def _is_finite_float32(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.dtype == np.float32 and value.ndim >= 1 and bool(
+        np.isfinite(value).all())
+
+
+def _float32_json(array: np.ndarray) -> str:
+    """A float32 array as nested JSON lists; 9 significant digits give back the same float32 exactly."""
+    if array.ndim == 1:
+        return "[" + ",".join(["%.9g" % v for v in array.tolist()]) + "]"
+    return "[" + ",".join(_float32_json(row) for row in array) + "]"
 
 
 def _rows_for_json(instances: Any) -> Any:
