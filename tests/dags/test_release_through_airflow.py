@@ -10,10 +10,16 @@ import yaml
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports (every probe stays bound until all are picked)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 @pytest.fixture
@@ -22,12 +28,13 @@ def airflow_world(tmp_path, monkeypatch):
 
     home = write_world(tmp_path)
     # Fixed ports picked now: every Airflow task process must find the same two servers.
-    profile = {"instances": {name: {"backend": "local", "rest_port": _free_port(), "grpc_port": _free_port()}
+    ports = iter(_free_ports(5))
+    profile = {"instances": {name: {"backend": "local", "rest_port": next(ports), "grpc_port": next(ports)}
                              for name in ("staging", "production")}}
     (tmp_path / "configs" / "serving" / "embedded.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("PIPELINE_HOME", str(home))
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "configs"))
-    monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", str(_free_port()))
+    monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", str(next(ports)))
     from pipeline import stack
     from pipeline.settings import get_paths
 

@@ -120,14 +120,22 @@ class LocalBackend(ServingBackend):
                 self._wait_until_ready(state, timeout_s)
                 return state.endpoint
             self._ensure_config()
-            state = self._spawn()
-            try:
-                self._wait_until_ready(state, timeout_s)
-                self._wait_until_serving(state, max(deadline - time.monotonic(), 0.1))
-            except BaseException:
-                self._terminate(state)  # leave no half-started server behind; its log stays
-                raise
-            return state.endpoint
+            auto_ports = not (self.spec.rest_port and self.spec.grpc_port)
+            for attempt in (1, 2):
+                state = self._spawn()
+                try:
+                    self._wait_until_ready(state, timeout_s)
+                    self._wait_until_serving(state, max(deadline - time.monotonic(), 0.1))
+                    return state.endpoint
+                except ServingError as exc:
+                    self._terminate(state)  # leave no half-started server behind; its log stays
+                    # A port we picked was taken before the server bound it: pick again, once.
+                    if not (auto_ports and attempt == 1 and "Address already in use" in str(exc)):
+                        raise
+                except BaseException:
+                    self._terminate(state)
+                    raise
+            raise AssertionError("unreachable")
 
     def endpoint(self) -> Endpoint:
         """Where the running server answers.
@@ -170,8 +178,9 @@ class LocalBackend(ServingBackend):
             if port and _port_in_use(self.spec.host, port):
                 raise ServingError("UNAVAILABLE", f"cannot start local TF Serving {self.name!r}: {self.spec.host}:{port} "
                                    "is already in use (another pipeline home's server? stop it with `pipeline down`)")
-        rest_port = self.spec.rest_port or _free_port(self.spec.host)
-        grpc_port = self.spec.grpc_port or _free_port(self.spec.host)
+        picked = iter(_free_ports(self.spec.host, 2))
+        rest_port = self.spec.rest_port or next(picked)
+        grpc_port = self.spec.grpc_port or next(picked)
         with self.log_path.open("ab") as log:
             process = subprocess.Popen(
                 self._command(rest_port, grpc_port),
@@ -282,11 +291,17 @@ def _port_in_use(host: str, port: int) -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _free_port(host: str) -> int:
-    # The port may be taken again before the server binds it; start() then fails with the server's log.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+def _free_ports(host: str, count: int) -> list[int]:
+    """``count`` distinct free ports: all probes stay bound until every port is picked.
+
+    A port may still be taken before the server binds it; start() then fails with the server's log, and
+    retries once when it picked the ports itself.
+    """
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for probe in probes:
+            probe.bind((host, 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def _write_atomically(path: Path, text: str) -> None:
