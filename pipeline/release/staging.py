@@ -70,12 +70,7 @@ def signature_probe(target: Target, expected: dict[str, Any]) -> ProbeResult:
 
 def _normalise(tensors: dict[str, Any]) -> dict[str, tuple]:
     """(dtype, shape) per tensor, comparable whichever side spelled it (``DT_FLOAT`` or ``float32``)."""
-    def dtype_name(name: str) -> str:
-        if not name.startswith("DT_"):
-            return name
-        import tensorflow as tf  # the export side spells dtypes as TF Serving's DataType enum
-
-        return tf.dtypes.as_dtype(name[3:].lower()).name
+    from pipeline.serving.client import dtype_name
 
     def shape(value: Any) -> tuple | None:
         return None if value is None else tuple(-1 if d in (None, -1) else int(d) for d in value)

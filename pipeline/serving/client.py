@@ -636,13 +636,18 @@ def _signature_from_json(signature: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def dtype_name(tf_name: str) -> str:
+    """numpy-style name of a TF Serving dtype (``DT_FLOAT`` -> ``float32``); other spellings pass through."""
+    return _DTYPE_BY_TF_NAME.get(tf_name, tf_name)
+
+
 def _tensor_info(info: Mapping[str, Any]) -> dict[str, Any]:
     dtype = info.get("dtype", "DT_INVALID")
     shape_proto = info.get("tensor_shape") or {}
     shape = None
     if not shape_proto.get("unknown_rank", False):
         shape = [None if int(dim.get("size", -1)) < 0 else int(dim["size"]) for dim in shape_proto.get("dim", [])]
-    return {"dtype": _DTYPE_BY_TF_NAME.get(dtype, dtype), "shape": shape}
+    return {"dtype": dtype_name(dtype), "shape": shape}
 
 
 def _json_default(value: Any) -> Any:

@@ -26,16 +26,21 @@ def test_bad_conf_names_the_field(conf, field):
         tasks.check_conf("mnist", conf)
 
 
-def test_fault_injection_needs_the_config_switch(tmp_path, monkeypatch):
+def _mnist_config_with(tmp_path, monkeypatch, section: str, **fields) -> None:
+    """Point the config dir at a copy of the mnist config with ``fields`` changed in ``section``."""
     import yaml
 
     from pipeline.settings import REPO_ROOT
 
     (tmp_path / "models").mkdir()
     raw = yaml.safe_load((REPO_ROOT / "configs/models/mnist.yaml").read_text())
-    raw["release"]["allow_fault_injection"] = False
+    raw[section].update(fields)
     (tmp_path / "models" / "mnist.yaml").write_text(yaml.safe_dump(raw))
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path))
+
+
+def test_fault_injection_needs_the_config_switch(tmp_path, monkeypatch):
+    _mnist_config_with(tmp_path, monkeypatch, "release", allow_fault_injection=False)
     with pytest.raises(ConfigError, match="does not allow fault injection"):
         tasks.check_conf("mnist", {"inject_fault": "label_shift"})
 
@@ -58,15 +63,7 @@ def test_unchanged_model_is_not_released_again():
 
 
 def test_per_run_training_params_are_refused_when_training_in_a_container(tmp_path, monkeypatch):
-    import yaml
-
-    from pipeline.settings import REPO_ROOT
-
-    (tmp_path / "models").mkdir()
-    raw = yaml.safe_load((REPO_ROOT / "configs/models/mnist.yaml").read_text())
-    raw["train"]["runner"] = "docker"
-    (tmp_path / "models" / "mnist.yaml").write_text(yaml.safe_dump(raw))
-    monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path))
+    _mnist_config_with(tmp_path, monkeypatch, "train", runner="docker")
     with pytest.raises(ConfigError, match=r"\['epochs'\] cannot be changed per run"):
         tasks.check_conf("mnist", {"epochs": 3})
     assert tasks.check_conf("mnist", {"dry_run": True})["dry_run"] is True
