@@ -37,6 +37,7 @@ _CONCURRENCIES = (1, 8)
 _BATCHES = (1, 32)
 _WARMUP_CALLS = 5
 _RELOAD_DEADLINE_S = 30.0
+_ROUNDS = 4  # each combination is measured in rounds that alternate the ways, so drift on a busy VM hits all alike
 _TARGETS = {"rest_p50_overhead_ms": 1.5, "grpc_p50_overhead_ms": 1.0, "reload_p50_s": 2.0, "swap_failures": 0}
 
 
@@ -95,8 +96,8 @@ def sample_inputs(batch: int, seed: int = 0) -> Any:
 # ---- timing -------------------------------------------------------------------------------------------------
 
 
-def run_load(call: Callable[[], Any], concurrency: int, seconds: float) -> dict[str, float]:
-    """Call ``call`` from ``concurrency`` threads for ``seconds``; latency percentiles and throughput."""
+def run_load(call: Callable[[], Any], concurrency: int, seconds: float) -> dict[str, Any]:
+    """Call ``call`` from ``concurrency`` threads for ``seconds``; each latency, the errors, the time taken."""
     stop_at = time.perf_counter() + seconds
     per_thread: list[list[float]] = [[] for _ in range(concurrency)]
     errors = [0] * concurrency
@@ -115,10 +116,17 @@ def run_load(call: Callable[[], Any], concurrency: int, seconds: float) -> dict[
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(worker, range(concurrency)))
     elapsed = time.perf_counter() - started
-    latencies = sorted(x for thread in per_thread for x in thread)
+    latencies = [x for thread in per_thread for x in thread]
+    return {"latencies": latencies, "errors": sum(errors), "elapsed_s": elapsed}
+
+
+def merge_loads(results: list[dict[str, Any]]) -> dict[str, float]:
+    """One result from several rounds of :func:`run_load` (their latencies pooled)."""
+    latencies = sorted(x for result in results for x in result["latencies"])
+    elapsed = sum(result["elapsed_s"] for result in results)
     return {
         "requests": len(latencies),
-        "errors": sum(errors),
+        "errors": sum(result["errors"] for result in results),
         "p50_ms": _percentile(latencies, 50) * 1e3,
         "p99_ms": _percentile(latencies, 99) * 1e3,
         "throughput_rps": len(latencies) / elapsed,
@@ -160,11 +168,12 @@ def bench_latency(endpoint: Any, signature: Any, seconds: float) -> list[dict[st
         inputs = sample_inputs(batch)
         for concurrency in _CONCURRENCIES:
             callers = predict_callers(endpoint, signature, inputs, concurrency)
-            figures = {}
-            for way, call in callers.items():
+            for call in callers.values():
                 for _ in range(_WARMUP_CALLS):
                     call()
-                figures[way] = run_load(call, concurrency, seconds)
+            rounds = [{way: run_load(call, concurrency, seconds / _ROUNDS) for way, call in callers.items()}
+                      for _ in range(_ROUNDS)]
+            figures = {way: merge_loads([r[way] for r in rounds]) for way in callers}
             floor = figures["in_process"]
             for way, result in figures.items():
                 rows.append({
@@ -302,6 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the MNIST versions are (default: $PIPELINE_HOME/models/mnist)")
     parser.add_argument("--seconds", type=float, default=_DEFAULT_SECONDS, help="load duration per combination")
     parser.add_argument("--swaps", type=int, default=_DEFAULT_SWAPS, help="version swaps under load")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="TensorFlow threads per op, for the server (--tensorflow_intra_op_parallelism) and the "
+                             "in-process floor alike (default 1, as the embedded profile; 0: one per core)")
     parser.add_argument("--json", type=Path, help="also write the JSON document here")
     return parser.parse_args(argv)
 
@@ -309,6 +321,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import tensorflow as tf
+
+    if args.intra_op_threads:  # the floor runs the model with the threads the server is given
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
     from pipeline.serving.backends.local import LocalBackend
     from pipeline.serving.model_config import single_model_config, write_config
@@ -323,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         stage_versions(source, base_path, args.swaps + 1)
         signature = tf.saved_model.load(str(source)).signatures[_SIGNATURE]
 
-        backend = LocalBackend("bench", {"backend": "local"}, get_paths(workdir / "home"))
+        spec = {"backend": "local", "extra_args": [f"--tensorflow_intra_op_parallelism={args.intra_op_threads}"]}
+        backend = LocalBackend("bench", spec, get_paths(workdir / "home"))
         write_config(backend.config_path, single_model_config(_MODEL, base_path, [1], {"stable": 1}))
         try:
             started = time.perf_counter()
@@ -336,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             backend.stop()
 
     summary = summarize(latency, swaps)
-    report = {"model_source": model_source, "server_start_s": round(startup_s, 2), "latency": latency,
+    report = {"model_source": model_source, "server_start_s": round(startup_s, 2),
+              "intra_op_threads": args.intra_op_threads, "latency": latency,
               "swaps": swaps, "summary": summary}  # fmt: skip
     print(render_table(latency, swaps, summary))
     print(json.dumps(report, indent=2))

@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import grpc
+import msgspec
 import numpy as np
 import requests
 
@@ -55,6 +56,9 @@ _CODE_BY_HTTP_STATUS = {
 # tensorflow.error.Code numbers are the gRPC status numbers.
 _CODE_NAME_BY_NUMBER = {code.value[0]: code.name for code in grpc.StatusCode}
 _RETRYABLE_CODES = frozenset({"UNAVAILABLE"})
+# For finite float32 arrays: tolist() widens each to the float64 of the same value, whose shortest repr (what
+# msgspec writes) reads back as that float32. msgspec would write NaN as null, hence "finite".
+_JSON_ENCODER = msgspec.json.Encoder()
 
 _DTYPE_BY_TF_NAME = {
     "DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_HALF": "float16", "DT_BFLOAT16": "bfloat16",
@@ -344,8 +348,8 @@ class ServingClient:
         model, version, label, signature_name = key
         body: dict[str, Any] = {"signature_name": signature_name}
         key_name, payload = ("instances", instances) if instances is not None else ("inputs", inputs)
-        if _is_finite_float32(payload):  # the common case (images): half the encoding time, shorter body
-            data = f'{{"signature_name": {json.dumps(signature_name)}, "{key_name}": {_float32_json(payload)}}}'
+        if _is_finite_float32(payload):  # the common case (images): exact, and ~6x faster than json.dumps
+            data = _JSON_ENCODER.encode({"signature_name": signature_name, key_name: payload.tolist()})
         else:
             if instances is not None:
                 body["instances"] = _rows_for_json(instances)
@@ -360,6 +364,8 @@ class ServingClient:
     def _grpc_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float) -> dict[str, np.ndarray]:
         from tensorflow_serving.apis import predict_pb2
 
+        from pipeline.serving import tensors
+
         model, version, label, signature_name = key
         signature = self._signature(key, timeout_s)
         columns = _columns_from_rows(instances) if instances is not None else inputs
@@ -369,9 +375,9 @@ class ServingClient:
         for name, value in _named_inputs(columns, signature["inputs"]).items():
             # An input the signature lacks goes as it is: the server's error says what is wrong.
             dtype = signature["inputs"].get(name, {}).get("dtype")
-            request.inputs[name].CopyFrom(_tensor_proto(value, dtype))
+            tensors.fill_tensor_proto(request.inputs[name], _in_dtype(value, dtype))
         response = self._grpc("prediction", "Predict", request, timeout_s, self.retry, f"predict on {model}")
-        return {name: _ndarray(proto) for name, proto in response.outputs.items()}
+        return {name: tensors.to_ndarray(proto) for name, proto in response.outputs.items()}
 
     def _signature(self, key: tuple, timeout_s: float) -> dict[str, Any]:
         """The signature a predict targets (cached): names a lone input or output and gives dtypes."""
@@ -669,12 +675,6 @@ def _is_finite_float32(value: Any) -> bool:
         np.isfinite(value).all())
 
 
-def _float32_json(array: np.ndarray) -> str:
-    """A float32 array as nested JSON lists; 9 significant digits give back the same float32 exactly."""
-    if array.ndim == 1:
-        return "[" + ",".join(["%.9g" % v for v in array.tolist()]) + "]"
-    return "[" + ",".join(_float32_json(row) for row in array) + "]"
-
 
 def _rows_for_json(instances: Any) -> Any:
     """Row format: a mapping of batched inputs becomes one dict per row."""
@@ -704,21 +704,13 @@ def _named_inputs(columns: Any, declared: Mapping[str, Any]) -> dict[str, Any]:
     return {next(iter(declared)): columns}
 
 
-def _tensor_proto(value: Any, dtype: str | None) -> Any:
-    """A TensorProto of ``value`` in the signature's dtype (REST converts JSON numbers; gRPC must match)."""
-    import tensorflow as tf
-
+def _in_dtype(value: Any, dtype: str | None) -> np.ndarray:
+    """``value`` as an array of the signature's dtype (REST converts JSON numbers; gRPC must match)."""
     if dtype == "string":
-        return tf.make_tensor_proto(np.asarray(value, dtype=object))
+        return np.asarray(value, dtype=object)
     if dtype in (None, "bfloat16"):
-        return tf.make_tensor_proto(np.asarray(value))
-    return tf.make_tensor_proto(np.asarray(value, dtype=dtype))
-
-
-def _ndarray(proto: Any) -> np.ndarray:
-    import tensorflow as tf
-
-    return tf.make_ndarray(proto)
+        return np.asarray(value)
+    return np.asarray(value, dtype=dtype)
 
 
 def _outputs_from_json(payload: Mapping[str, Any], declared: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -17,7 +17,10 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import requests
+
+_DECODER = msgspec.json.Decoder()
 
 
 class Response:
@@ -33,7 +36,10 @@ class Response:
         return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        try:
+            return _DECODER.decode(self.content)  # fast; TF Serving may write NaN/Infinity, which json reads
+        except msgspec.DecodeError:
+            return json.loads(self.content)
 
 
 class KeepAliveSession:

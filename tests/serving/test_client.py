@@ -127,6 +127,17 @@ def test_predict_row_format_names_the_lone_output_from_metadata():
     np.testing.assert_array_equal(result["y"], [[2.5], [3.0]])
 
 
+def test_float32_inputs_are_sent_exactly_and_nan_as_json_nan():
+    values = np.array([[1 / 3, 1e-38, 3.4028235e38, 0.0, -2.5]], dtype=np.float32)
+    client, session = _client((200, {"predictions": [[1.0]]}), (200, _HALF_PLUS_TWO_METADATA),
+                              (200, {"predictions": [[1.0]]}))
+    client.predict("m", instances=values)
+    sent = np.asarray(session.requests[0]["body"]["instances"], dtype=np.float32)
+    np.testing.assert_array_equal(sent, values)  # bit for bit, not just close
+    client.predict("m", instances=np.array([[np.nan, 1.0]], dtype=np.float32))
+    assert np.isnan(session.requests[2]["body"]["instances"][0][0])  # NaN, not null
+
+
 def test_predict_columnar_with_several_outputs_by_label():
     reply = {"outputs": {"p": [[0.1] * 10], "c": [3]}}
     client, session = _client((200, reply), (200, _HALF_PLUS_TWO_METADATA))

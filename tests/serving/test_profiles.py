@@ -39,6 +39,7 @@ def test_embedded_profile_is_the_default_and_runs_both_instances_locally(monkeyp
     assert set(profile.instances) == {"staging", "production"}
     assert profile.instance("production").spec() == {
         "backend": "local", "host": "127.0.0.1", "rest_port": 8501, "grpc_port": 8500,
+        "extra_args": ["--tensorflow_intra_op_parallelism=1"],
     }  # fmt: skip
 
 

@@ -55,6 +55,17 @@ def test_predict_with_make_tensor_proto(stack: Any) -> None:
     assert response.model_spec.signature_name == "serving_default"
 
 
+def test_tensor_content_of_the_wrong_size_is_invalid_argument(stack: Any) -> None:
+    _, _, prediction, _ = stack
+    request = predict_request([1.0, 2.0, 5.0])
+    request.inputs["x"].tensor_content = request.inputs["x"].tensor_content[:-4]
+    with pytest.raises(grpc.RpcError) as caught:
+        prediction.Predict(request, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Could not parse input tensor x: tensor_content holds 8 bytes" in caught.value.details()
+    assert prediction.Predict(predict_request([1.0]), timeout=10).outputs["y"]  # and it still answers
+
+
 def test_predict_errors_carry_tf_codes_and_messages(stack: Any) -> None:
     import tensorflow as tf
 

@@ -37,6 +37,26 @@ def test_flags_follow_tensorflow_model_server() -> None:
     assert options.model_config_file_poll_wait_seconds == 5.0
     with pytest.raises(SystemExit):
         parse_flags(["--port=1"])  # neither a model nor a config file
+    options = parse_flags(["--model_base_path=/m", "--tensorflow_intra_op_parallelism=1",
+                           "--tensorflow_inter_op_parallelism", "3"])
+    assert (options.tensorflow_intra_op_parallelism, options.tensorflow_inter_op_parallelism) == (1, 3)
+    with pytest.raises(SystemExit):
+        parse_flags(["--model_base_path=/m", "--tensorflow_intra_op_parallelism=-1"])
+
+
+@pytest.mark.slow
+def test_tensorflow_thread_flags_set_the_pools_of_a_fresh_process() -> None:
+    code = ("import tensorflow as tf\n"
+            "from pipeline.serving.server.model_server import set_tensorflow_threads\n"
+            "set_tensorflow_threads(1, 3)\n"
+            "tf.constant(1.0) + 1  # the first op: TensorFlow is initialized\n"
+            "set_tensorflow_threads(2, 0)  # too late now: kept, with a warning\n"
+            "t = tf.config.threading\n"
+            "print(t.get_intra_op_parallelism_threads(), t.get_inter_op_parallelism_threads())\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "3"]
 
 
 @pytest.fixture

@@ -284,6 +284,34 @@ def test_dtype_errors(api: RestApi, dtype: str, value: Any, fragment: str) -> No
     assert fragment in message
 
 
+@pytest.mark.parametrize("values,expected", [
+    ([0.5, 0, 3, 16777215], [0.5, 0.0, 3.0, 16777215.0]),  # clients write 0.0 as 0: integers among decimals
+    ([[0.25, 1], [2, 0.75]], [[0.25, 1.0], [2.0, 0.75]]),
+])
+def test_integers_mixed_with_decimals_are_floats(api: RestApi, values: list, expected: list) -> None:
+    status, doc = predict(api, {"signature_name": "echo_float32", "instances": values}, "/v1/models/multi_io:predict")
+    assert status == 200, doc
+    assert doc == {"predictions": expected}
+
+
+@pytest.mark.parametrize("dtype,values,fragment", [
+    ("float32", [0.5, 2**24 + 1], "to float without loss of precision."),  # an inexact integer among decimals
+    ("float32", [0.5, 1e39], "to float without loss of precision."),
+    ("float64", [0.5, 2**53 + 1], "to double without loss of precision."),
+])
+def test_mixed_numbers_keep_the_lossless_checks(api: RestApi, dtype: str, values: list, fragment: str) -> None:
+    status, message = error(api, "POST", "/v1/models/multi_io:predict",
+                            {"signature_name": f"echo_{dtype}", "instances": values})
+    assert status == 400
+    assert fragment in message
+
+
+def test_nan_and_infinity_are_read_as_tf_serving_reads_them(api: RestApi) -> None:
+    body = b'{"signature_name": "echo_float64", "instances": [NaN, 1, -Infinity]}'
+    status, text = api.handle("POST", "/v1/models/multi_io:predict", body)
+    assert (status, text) == (200, '{"predictions": [NaN, 1.0, -Infinity]}')
+
+
 def test_b64_in_columnar_single_value(api: RestApi) -> None:
     body = {"signature_name": "echo_string", "inputs": {"b64": "aGk="}}
     assert predict(api, body, "/v1/models/multi_io:predict") == (200, {"outputs": {"b64": "aGk="}})

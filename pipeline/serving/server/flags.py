@@ -37,6 +37,8 @@ class ServerOptions:
     allow_version_labels_for_unavailable_models: bool = False
     rest_api_num_threads: int = _DEFAULT_REST_THREADS
     grpc_max_threads: int = _DEFAULT_GRPC_THREADS
+    tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (one thread per core)
+    tensorflow_inter_op_parallelism: int = 0
 
 
 def _bool(text: str) -> bool:
@@ -46,6 +48,13 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "f", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="let labels point at versions that are not AVAILABLE yet")
     add("--rest_api_num_threads", type=int, default=_DEFAULT_REST_THREADS, help="REST worker threads (ignored: one per connection)")
     add("--grpc_max_threads", type=int, default=_DEFAULT_GRPC_THREADS, help="gRPC worker threads")
+    add("--tensorflow_intra_op_parallelism", type=_non_negative, default=0,
+        help="threads one op may use (0: one per core); 1 is fastest for small models on few cores")
+    add("--tensorflow_inter_op_parallelism", type=_non_negative, default=0,
+        help="ops run at once (0: one per core)")
     # Accepted for command-line compatibility with tensorflow_model_server; no effect here.
     for flag in ("--enable_batching", "--enable_model_warmup", "--rest_api_timeout_in_ms",
-                 "--tensorflow_intra_op_parallelism", "--tensorflow_inter_op_parallelism", "--grpc_channel_arguments",
+                 "--grpc_channel_arguments",
                  "--monitoring_config_file", "--batching_parameters_file"):
         add(flag, default=None, nargs="?", const="true", help=argparse.SUPPRESS)
     return parser
@@ -101,4 +114,6 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         rest_api_num_threads=args.rest_api_num_threads,
         grpc_max_threads=args.grpc_max_threads,
+        tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
+        tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
     )

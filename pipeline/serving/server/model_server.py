@@ -40,6 +40,31 @@ def read_server_config(path: str) -> Any:
         raise ServingError("INVALID_ARGUMENT", str(exc)) from None
 
 
+def set_tensorflow_threads(intra_op: int, inter_op: int) -> None:
+    """TF Serving's ``--tensorflow_{intra,inter}_op_parallelism`` (0 leaves TensorFlow's choice).
+
+    They only take effect before this process runs its first TensorFlow op; a server embedded in a process that
+    already did (the tests) keeps the threads it has and says so.
+    """
+    if not intra_op and not inter_op:
+        return
+    import tensorflow as tf
+
+    threading_config = tf.config.threading
+    wanted = [(intra_op, threading_config.get_intra_op_parallelism_threads,
+               threading_config.set_intra_op_parallelism_threads),
+              (inter_op, threading_config.get_inter_op_parallelism_threads,
+               threading_config.set_inter_op_parallelism_threads)]
+    for value, get, put in wanted:
+        if not value or get() == value:
+            continue
+        try:
+            put(value)
+        except RuntimeError:  # "... cannot be modified after initialization"
+            log.warning("TensorFlow is already initialized in this process; %s stays %d (asked for %d)",
+                        put.__name__, get(), value)
+
+
 class ModelServer:
     """A TF Serving compatible server, in this process.
 
@@ -80,6 +105,8 @@ class ModelServer:
         from pipeline.serving.server.grpc_services import GrpcServer
         from pipeline.serving.server.rest import RestServer
 
+        set_tensorflow_threads(self.options.tensorflow_intra_op_parallelism,
+                               self.options.tensorflow_inter_op_parallelism)
         self.manager.apply_config(self._initial_config())
         try:
             self._grpc = GrpcServer(self.manager, self.options.bind_address, self.options.port,

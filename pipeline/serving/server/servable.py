@@ -41,14 +41,14 @@ class Signature:
     inputs: dict[str, str]
     outputs: dict[str, str]
     function: Any  # the loaded ConcreteFunction
+    input_types: dict[str, Any]  # alias -> tf.DType (looked up once, not per request)
 
     def call(self, arrays: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run the signature on arrays (or tensors) keyed by input alias; outputs as numpy arrays."""
         import tensorflow as tf
 
         self._check_input_keys(arrays)
-        feeds = {name: tf.convert_to_tensor(value, dtype=tf.as_dtype(_dtype_enum(self.inputs[name])))
-                 for name, value in arrays.items()}
+        feeds = {name: tf.convert_to_tensor(value, dtype=self.input_types[name]) for name, value in arrays.items()}
         try:
             results = self.function(**feeds)
         except Exception as exc:  # TF raises many types; all become a TF status
@@ -132,6 +132,8 @@ class Servable:
 
     @staticmethod
     def _bind_signatures(loaded: Any, signature_defs: Any) -> dict[str, Signature]:
+        import tensorflow as tf
+
         signatures = {}
         for key, function in loaded.signatures.items():
             sig_def = signature_defs.get(key)
@@ -143,6 +145,7 @@ class Servable:
                 inputs={alias: _dtype_name(info.dtype) for alias, info in sig_def.inputs.items()},
                 outputs={alias: _dtype_name(info.dtype) for alias, info in sig_def.outputs.items()},
                 function=function,
+                input_types={alias: tf.as_dtype(info.dtype) for alias, info in sig_def.inputs.items()},
             )
         return signatures
 
@@ -157,8 +160,9 @@ class Servable:
 
     def predict(self, request: Any) -> Any:
         """Answer a ``PredictRequest`` with a ``PredictResponse`` (gRPC and warmup path)."""
-        import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
+
+        from pipeline.serving.tensors import fill_tensor_proto, to_ndarray
 
         signature = self.signature(request.model_spec.signature_name)
         arrays = {}
@@ -169,7 +173,7 @@ class Servable:
                 raise invalid_argument(f"Expects arg[{index}] to be {dtype_string(expected)} "
                                        f"but {dtype_string(_dtype_name(proto.dtype))} is provided")
             try:
-                arrays[alias] = tf.make_ndarray(proto)
+                arrays[alias] = to_ndarray(proto)
             except Exception as exc:
                 raise invalid_argument(f"Could not parse input tensor {alias}: {exc}") from None
         outputs = signature.call(arrays)
@@ -177,7 +181,7 @@ class Servable:
         response = predict_pb2.PredictResponse()
         self.fill_model_spec(response.model_spec, signature.name)
         for alias, value in outputs.items():
-            response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+            fill_tensor_proto(response.outputs[alias], value)
         return response
 
     def fill_model_spec(self, spec: Any, signature_name: str) -> None:

@@ -1,0 +1,76 @@
+"""numpy arrays <-> ``TensorProto`` for the gRPC API, shared by the client and the server.
+
+Numeric tensors travel as ``tensor_content`` (the raw little-endian bytes), which is what TF Serving itself
+writes; that is one ``tobytes``/``frombuffer`` instead of ``tf.make_tensor_proto``/``tf.make_ndarray``, whose
+generic checks cost more than a small model's whole forward pass. Strings, and protos that carry their values
+in the typed repeated fields (``float_val``...), go through TensorFlow's own converters.
+
+Importing this module imports the TensorFlow protos (so TensorFlow), as the gRPC stubs do anyway.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, types_pb2
+
+# numpy dtype -> DataType, for the dtypes whose tensor_content is the array's own bytes.
+_DATATYPE_BY_NUMPY = {
+    np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE,
+    np.dtype(np.float16): types_pb2.DT_HALF,
+    np.dtype(np.int8): types_pb2.DT_INT8, np.dtype(np.int16): types_pb2.DT_INT16,
+    np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int64): types_pb2.DT_INT64,
+    np.dtype(np.uint8): types_pb2.DT_UINT8, np.dtype(np.uint16): types_pb2.DT_UINT16,
+    np.dtype(np.uint32): types_pb2.DT_UINT32, np.dtype(np.uint64): types_pb2.DT_UINT64,
+    np.dtype(np.bool_): types_pb2.DT_BOOL,
+    np.dtype(np.complex64): types_pb2.DT_COMPLEX64, np.dtype(np.complex128): types_pb2.DT_COMPLEX128,
+}  # fmt: skip
+_NUMPY_BY_DATATYPE = {datatype: dtype.newbyteorder("<") for dtype, datatype in _DATATYPE_BY_NUMPY.items()}
+
+
+class TensorConversionError(ValueError):
+    """A TensorProto whose content does not fit its dtype and shape."""
+
+
+def fill_tensor_proto(proto: Any, value: Any) -> None:
+    """Write ``value`` (an array or anything ``np.asarray`` takes) into the empty ``TensorProto`` ``proto``."""
+    array = np.asarray(value)
+    datatype = _DATATYPE_BY_NUMPY.get(array.dtype.newbyteorder("="))
+    if datatype is None:  # strings, objects, bfloat16...: TensorFlow knows how
+        import tensorflow as tf
+
+        proto.CopyFrom(tf.make_tensor_proto(array))
+        return
+    proto.dtype = datatype
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def tensor_proto(value: Any) -> Any:
+    """A new ``TensorProto`` holding ``value``."""
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, value)
+    return proto
+
+
+def to_ndarray(proto: Any) -> np.ndarray:
+    """The array a ``TensorProto`` holds (a writable copy).
+
+    Raises:
+        TensorConversionError: ``tensor_content`` does not hold as many elements as the shape says.
+    """
+    dtype = _NUMPY_BY_DATATYPE.get(proto.dtype)
+    if dtype is None or not proto.tensor_content:
+        import tensorflow as tf
+
+        return tf.make_ndarray(proto)
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    count = int(np.prod(shape, dtype=np.int64))
+    content = proto.tensor_content
+    if count < 0 or len(content) != count * dtype.itemsize:
+        raise TensorConversionError(
+            f"tensor_content holds {len(content)} bytes; shape {shape} of {types_pb2.DataType.Name(proto.dtype)} "
+            f"needs {max(count, 0) * dtype.itemsize}")
+    return np.frombuffer(content, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
