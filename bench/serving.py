@@ -2,7 +2,9 @@
 
 Runs the MNIST SavedModel (signature ``serving_default``: ``images`` float32 [-1, 784] -> ``probabilities``
 float32 [-1, 10], ``classes`` int64 [-1]) three ways on the same inputs: in process (the floor), through the
-local backend's REST API and through its gRPC API, at concurrency 1 and 8 and batch 1 and 32. Then it swaps the
+local backend's REST API and through its gRPC API, at concurrency 1 and 8 and batch 1 and 32. A fourth row,
+``in_process_idle``, is the floor called after 1 ms of sleep (a diagnostic: what the model alone costs a thread
+that waited for its request, as a server's does). The server and the floor run TensorFlow with the same threads. Then it swaps the
 ``stable`` label across new versions under steady load, the way a promotion does (load N+1 beside N, move the
 label, unload N), and counts failed requests. Prints a table and a JSON document.
 
@@ -103,7 +105,10 @@ def run_load(call: Callable[[], Any], concurrency: int, seconds: float) -> dict[
     errors = [0] * concurrency
 
     def worker(index: int) -> None:
+        before = getattr(call, "before", None)
         while time.perf_counter() < stop_at:
+            if before:
+                before()  # not timed
             started = time.perf_counter()
             try:
                 call()
@@ -156,9 +161,27 @@ def predict_callers(endpoint: Any, signature: Any, inputs: Any, concurrency: int
     tensor = tf.constant(inputs)
     return {
         "in_process": lambda: signature(images=tensor)["classes"].numpy(),
+        "in_process_idle": AfterIdle(lambda: signature(images=tensor)["classes"].numpy()),
         "rest": lambda: client().predict(_MODEL, instances=inputs, label="stable", protocol="rest"),
         "grpc": lambda: client().predict(_MODEL, inputs={"images": inputs}, label="stable", protocol="grpc"),
     }
+
+
+class AfterIdle:
+    """A call made after the caller slept ``idle_s`` (untimed), as a server's call is after waiting for a request.
+
+    Diagnostic, not a target: on a small VM a thread that slept runs the same model measurably slower (cold
+    caches, CPUs woken from idle), and no server answering one request at a time can avoid that.
+    """
+
+    def __init__(self, call: Callable[[], Any], idle_s: float = 0.001):
+        self.call, self.idle_s = call, idle_s
+
+    def before(self) -> None:
+        time.sleep(self.idle_s)
+
+    def __call__(self) -> Any:
+        return self.call()
 
 
 def bench_latency(endpoint: Any, signature: Any, seconds: float) -> list[dict[str, Any]]:
@@ -280,11 +303,11 @@ def summarize(latency: list[dict[str, Any]], swaps: dict[str, Any]) -> dict[str,
 
 
 def render_table(latency: list[dict[str, Any]], swaps: dict[str, Any], summary: dict[str, Any]) -> str:
-    header = f"{'way':<11}{'batch':>6}{'conc':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'+p50 ms':>9}{'x':>7}{'err':>5}"
+    header = f"{'way':<16}{'batch':>6}{'conc':>6}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'+p50 ms':>9}{'x':>7}{'err':>5}"
     lines = [header, "-" * len(header)]
     for r in latency:
         lines.append(
-            f"{r['way']:<11}{r['batch']:>6}{r['concurrency']:>6}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['way']:<16}{r['batch']:>6}{r['concurrency']:>6}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
             f"{r['throughput_rps']:>9.0f}{r['p50_overhead_ms']:>9.2f}{r['p50_ratio']:>7.2f}{r['errors']:>5}"
         )
     lines.append("")
