@@ -675,7 +675,6 @@ def _is_finite_float32(value: Any) -> bool:
         np.isfinite(value).all())
 
 
-
 def _rows_for_json(instances: Any) -> Any:
     """Row format: a mapping of batched inputs becomes one dict per row."""
     if isinstance(instances, Mapping):

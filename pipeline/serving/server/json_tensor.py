@@ -279,9 +279,9 @@ def _fast_flatten(val: Any, shape: list[int], dtype: str) -> list | np.ndarray |
 
 def _fast_leaves(leaves: list, dtype: str) -> list | np.ndarray | None:
     """``leaves`` converted if all are of the one plain JSON type ``dtype`` takes in range; None to go slow."""
-    kinds = set(map(type, leaves))
     if not leaves:
         return None
+    kinds = set(map(type, leaves))
     if dtype in ("DT_FLOAT", "DT_DOUBLE") and kinds <= {int, float}:
         return _fast_decimals(leaves, dtype, int in kinds)
     if len(kinds) != 1:
@@ -323,7 +323,7 @@ def _to_array(chunks: list[list | np.ndarray], shape: list[int], dtype: str) -> 
         array[:] = flat
         return array.reshape(shape)
     wide = np.int64 if np_dtype in (np.int8, np.int16, np.uint8) else np_dtype
-    array = np.concatenate([np.asarray(chunk, dtype=wide) for chunk in chunks]) if chunks else np.zeros(0, wide)
+    array = np.concatenate([np.asarray(chunk, dtype=wide) for chunk in chunks])
     # TF stores int8/int16/uint8 in int_val (int32) and narrows; keep that wrap-around.
     return array.astype(np_dtype, copy=False).reshape(shape)
 

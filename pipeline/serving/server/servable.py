@@ -67,12 +67,6 @@ class Signature:
             f"Missing but required: {{{','.join(missing)}}}.")
 
 
-def _dtype_enum(name: str) -> int:
-    from tensorflow.core.framework import types_pb2
-
-    return types_pb2.DataType.Value(name)
-
-
 def _dtype_name(number: int) -> str:
     from tensorflow.core.framework import types_pb2
 
@@ -169,7 +163,7 @@ class Servable:
         for index, alias in enumerate(sorted(request.inputs)):
             proto = request.inputs[alias]
             expected = signature.inputs.get(alias)
-            if expected is not None and proto.dtype != _dtype_enum(expected):
+            if expected is not None and proto.dtype != signature.input_types[alias].as_datatype_enum:
                 raise invalid_argument(f"Expects arg[{index}] to be {dtype_string(expected)} "
                                        f"but {dtype_string(_dtype_name(proto.dtype))} is provided")
             try:
