@@ -4,9 +4,12 @@ Runs the MNIST SavedModel (signature ``serving_default``: ``images`` float32 [-1
 float32 [-1, 10], ``classes`` int64 [-1]) three ways on the same inputs: in process (the floor), through the
 local backend's REST API and through its gRPC API, at concurrency 1 and 8 and batch 1 and 32. A fourth row,
 ``in_process_idle``, is the floor called after 1 ms of sleep (a diagnostic: what the model alone costs a thread
-that waited for its request, as a server's does). The server and the floor run TensorFlow with the same threads. Then it swaps the
-``stable`` label across new versions under steady load, the way a promotion does (load N+1 beside N, move the
-label, unload N), and counts failed requests. Prints a table and a JSON document.
+that waited for its request, as a server's does). The server and the floor run TensorFlow with the same threads.
+Then it swaps the ``stable`` label across new versions under steady load, the way a promotion does (load N+1
+beside N, move the label, unload N), and counts failed requests. Prints a table and a JSON document.
+
+gRPC runs on the I/O path :mod:`pipeline.serving.grpc_io` picks (grpc's classic poller); ``--grpc-event-engine``
+runs client and server on grpc's own default (its EventEngine) instead, to compare.
 
 Usage::
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -337,12 +341,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="TensorFlow threads per op, for the server (--tensorflow_intra_op_parallelism) and the "
                              "in-process floor alike (default 1, as the embedded profile; 0: one per core)")
+    parser.add_argument("--grpc-event-engine", action="store_true",
+                        help="run gRPC on grpc's default EventEngine I/O (GRPC_EXPERIMENTS empty), to compare")
     parser.add_argument("--json", type=Path, help="also write the JSON document here")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.grpc_event_engine:  # before pipeline.serving is imported: grpc reads it once, when it loads
+        os.environ["GRPC_EXPERIMENTS"] = ""
     import tensorflow as tf
 
     if args.intra_op_threads:  # the floor runs the model with the threads the server is given
@@ -376,9 +384,11 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(latency, swaps)
     report = {"model_source": model_source, "server_start_s": round(startup_s, 2),
-              "intra_op_threads": args.intra_op_threads, "latency": latency,
+              "intra_op_threads": args.intra_op_threads, "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS"),
+              "latency": latency,
               "swaps": swaps, "summary": summary}  # fmt: skip
     print(render_table(latency, swaps, summary))
+    print(f"gRPC I/O: GRPC_EXPERIMENTS={report['grpc_experiments']!r}")
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

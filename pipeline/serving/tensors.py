@@ -10,6 +10,7 @@ Importing this module imports the TensorFlow protos (so TensorFlow), as the gRPC
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ def to_ndarray(proto: Any) -> np.ndarray:
 
         return tf.make_ndarray(proto)
     shape = [dim.size for dim in proto.tensor_shape.dim]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     content = proto.tensor_content
     if count < 0 or len(content) != count * dtype.itemsize:
         raise TensorConversionError(

@@ -53,6 +53,8 @@ def test_start_attach_stop_leaves_nothing_running(backend, tmp_path):
     assert (state.rest_port, state.grpc_port) == (endpoint.rest_port, endpoint.grpc_port)
     assert backend.config_path.read_text().strip().startswith("model_config_list")
     assert backend.is_running()
+    # The server runs grpc on the I/O path this process chose (pipeline.serving.grpc_io).
+    assert psutil.Process(state.pid).environ().get("GRPC_EXPERIMENTS") == os.environ["GRPC_EXPERIMENTS"]
     with ServingClient.for_endpoint(endpoint) as client, pytest.raises(ServingError) as caught:
         client.model_status("nothing_served")
     assert caught.value.http_status == 404
