@@ -2,9 +2,9 @@
 
 grpcio 1.85 reads and writes sockets for clients (``event_engine_client``) and servers (``event_engine_listener``) on
 an EventEngine thread pool, so each unary call crosses extra threads on both ends. On the 2-vCPU machines this
-project runs on that costs more than our whole predict path: a gRPC echo took 0.59 ms p50 with grpc's defaults and
-0.34 ms with both experiments off on both ends, and a predict through our client 0.3-0.5 ms less
-(``bench/serving.py``; the numbers are in issue 3's notes).
+project runs on, a gRPC echo took 0.59 ms p50 with grpc's defaults and 0.34 ms with both experiments off on both
+ends; ``bench/serving.py`` puts gRPC's batch-1 overhead at +0.92 to +1.07 ms with grpc's defaults and +0.72 to
++0.90 ms without them (alternating runs; ``--grpc-event-engine`` runs the former).
 
 grpc core reads ``GRPC_EXPERIMENTS`` (documented in grpc's ``doc/environment_variables.md``) once, when grpcio
 is imported, and has no per-channel switch. So importing :mod:`pipeline.serving` sets a default for it, which a
