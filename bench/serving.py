@@ -349,8 +349,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.grpc_event_engine:  # before pipeline.serving is imported: grpc reads it once, when it loads
-        os.environ["GRPC_EXPERIMENTS"] = ""
+    from pipeline.serving import grpc_io  # sets grpc's I/O path; grpc itself is not loaded yet
+
+    if args.grpc_event_engine:  # before grpc is imported: it reads the variable once, when it loads
+        os.environ[grpc_io.ENV_VAR] = ""
     import tensorflow as tf
 
     if args.intra_op_threads:  # the floor runs the model with the threads the server is given
@@ -384,9 +386,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(latency, swaps)
     report = {"model_source": model_source, "server_start_s": round(startup_s, 2),
-              "intra_op_threads": args.intra_op_threads, "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS"),
-              "latency": latency,
-              "swaps": swaps, "summary": summary}  # fmt: skip
+              "intra_op_threads": args.intra_op_threads, "grpc_experiments": os.environ.get(grpc_io.ENV_VAR),
+              "latency": latency, "swaps": swaps, "summary": summary}  # fmt: skip
     print(render_table(latency, swaps, summary))
     print(f"gRPC I/O: GRPC_EXPERIMENTS={report['grpc_experiments']!r}")
     print(json.dumps(report, indent=2))

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import types_pb2
 
 # numpy dtype -> DataType, for the dtypes whose tensor_content is the array's own bytes.
 _DATATYPE_BY_NUMPY = {
@@ -47,13 +47,6 @@ def fill_tensor_proto(proto: Any, value: Any) -> None:
     for size in array.shape:
         proto.tensor_shape.dim.add().size = size
     proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-def tensor_proto(value: Any) -> Any:
-    """A new ``TensorProto`` holding ``value``."""
-    proto = tensor_pb2.TensorProto()
-    fill_tensor_proto(proto, value)
-    return proto
 
 
 def to_ndarray(proto: Any) -> np.ndarray:

@@ -5,10 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.serving.tensors import TensorConversionError, fill_tensor_proto, tensor_proto, to_ndarray
+from tensorflow.core.framework import tensor_pb2
+
+from pipeline.serving.tensors import TensorConversionError, fill_tensor_proto, to_ndarray
 
 NUMERIC = [np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
            np.uint32, np.uint64, np.bool_, np.complex64, np.complex128]
+
+
+def tensor_proto(value: object) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, value)
+    return proto
 
 
 @pytest.mark.parametrize("dtype", NUMERIC, ids=lambda d: np.dtype(d).name)
@@ -47,10 +55,7 @@ def test_protos_made_by_tensorflow_are_read_including_typed_fields_and_strings()
 
 
 def test_strings_go_through_tensorflow() -> None:
-    from tensorflow.core.framework import tensor_pb2
-
-    proto = tensor_pb2.TensorProto()
-    fill_tensor_proto(proto, np.array(["x", "yz"], dtype=object))
+    proto = tensor_proto(np.array(["x", "yz"], dtype=object))
     assert list(proto.string_val) == [b"x", b"yz"]
 
 
