@@ -339,7 +339,7 @@ def cold_reload_api_import() -> float:
     (TF Serving's generated ``model_service_pb2_grpc`` would import all of TensorFlow, about 4 s here.)
     """
     code = ("import time; t = time.perf_counter(); from pipeline.serving.client import ServingClient; "
-            "from pipeline.serving import reload_rpc; reload_rpc.messages(); print(time.perf_counter() - t)")
+            "from pipeline.wire import reload_rpc; reload_rpc.messages(); print(time.perf_counter() - t)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     return round(float(proc.stdout.strip().splitlines()[-1]), 2)
 
@@ -484,6 +484,9 @@ def bench(api: Any, ports: dict[str, int], home: Path, args: argparse.Namespace,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from pipeline.wire.grpc_io import prefer_classic_io
+
+    prefer_classic_io()  # the load clients here, like the stack's processes, on grpc's classic I/O path
     started = time.time()
     deadline = started + args.budget_s - _STOP_RESERVE_S
     workdir = Path(tempfile.mkdtemp(prefix="bench-release-"))

@@ -8,7 +8,7 @@ that waited for its request, as a server's does). The server and the floor run T
 Then it swaps the ``stable`` label across new versions under steady load, the way a promotion does (load N+1
 beside N, move the label, unload N), and counts failed requests. Prints a table and a JSON document.
 
-gRPC runs on the I/O path :mod:`pipeline.serving.grpc_io` picks (grpc's classic poller); ``--grpc-event-engine``
+gRPC runs on the I/O path :mod:`pipeline.wire.grpc_io` picks (grpc's classic poller); ``--grpc-event-engine``
 runs client and server on grpc's own default (its EventEngine) instead, to compare.
 
 Usage::
@@ -256,7 +256,7 @@ def swap_version(admin: Any, model_base_path: Path, current: int) -> tuple[float
 
     Load N+1 beside N (reload, wait AVAILABLE), then move ``stable`` to N+1 and unload N in one config.
     """
-    from pipeline.serving.model_config import single_model_config
+    from pipeline.wire.model_config import single_model_config
 
     new, started = current + 1, time.perf_counter()
     both = single_model_config(_MODEL, model_base_path, [current, new], {"stable": current})
@@ -349,17 +349,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pipeline.serving import grpc_io  # sets grpc's I/O path; grpc itself is not loaded yet
+    from pipeline.wire import grpc_io
 
-    if args.grpc_event_engine:  # before grpc is imported: it reads the variable once, when it loads
+    # Before grpc is imported: it reads the variable once, when it loads; the servers inherit it.
+    if args.grpc_event_engine:
         os.environ[grpc_io.ENV_VAR] = ""
+    grpc_io.prefer_classic_io()
     import tensorflow as tf
 
     if args.intra_op_threads:  # the floor runs the model with the threads the server is given
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
     from pipeline.serving.backends.local import LocalBackend
-    from pipeline.serving.model_config import single_model_config, write_config
+    from pipeline.wire.model_config import single_model_config, write_config
     from pipeline.settings import get_paths
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.config import FAULTS
 from pipeline.errors import PipelineError
+from pipeline.wire.grpc_io import prefer_classic_io
 
 _EXIT_ERROR = 2
 Command = Callable[[argparse.Namespace], Any]
@@ -215,9 +216,10 @@ def _configure_logging(verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pipeline`` console script."""
+    prefer_classic_io()  # before any command loads grpc (see pipeline.wire.grpc_io)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:  # the server parses tensorflow_model_server's own flags
-        from pipeline.serving.server import main as serve
+        from pipeline.embedded_server import main as serve
 
         return serve(argv[1:]) or 0
     args = build_parser().parse_args(argv)

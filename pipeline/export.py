@@ -1,11 +1,7 @@
 """Atomic, versioned SavedModel export of a training run for TF Serving.
 
-Layout of one version (``<model_base_path>/<N>/``)::
-
-    saved_model.pb, variables/, assets/
-    assets.extra/tf_serving_warmup_requests   TFRecord of PredictionLog (TF Serving replays it on load)
-    assets.extra/metadata.json                model, run id, data snapshot, metrics, code version, signatures
-    assets.extra/golden.json                  test inputs, true labels, the offline model's predictions
+The layout of a version directory and the rules of publishing one (temp name, rename to the next integer,
+a high-water mark under a lock) are :mod:`pipeline.wire.version_dirs`; this module writes the contents.
 
 Signatures (``-1`` is the batch dimension):
 
@@ -15,25 +11,17 @@ Signatures (``-1`` is the batch dimension):
 * texts: ``serving_default``: inputs ``texts`` string [-1] (raw text); outputs ``probabilities``
   float32 [-1, 2], ``classes`` int64 [-1], ``labels`` string [-1] (class names).
 
-TF Serving loads any numeric directory it sees, complete or not, so a version is written under a
-hidden temp name in the same directory (``.tmp-export-<uuid>``), fsynced, and then renamed to the
-next integer. Versions only grow: a high-water mark (``.last_version``) survives deleting old
-versions, and it is read and advanced under an fcntl lock so concurrent exports get distinct
-numbers. Temp dirs of crashed exports are ignored and removed once stale. Exporting a run that
-already has a version returns that version (``created=False``).
+A version is written under a hidden temp name, fsynced, and then published. Temp dirs of crashed exports
+are ignored and removed once stale. Exporting a run that already has a version returns that version
+(``created=False``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
-import os
 import shutil
-import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import pipeline
 from pipeline.errors import NotFound
+from pipeline.util.files import fsync_tree
+from pipeline.wire import version_dirs as vd
 
 if TYPE_CHECKING:
     import keras
@@ -51,22 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TMP_PREFIX = ".tmp-export-"
-LAST_VERSION_FILE = ".last_version"
-LOCK_FILE = ".export.lock"
-ASSETS_EXTRA = "assets.extra"
-WARMUP_FILE = "tf_serving_warmup_requests"
-METADATA_FILE = "metadata.json"
-GOLDEN_FILE = "golden.json"
 SERVING_SIGNATURE = "serving_default"
 IMAGE_ALIAS_SIGNATURE = "predict_images"
 PREDICT_METHOD = "tensorflow/serving/predict"
-# Test hook: when set to a file path, the export writes that file and waits (to be killed) after
-# the SavedModel is in the temp dir and before assets.extra and the rename.
-PAUSE_ENV = "PIPELINE_EXPORT_TEST_PAUSE"
 _DEFAULT_WARMUP_REQUESTS = 5
 _DEFAULT_GOLDEN_SIZE = 32
-_DEFAULT_STALE_TMP_AGE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -76,114 +55,6 @@ class ExportResult:
     version: int
     path: Path
     created: bool
-
-
-# --- versions on disk -------------------------------------------------------------------------------
-
-
-def list_versions(model_base_path: Path) -> list[int]:
-    """The numeric version directories under a model base path, ascending."""
-    base = Path(model_base_path)
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit() and p.is_dir())
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFound(f"{path.parent.parent} has no {what} ({path.name}); was it made by pipeline.export?") from None
-
-
-def read_metadata(version_dir: Path) -> dict[str, Any]:
-    """The ``assets.extra/metadata.json`` of a version directory."""
-    return _read_json(Path(version_dir) / ASSETS_EXTRA / METADATA_FILE, "metadata")
-
-
-def read_golden(version_dir: Path) -> dict[str, Any]:
-    """The ``assets.extra/golden.json`` of a version directory (inputs, labels, offline predictions)."""
-    return _read_json(Path(version_dir) / ASSETS_EXTRA / GOLDEN_FILE, "golden set")
-
-
-def find_version_of_run(model_base_path: Path, run_id: str) -> int | None:
-    """The version exported from ``run_id``, or None."""
-    for version in list_versions(model_base_path):
-        meta_path = Path(model_base_path) / str(version) / ASSETS_EXTRA / METADATA_FILE
-        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-            if json.loads(meta_path.read_text()).get("run_id") == run_id:
-                return version
-    return None
-
-
-def remove_stale_temp_dirs(model_base_path: Path, max_age_s: float = _DEFAULT_STALE_TMP_AGE_S) -> list[Path]:
-    """Delete temp dirs of crashed exports older than ``max_age_s``; younger ones may be in progress."""
-    removed = []
-    for path in Path(model_base_path).glob(f"{TMP_PREFIX}*"):
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - path.stat().st_mtime > max_age_s:
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    if removed:
-        log.info("removed %d stale export temp dir(s) under %s", len(removed), model_base_path)
-    return removed
-
-
-@contextlib.contextmanager
-def _export_lock(model_base_path: Path) -> Iterator[None]:
-    """Exclusive lock of a model base path (fcntl; released when the process dies)."""
-    with open(Path(model_base_path) / LOCK_FILE, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root``, so the rename publishes durable bytes."""
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _read_high_water(model_base_path: Path) -> int:
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        return int((Path(model_base_path) / LAST_VERSION_FILE).read_text().strip())
-    return 0
-
-
-def _write_high_water(model_base_path: Path, version: int) -> None:
-    tmp = Path(model_base_path) / f"{LAST_VERSION_FILE}.tmp"
-    with open(tmp, "w") as handle:
-        handle.write(f"{version}\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, Path(model_base_path) / LAST_VERSION_FILE)
-
-
-def _publish(model_base_path: Path, tmp_dir: Path, run_id: str) -> ExportResult:
-    """Rename a complete temp dir to the next version, under the lock."""
-    base = Path(model_base_path)
-    with _export_lock(base):
-        existing = find_version_of_run(base, run_id)  # a concurrent export of the same run won
-        if existing is not None:
-            return ExportResult(existing, base / str(existing), created=False)
-        version = max([_read_high_water(base), *list_versions(base)]) + 1
-        os.rename(tmp_dir, base / str(version))
-        _write_high_water(base, version)
-        _fsync_dir(base)
-    return ExportResult(version, base / str(version), created=True)
 
 
 # --- signatures ------------------------------------------------------------------------------------
@@ -299,15 +170,6 @@ def _write_json(path: Path, payload: Any, *, compact: bool = False) -> None:
     path.write_text(text + "\n")
 
 
-def _pause_for_tests(tmp_dir: Path) -> None:
-    """Block after a partial write when the test hook asks, so a test can SIGKILL us mid-export."""
-    marker = os.environ.get(PAUSE_ENV)
-    if marker:
-        Path(marker).write_text(str(tmp_dir))
-        while True:
-            time.sleep(1)
-
-
 def _metadata(run: TrainResult, signatures: dict, extra: dict[str, Any] | None) -> dict[str, Any]:
     core = {
         "model": run.info["model"],
@@ -337,18 +199,17 @@ def write_version_dir(
     archive.track(model)
     endpoints = _add_endpoints(archive, model, run.info["kind"], run.info["class_names"])
     archive.write_out(str(target), verbose=False)
-    _pause_for_tests(target)
     signatures = describe_signatures(endpoints)
     input_name = next(iter(signatures[SERVING_SIGNATURE]["inputs"]))
     golden = build_golden(model, snapshot, input_name, _DEFAULT_GOLDEN_SIZE)
-    extra_dir = target / ASSETS_EXTRA
+    extra_dir = target / vd.ASSETS_EXTRA
     extra_dir.mkdir()
     warmup_inputs = to_inputs_array(golden["inputs"], run.info["kind"])[:_DEFAULT_WARMUP_REQUESTS]
-    write_warmup_requests(extra_dir / WARMUP_FILE, run.info["model"], input_name, warmup_inputs)
-    _write_json(extra_dir / GOLDEN_FILE, golden, compact=True)  # thousands of numbers
+    write_warmup_requests(extra_dir / vd.WARMUP_FILE, run.info["model"], input_name, warmup_inputs)
+    _write_json(extra_dir / vd.GOLDEN_FILE, golden, compact=True)  # thousands of numbers
     metadata = _metadata(run, signatures, extra_metadata)
-    _write_json(extra_dir / METADATA_FILE, metadata)
-    _fsync_tree(target)
+    _write_json(extra_dir / vd.METADATA_FILE, metadata)
+    fsync_tree(target)
     return metadata
 
 
@@ -401,16 +262,17 @@ def export_run(
     run = load_run(run_dir)
     base = Path(model_base_path)
     base.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_dirs(base)
-    existing = find_version_of_run(base, run.run_id)
+    vd.remove_stale_temp_dirs(base)
+    existing = vd.find_version_of_run(base, run.run_id)
     if existing is not None:
         log.info("run %s is already version %d under %s", run.run_id, existing, base)
         return ExportResult(existing, base / str(existing), created=False)
     snapshot = _resolve_snapshot(run, snapshot)
-    tmp_dir = base / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    tmp_dir = base / f"{vd.TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         write_version_dir(run, snapshot, tmp_dir, extra_metadata)
-        result = _publish(base, tmp_dir, run.run_id)
+        version, created = vd.publish(base, tmp_dir, run.run_id)
+        result = ExportResult(version, vd.version_dir(base, version), created)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # gone already after a successful rename
     log.info("exported run %s as %s (created=%s)", run.run_id, result.path, result.created)

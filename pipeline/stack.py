@@ -19,6 +19,7 @@ import requests
 
 from pipeline.errors import DeadlineExceeded, PipelineError
 from pipeline.settings import REPO_ROOT, Paths, config_dir, get_paths
+from pipeline.wire.grpc_io import classic_io_env
 
 _DEFAULT_API_PORT = 8080
 _DEFAULT_START_TIMEOUT_S = 240.0
@@ -38,7 +39,7 @@ def airflow_home(paths: Paths) -> Path:
 def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
     """Environment for every Airflow process of the stack (standalone, CLI calls, task processes)."""
     port = port or api_port()
-    env = dict(os.environ)
+    env = classic_io_env()  # task processes start gRPC clients: grpc's classic I/O path (pipeline.wire.grpc_io)
     env.update({
         "AIRFLOW_HOME": str(airflow_home(paths)),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),

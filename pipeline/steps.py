@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ModelConfig, load_model_config
-from pipeline.release.gates import Verdict, evaluation_gate
+from pipeline.gates import Verdict, evaluation_gate
 from pipeline.settings import Paths, get_paths
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from pipeline.wire.grpc_io import prefer_classic_io
+
+# Servable builders and server fixtures (tiny SavedModels like TF Serving's test models), for every test package.
+pytest_plugins = ("tests.servables",)
+
+prefer_classic_io()  # the test process starts gRPC clients and in-process servers: before grpc loads
+
 if TYPE_CHECKING:
     import numpy as np
 

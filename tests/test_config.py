@@ -54,6 +54,6 @@ def test_config_import_is_light():
     import subprocess
     import sys
 
-    code = "import sys, pipeline.config, pipeline.settings, pipeline.release.gates; " \
+    code = "import sys, pipeline.config, pipeline.settings, pipeline.gates; " \
            "print(any(m in sys.modules for m in ('tensorflow', 'numpy', 'pandas')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

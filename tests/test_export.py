@@ -16,7 +16,9 @@ import pytest
 
 from pipeline import export
 from pipeline.errors import NotFound
-from pipeline.export import export_run, list_versions, read_golden, read_metadata
+from pipeline.export import export_run
+from pipeline.wire import version_dirs
+from pipeline.wire.version_dirs import list_versions, read_golden, read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +47,7 @@ def test_version_dir_layout(image_export) -> None:
                  "assets.extra/metadata.json", "assets.extra/golden.json"):
         assert (image_export.path / name).exists(), name
     assert list_versions(image_export.path.parent) == [1]
-    assert not list(image_export.path.parent.glob(export.TMP_PREFIX + "*"))
+    assert not list(image_export.path.parent.glob(version_dirs.TMP_PREFIX + "*"))
 
 
 def test_metadata_names_the_lineage(image_export, image_run, image_snapshot) -> None:
@@ -153,9 +155,9 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path) -> None:
     results = []
 
     def publish(i: int) -> None:
-        tmp = base / f"{export.TMP_PREFIX}{i}"
+        tmp = base / f"{version_dirs.TMP_PREFIX}{i}"
         tmp.mkdir()
-        results.append(export._publish(base, tmp, f"run-{i}").version)
+        results.append(version_dirs.publish(base, tmp, f"run-{i}")[0])
 
     threads = [threading.Thread(target=publish, args=(i,)) for i in range(8)]
     for thread in threads:
@@ -167,12 +169,12 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path) -> None:
 
 
 def test_stale_temp_dirs_are_removed_fresh_ones_kept(tmp_path) -> None:
-    stale, fresh = tmp_path / f"{export.TMP_PREFIX}old", tmp_path / f"{export.TMP_PREFIX}new"
+    stale, fresh = tmp_path / f"{version_dirs.TMP_PREFIX}old", tmp_path / f"{version_dirs.TMP_PREFIX}new"
     stale.mkdir()
     fresh.mkdir()
     an_hour_ago = time.time() - 2 * 3600
     os.utime(stale, (an_hour_ago, an_hour_ago))
-    assert export.remove_stale_temp_dirs(tmp_path) == [stale]
+    assert version_dirs.remove_stale_temp_dirs(tmp_path) == [stale]
     assert fresh.exists() and not stale.exists()
 
 
@@ -183,11 +185,21 @@ def test_missing_assets_are_not_found(tmp_path) -> None:
         export_run(tmp_path / "no-run", tmp_path / "models")
 
 
+# Exports, but stops for good once the SavedModel is in the temp dir and before assets.extra and the rename:
+# the warmup file is the first thing written after the SavedModel. The test then SIGKILLs it there.
 _EXPORT_SCRIPT = textwrap.dedent(
     """
-    import sys
-    from pipeline.export import export_run
-    export_run(sys.argv[1], sys.argv[2])
+    import sys, time
+    from pathlib import Path
+    import pipeline.export as export
+
+    def pause(path, *args, **kwargs):
+        Path(sys.argv[3]).write_text(str(Path(path).parent.parent))
+        while True:
+            time.sleep(1)
+
+    export.write_warmup_requests = pause
+    export.export_run(sys.argv[1], sys.argv[2])
     """
 )
 
@@ -195,8 +207,8 @@ _EXPORT_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_killed_export_leaves_no_version_and_the_next_export_succeeds(image_run, tmp_path) -> None:
     base, marker = tmp_path / "models", tmp_path / "paused"
-    env = {**os.environ, export.PAUSE_ENV: str(marker), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-c", _EXPORT_SCRIPT, str(image_run.run_dir), str(base)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-c", _EXPORT_SCRIPT, str(image_run.run_dir), str(base), str(marker)]
     with open(tmp_path / "exporter.log", "wb") as output:  # TF's start-up chatter, kept out of the test log
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:

@@ -1,13 +1,7 @@
 """Promotion by version bump on production, canary predictions, and the automatic rollback.
 
-Production pins versions with a ``specific`` policy and names them with labels. The life of a release:
-
-    before         versions {…, S}        labels {stable: S}
-    promote        versions {…, S, N}     labels {stable: S, canary: N}   (N loads beside S first)
-    canary passes  versions {S, N}        labels {stable: N}              (S stays loaded: instant rollback)
-    canary fails   versions {…, S}        labels {stable: S}              (N unloaded; stable never moved)
-
-Every change goes through :func:`change_served_state`, which never lets a request fail.
+The labels' life through a release is in :mod:`pipeline.release.production`; every change here goes through
+its :func:`change_production`, which never lets a request fail.
 """
 
 from __future__ import annotations
@@ -16,27 +10,15 @@ import logging
 from typing import Any
 
 from pipeline.errors import ValidationFailed
+from pipeline.gates import Verdict
 from pipeline.release.context import PRODUCTION, Release
-from pipeline.release.gates import Verdict
 from pipeline.release.probes import Target, accuracy_probe, agreement_probe, golden_probe, latency_probe, merge
+from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.release.registry import State
 from pipeline.release.retention import apply_retention
-from pipeline.release.serving_state import ServedState, change_served_state, read_served_state
+from pipeline.wire.version_dirs import read_golden
 
 log = logging.getLogger(__name__)
-
-STABLE = "stable"
-CANARY = "canary"
-
-
-def production_state(release: Release) -> ServedState:
-    """What production's models.config says it serves for this model."""
-    return read_served_state(release.backend(PRODUCTION).config_path, release.model)
-
-
-def _change_production(release: Release, versions: list[int], labels: dict[str, int]) -> ServedState:
-    return change_served_state(release.backend(PRODUCTION), release.client(PRODUCTION), release.model,
-                               release.base_path, versions, labels, release.config.serving.load_deadline_s)
 
 
 def promote_canary(release: Release, version: int, run_id: str | None = None) -> dict[str, Any]:
@@ -45,7 +27,7 @@ def promote_canary(release: Release, version: int, run_id: str | None = None) ->
     before = production_state(release)
     stable = before.label(STABLE)
     labels = {STABLE: stable, CANARY: version} if stable is not None else {CANARY: version}
-    _change_production(release, sorted(set(before.versions) | {version}), labels)
+    change_production(release, sorted(set(before.versions) | {version}), labels)
     release.registry.transition(release.model, version, State.CANARY, run_id=run_id,
                                 reason=f"canary on production beside stable {stable}")
     return {"version": version, "stable": stable}
@@ -53,12 +35,9 @@ def promote_canary(release: Release, version: int, run_id: str | None = None) ->
 
 def check_canary(release: Release, version: int) -> Verdict:
     """Canary predictions through the ``canary`` label: golden correctness, agreement with stable, errors, latency."""
-    from pipeline.export import read_golden
-    from pipeline.release.staging import held_out_sample
-
     serving, client = release.config.serving, release.client(PRODUCTION)
     canary = Target(client, release.model, label=CANARY, signature_name=serving.signature_name)
-    inputs, labels = held_out_sample(release, version, serving.sample_size)
+    inputs, labels = release.held_out_sample(version)
     probes = [
         golden_probe(canary, read_golden(release.version_dir(version)), serving.golden_tolerance, ("rest",)),
         accuracy_probe(canary, inputs, labels, release.config.gates.min_value),
@@ -69,7 +48,7 @@ def check_canary(release: Release, version: int) -> Verdict:
         probes.append(agreement_probe(canary, stable, inputs, release.config.release.canary_min_agreement))
     result = merge(*probes)
     verdict = Verdict("canary", not result.problems, result.problems, result.figures)
-    verdict.write(release.paths.serving_dir / "verdicts" / release.model / str(version) / "canary.json")
+    verdict.write(release.verdict_path(version, "canary"))
     log.info(verdict.summary())
     return verdict
 
@@ -84,7 +63,7 @@ def finalize_release(release: Release, version: int, run_id: str | None = None) 
     release.registry.check_transition(release.model, version, State.PROMOTED)
     previous = before.label(STABLE)
     versions = sorted({version} | ({previous} if previous is not None else set()))
-    _change_production(release, versions, {STABLE: version})
+    change_production(release, versions, {STABLE: version})
     release.registry.transition(release.model, version, State.PROMOTED, run_id=run_id,
                                 reason=f"canary passed; stable {previous} -> {version}")
     retired = apply_retention(release.base_path, release.model, release.registry,
@@ -94,28 +73,20 @@ def finalize_release(release: Release, version: int, run_id: str | None = None) 
 
 
 def rollback_canary(release: Release, version: int, reasons: list[str], run_id: str | None = None) -> dict[str, Any]:
-    """Unload the canary and leave stable as it was; the registry records ``rolled_back``. Idempotent."""
+    """Unload the canary and leave stable as it was; the registry records ``rolled_back``. Idempotent.
+
+    When the canary was the model's first release (no stable), production stops serving the model at all.
+    """
     before = production_state(release)
     stable = before.label(STABLE)
     remaining = [v for v in before.versions if v != version]
-    if remaining or stable is not None:
-        _change_production(release, remaining or [stable], {STABLE: stable} if stable is not None else {})
-    else:
-        _remove_from_production(release)
+    if not remaining and stable is not None:
+        remaining = [stable]
+    change_production(release, remaining, {STABLE: stable} if stable is not None else {})
     record = release.registry.get_version(release.model, version)
     if record.state is State.CANARY:
         release.registry.record_rollback(release.model, version, run_id=run_id, reason="; ".join(reasons))
     return {"rolled_back": version, "stable": stable}
-
-
-def _remove_from_production(release: Release) -> None:
-    """First release failed its canary: production stops serving the model at all."""
-    from pipeline.release.serving_state import without_model
-    from pipeline.serving import model_config as mc
-
-    backend = release.backend(PRODUCTION)
-    mc.write_config(backend.config_path, without_model(backend.config_path, release.model))
-    backend.apply_config(timeout_s=release.config.serving.load_deadline_s)
 
 
 def canary_gate(release: Release, version: int, run_id: str | None = None) -> Verdict:

@@ -9,8 +9,11 @@ from typing import TYPE_CHECKING
 from pipeline.config import ModelConfig
 from pipeline.release.registry import Registry
 from pipeline.settings import Paths, get_paths
+from pipeline.wire.version_dirs import version_dir
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from pipeline.serving.backends.base import ServingBackend
     from pipeline.serving.client import ServingClient
 
@@ -21,13 +24,18 @@ _DEFAULT_CLIENT_TIMEOUT_S = 10.0
 
 @dataclass
 class Release:
-    """One model's release context. Backends are started (or attached to) on first use."""
+    """One model's release context.
+
+    Backends are built on first use but never started here: only a change of what a server serves
+    (:func:`pipeline.release.serving_state.change_served_state`) starts one. A client needs its server running.
+    """
 
     config: ModelConfig
     paths: Paths = field(default_factory=get_paths)
-    registry: Registry | None = None
-    _backends: dict[str, "ServingBackend"] = field(default_factory=dict, repr=False)
-    _clients: dict[str, "ServingClient"] = field(default_factory=dict, repr=False)
+    registry: Registry = None  # type: ignore[assignment]  # set in __post_init__ from the paths
+    _backends: dict[str, ServingBackend] = field(default_factory=dict, repr=False)
+    _clients: dict[str, ServingClient] = field(default_factory=dict, repr=False)
+    _samples: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.registry is None:
@@ -42,26 +50,53 @@ class Release:
         return self.paths.model_base_path(self.model)
 
     def version_dir(self, version: int) -> Path:
-        return self.base_path / str(version)
+        return version_dir(self.base_path, version)
 
-    def backend(self, instance: str) -> "ServingBackend":
-        """The started backend of ``staging`` or ``production`` from the serving profile."""
+    def verdict_path(self, version: int, gate: str) -> Path:
+        """Where a gate's verdict on ``version`` is written: ``serving/verdicts/<model>/<N>/<gate>.json``."""
+        return self.paths.serving_dir / "verdicts" / self.model / str(version) / f"{gate}.json"
+
+    def backend(self, instance: str) -> ServingBackend:
+        """The backend of ``staging`` or ``production`` from the serving profile (not started)."""
         if instance not in self._backends:
             from pipeline.serving.backends import get_backend
 
-            backend = get_backend(instance, paths=self.paths)
-            backend.start(timeout_s=self.config.serving.load_deadline_s)
-            self._backends[instance] = backend
+            self._backends[instance] = get_backend(instance, paths=self.paths)
         return self._backends[instance]
 
-    def client(self, instance: str) -> "ServingClient":
-        """A client for ``staging`` or ``production``."""
+    def client(self, instance: str) -> ServingClient:
+        """A client for ``staging`` or ``production``.
+
+        Raises:
+            NotFound: the instance is not running.
+        """
         if instance not in self._clients:
             from pipeline.serving.client import ServingClient
 
             endpoint = self.backend(instance).endpoint()
             self._clients[instance] = ServingClient.for_endpoint(endpoint, timeout_s=_DEFAULT_CLIENT_TIMEOUT_S)
         return self._clients[instance]
+
+    def held_out_sample(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``serving.sample_size`` test examples of the snapshot ``version`` was trained on, as inputs.
+
+        Read once per context: every probe of a gate judges the version on the same examples.
+        """
+        if version not in self._samples:
+            self._samples[version] = self._read_held_out_sample(version)
+        return self._samples[version]
+
+    def _read_held_out_sample(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+        import numpy as np
+
+        from pipeline.data.dataset import Snapshot
+        from pipeline.models import to_model_inputs
+        from pipeline.wire.version_dirs import read_metadata
+
+        sha = read_metadata(self.version_dir(version))["data_snapshot_sha256"]
+        test = Snapshot.open(self.paths.data_dir / self.model / sha).split("test")
+        sample = test.subset(np.arange(min(self.config.serving.sample_size, len(test))))
+        return to_model_inputs(sample), sample.y
 
     def close(self) -> None:
         """Close clients (servers keep running: they outlive a task)."""

@@ -15,20 +15,13 @@ from pathlib import Path
 
 from pipeline.errors import ConfigError
 from pipeline.release.registry import Registry, State
+from pipeline.wire.version_dirs import list_versions
 
 _log = logging.getLogger(__name__)
 
 # Trash names start with a dot and hold a non-digit, so neither TF Serving nor a listing of versions
 # takes them for a version.
 _TRASH_PREFIX = ".trash-"
-
-
-def versions_on_disk(model_base_path: str | Path) -> list[int]:
-    """Numbers of the version directories under ``model_base_path``, oldest first (none if it is missing)."""
-    base = Path(model_base_path)
-    if not base.is_dir():
-        return []
-    return sorted(int(entry.name) for entry in base.iterdir() if entry.is_dir() and entry.name.isdigit())
 
 
 def plan_retention(versions_on_disk: Iterable[int], keep: int, protected: set[int]) -> list[int]:
@@ -83,7 +76,7 @@ def apply_retention(
     """
     base = Path(model_base_path)
     all_protected = set(protected) | registry.protected_versions(model)
-    doomed = plan_retention(versions_on_disk(base), keep, all_protected)
+    doomed = plan_retention(list_versions(base), keep, all_protected)
     known = {record.version for record in registry.versions(model)}
     for version in doomed:
         trash = _move_to_trash(base, version)

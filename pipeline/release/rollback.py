@@ -13,11 +13,12 @@ import time
 from typing import Any
 
 from pipeline.errors import NotFound, ValidationFailed
-from pipeline.release.canary import CANARY, STABLE, _change_production, production_state
 from pipeline.release.context import PRODUCTION, Release
-from pipeline.release.gates import Verdict
+from pipeline.release.production import CANARY, STABLE, change_production, production_state
+from pipeline.gates import Verdict
 from pipeline.release.probes import Target, golden_probe
 from pipeline.release.registry import State
+from pipeline.wire.version_dirs import has_saved_model, read_golden
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def choose_rollback_target(release: Release, current: int | None, to_version: in
     if target is None:
         raise NotFound(f"{release.model}: no earlier good version to roll back to (stable is {current}); "
                        "pass --to N with a version that passed validation")
-    if not (release.version_dir(target) / "saved_model.pb").is_file():
+    if not has_saved_model(release.version_dir(target)):
         raise NotFound(f"{release.model} version {target} is not on disk under {release.base_path}")
     if not release.registry.passed_validation(release.model, target):
         raise ValidationFailed(f"{release.model} version {target} never passed staging validation; "
@@ -56,7 +57,7 @@ def rollback(release: Release, to_version: int | None = None, *, run_id: str | N
         if current is not None:  # refuse before touching the server, so server and registry never disagree
             release.registry.check_transition(release.model, current, State.ROLLED_BACK)
         release.registry.check_transition(release.model, target, State.PROMOTED)
-        _change_production(release, [target], {STABLE: target})
+        change_production(release, [target], {STABLE: target})
         seconds = time.perf_counter() - started
         _record_rollback(release, current, target, dropped, run_id, reason)
     log.info("%s: stable %s -> %s in %.2f s (%s)", release.model, current, target, seconds, reason)
@@ -77,8 +78,6 @@ def _record_rollback(release: Release, current: int | None, target: int, dropped
 
 def probe_stable(release: Release) -> Verdict:
     """Replay the stable version's golden requests through production's ``stable`` label."""
-    from pipeline.export import read_golden
-
     stable = production_state(release).label(STABLE)
     if stable is None:
         return Verdict("monitor", True, [], {"stable": None, "note": "nothing in production yet"})
@@ -90,7 +89,13 @@ def probe_stable(release: Release) -> Verdict:
 
 
 def monitor(release: Release, run_id: str | None = None) -> dict[str, Any]:
-    """Probe stable; when it fails, roll back to the last good version on our own and say why."""
+    """Probe stable; when it fails, roll back to the last good version on our own and say why.
+
+    A production server that is down is started again first (it loads what its models.config says): a dead
+    process is not a bad model, and must not cost the model its stable version.
+    """
+    if production_state(release).versions:
+        release.backend(PRODUCTION).start(timeout_s=release.config.serving.load_deadline_s)
     try:
         verdict = probe_stable(release)
     except Exception as exc:  # noqa: BLE001 - an unreachable or broken stable is a failed probe

@@ -6,19 +6,20 @@ otherwise), and unloads versions that leave the ``specific`` policy. So a change
 1. serve the union of old and new versions, old labels kept: the new versions load beside the old;
 2. once they are AVAILABLE, serve exactly the new versions with the new labels.
 
-Each phase rewrites the instance's ``models.config`` atomically (so a restart or a polling server
-sees the same truth) and applies it through the backend at once (gRPC reload, or a ConfigMap update).
+Each phase goes through the backend's one path (:meth:`ServingBackend.apply_config`: write ``models.config``
+atomically, push it to the server, wait until it serves exactly that). This is the only code that changes what
+a server serves; reading the served state (:func:`served_state`) never starts or touches a server.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
-
-from pipeline.serving import model_config as mc
+from pipeline.serving.backends.base import ServingBackend
+from pipeline.wire import model_config as mc
 
 log = logging.getLogger(__name__)
 
@@ -34,52 +35,58 @@ class ServedState:
         return self.labels.get(name)
 
 
-def read_served_state(config_path: Path, model: str) -> ServedState:
-    """What ``models.config`` says an instance serves for ``model`` (empty when absent)."""
-    if not config_path.is_file():
-        return ServedState((), {})
-    entry = next((m for m in mc.read_config(config_path).model_config_list.config if m.name == model), None)
+def served_state(backend: ServingBackend, model: str) -> ServedState:
+    """What the instance's ``models.config`` says it serves for ``model`` (empty when absent)."""
+    return _state_in(backend.read_config(), model)
+
+
+def _state_in(config: mc.ModelServerConfig, model: str) -> ServedState:
+    entry = next((m for m in config.model_config_list.config if m.name == model), None)
     if entry is None:
         return ServedState((), {})
     pinned, labels = mc.versions_and_labels(entry)
     return ServedState(tuple(pinned or ()), labels)
 
 
-def _desired_config(config_path: Path, model: str, base_path: Path, versions: list[int], labels: dict[str, int]):
-    current = mc.read_config(config_path) if config_path.is_file() else ModelServerConfig()
-    if not any(m.name == model for m in current.model_config_list.config):
-        current.model_config_list.config.add().CopyFrom(
-            mc.single_model_config(model, base_path).model_config_list.config[0])
-    return mc.set_model_versions(current, model, versions, labels)
+def _with_model(config: mc.ModelServerConfig, model: str, base_path: Path, versions: Sequence[int],
+                labels: Mapping[str, int]) -> mc.ModelServerConfig:
+    """``config`` with ``model`` pinned to ``versions`` and named by ``labels`` (added when absent)."""
+    if not any(m.name == model for m in config.model_config_list.config):
+        added = mc.ModelServerConfig()
+        added.CopyFrom(config)
+        added.model_config_list.config.add().CopyFrom(mc.single_model_config(model, base_path).model_config_list.config[0])
+        config = added
+    return mc.set_model_versions(config, model, versions, labels)
 
 
-def without_model(config_path: Path, model: str) -> ModelServerConfig:
-    """The instance's config with ``model`` removed (TF Serving then unloads all its versions)."""
-    config = mc.read_config(config_path)
-    kept = [m for m in config.model_config_list.config if m.name != model]
-    del config.model_config_list.config[:]
-    config.model_config_list.config.extend(kept)
-    return config
+def _without_model(config: mc.ModelServerConfig, model: str) -> mc.ModelServerConfig:
+    """``config`` with ``model`` removed (TF Serving then unloads all its versions)."""
+    kept = mc.ModelServerConfig()
+    kept.model_config_list.config.extend(m for m in config.model_config_list.config if m.name != model)
+    return kept
 
 
-def _apply(backend, client, model: str, base_path: Path, versions: list[int], labels: dict[str, int],
-           deadline_s: float, wait_for: list[int]) -> None:
-    config = _desired_config(backend.config_path, model, base_path, versions, labels)
-    mc.write_config(backend.config_path, config)
-    backend.apply_config(timeout_s=deadline_s)
-    for version in wait_for:
-        client.wait_until_available(model, version, deadline_s)
+def change_served_state(backend: ServingBackend, model: str, base_path: Path, versions: Sequence[int],
+                        labels: Mapping[str, int], deadline_s: float) -> ServedState:
+    """Make ``backend`` serve exactly ``versions`` of ``model`` with ``labels``, availability preserved.
 
-
-def change_served_state(backend, client, model: str, base_path: Path, versions: list[int],
-                        labels: dict[str, int], deadline_s: float) -> ServedState:
-    """Make ``backend`` serve exactly ``versions`` of ``model`` with ``labels``, availability preserved."""
-    before = read_served_state(backend.config_path, model)
+    No versions (and no labels) removes the model from the instance. The instance is started first if it is
+    not running (the one place that may start a server).
+    """
+    if labels and not versions:
+        raise ValueError(f"labels {dict(labels)} need versions to point at")
+    backend.start(timeout_s=deadline_s)
+    current = backend.read_config()
+    before = _state_in(current, model)
+    if not versions:
+        log.info("%s: removing the model from %s (was %s)", model, backend.name, before.versions)
+        backend.apply_config(_without_model(current, model), deadline_s)
+        return ServedState((), {})
     union = sorted(set(before.versions) | set(versions))
-    new = sorted(set(versions) - set(before.versions))
-    if new:
+    if new := sorted(set(versions) - set(before.versions)):
         kept_labels = {k: v for k, v in before.labels.items() if v in union}
-        log.info("%s: loading %s beside %s", model, new, before.versions)
-        _apply(backend, client, model, base_path, union, kept_labels, deadline_s, wait_for=new)
-    _apply(backend, client, model, base_path, sorted(versions), labels, deadline_s, wait_for=sorted(versions))
+        log.info("%s: loading %s beside %s on %s", model, new, before.versions, backend.name)
+        current = _with_model(current, model, base_path, union, kept_labels)
+        backend.apply_config(current, deadline_s)
+    backend.apply_config(_with_model(current, model, base_path, sorted(versions), labels), deadline_s)
     return ServedState(tuple(sorted(versions)), dict(labels))

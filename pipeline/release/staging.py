@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 
 from pipeline.errors import DeadlineExceeded, PipelineError
+from pipeline.wire.dtypes import numpy_name
+from pipeline.wire.version_dirs import read_golden, read_metadata
 from pipeline.release.context import STAGING, Release
-from pipeline.release.gates import Verdict
+from pipeline.gates import Verdict
 from pipeline.release.probes import (
     ProbeResult, Target, accuracy_probe, golden_probe, latency_probe, malformed_request_probe, merge,
 )
@@ -28,28 +29,16 @@ log = logging.getLogger(__name__)
 
 def deploy_to_staging(release: Release, version: int, run_id: str | None = None) -> dict[str, Any]:
     """Make staging serve exactly ``version`` and wait until it is AVAILABLE."""
-    backend, client = release.backend(STAGING), release.client(STAGING)
+    backend = release.backend(STAGING)
     deadline = release.config.serving.load_deadline_s
     try:
-        change_served_state(backend, client, release.model, release.base_path, [version], {}, deadline)
+        change_served_state(backend, release.model, release.base_path, [version], {}, deadline)
     except (DeadlineExceeded, PipelineError) as exc:
         release.registry.transition(release.model, version, State.REJECTED, run_id=run_id,
                                     reason=f"staging could not load it: {exc}")
         raise
     release.registry.transition(release.model, version, State.STAGED, run_id=run_id, reason="AVAILABLE on staging")
     return {"version": version, "endpoint": backend.endpoint().rest_url}
-
-
-def held_out_sample(release: Release, version: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``size`` test examples of the snapshot this version was trained on, as model inputs."""
-    from pipeline.data.dataset import Snapshot
-    from pipeline.export import read_metadata
-    from pipeline.models import to_model_inputs
-
-    sha = read_metadata(release.version_dir(version))["data_snapshot_sha256"]
-    test = Snapshot.open(release.paths.data_dir / release.model / sha).split("test")
-    sample = test.subset(np.arange(min(size, len(test))))
-    return to_model_inputs(sample), sample.y
 
 
 def signature_probe(target: Target, expected: dict[str, Any]) -> ProbeResult:
@@ -70,12 +59,10 @@ def signature_probe(target: Target, expected: dict[str, Any]) -> ProbeResult:
 
 def _normalise(tensors: dict[str, Any]) -> dict[str, tuple]:
     """(dtype, shape) per tensor, comparable whichever side spelled it (``DT_FLOAT`` or ``float32``)."""
-    from pipeline.serving.client import dtype_name
-
     def shape(value: Any) -> tuple | None:
         return None if value is None else tuple(-1 if d in (None, -1) else int(d) for d in value)
 
-    return {k: (dtype_name(str(v["dtype"])), shape(v.get("shape"))) for k, v in tensors.items()}
+    return {k: (numpy_name(str(v["dtype"])), shape(v.get("shape"))) for k, v in tensors.items()}
 
 
 def validate_on_staging(release: Release, version: int, run_id: str | None = None, *,
@@ -85,12 +72,10 @@ def validate_on_staging(release: Release, version: int, run_id: str | None = Non
     ``overridden_by`` (a fault injected on purpose) lets a NOT_BLESSED version go on to the canary, which
     must then catch it; the registry reason says so.
     """
-    from pipeline.export import read_golden, read_metadata
-
     serving = release.config.serving
     target = Target(release.client(STAGING), release.model, version=version, signature_name=serving.signature_name)
     metadata = read_metadata(release.version_dir(version))
-    inputs, labels = held_out_sample(release, version, serving.sample_size)
+    inputs, labels = release.held_out_sample(version)
     result = merge(
         signature_probe(target, metadata.get("signatures", {})),
         golden_probe(target, read_golden(release.version_dir(version)), serving.golden_tolerance),
@@ -99,7 +84,7 @@ def validate_on_staging(release: Release, version: int, run_id: str | None = Non
         malformed_request_probe(target),
     )
     verdict = Verdict("staging", not result.problems, result.problems, result.figures)
-    verdict.write(release.paths.serving_dir / "verdicts" / release.model / str(version) / "staging.json")
+    verdict.write(release.verdict_path(version, "staging"))
     reason = verdict.summary()
     if not verdict.blessed and overridden_by:
         reason = f"{reason}; overridden: {overridden_by}"

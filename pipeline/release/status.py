@@ -5,18 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.release.context import PRODUCTION, STAGING, Release
-from pipeline.release.retention import versions_on_disk
-from pipeline.release.serving_state import read_served_state
+from pipeline.wire.version_dirs import list_versions
+from pipeline.release.serving_state import served_state
 
 _DEFAULT_HISTORY = 8
 
 
 def _server_view(release: Release, instance: str) -> dict[str, Any]:
     """What an instance's models.config pins, and what the server says of each version."""
-    from pipeline.serving.backends import get_backend
-
-    backend = get_backend(instance, paths=release.paths)
-    state = read_served_state(backend.config_path, release.model)
+    backend = release.backend(instance)
+    state = served_state(backend, release.model)
     view: dict[str, Any] = {"versions": list(state.versions), "labels": state.labels, "running": backend.is_running()}
     if view["running"] and state.versions:
         from pipeline.serving.client import ServingClient
@@ -37,7 +35,7 @@ def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str,
     return {
         "model": release.model,
         "base_path": str(release.base_path),
-        "on_disk": versions_on_disk(release.base_path),
+        "on_disk": list_versions(release.base_path),
         "stable": stable,
         "last_good_before_stable": registry.last_good_version(release.model, before=stable),
         "lock": None if holder is None else f"{holder.owner} until {holder.expires_at:%H:%M:%SZ}",

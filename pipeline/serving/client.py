@@ -1,7 +1,7 @@
 """One client for any TensorFlow Serving endpoint, through its documented REST and gRPC APIs.
 
-REST (``/v1/models/<model>[/versions/<N>|/labels/<label>][/metadata|:predict]``) goes through a keep-alive
-``requests.Session``; gRPC through the ``tensorflow_serving.apis`` stubs (``PredictionService``,
+REST (``/v1/models/<model>[/versions/<N>|/labels/<label>][/metadata|:predict]``) goes through keep-alive
+``http.client`` connections (:mod:`pipeline.serving.http_transport`); gRPC through the ``tensorflow_serving.apis`` stubs (``PredictionService``,
 ``ModelService``). Every call has a deadline. Calls without side effects (status, metadata, predict) are retried
 with a short backoff when the server could not be reached or answered UNAVAILABLE; a config reload is never
 retried, since a second reload could undo a newer one made in between.
@@ -30,7 +30,10 @@ import msgspec
 import numpy as np
 import requests
 
-from pipeline.errors import ConfigError, DeadlineExceeded, PipelineError
+from pipeline.errors import ConfigError, DeadlineExceeded
+from pipeline.util.polling import poll_until
+from pipeline.wire.dtypes import numpy_name
+from pipeline.wire.status import ServingError, code_for_http_status, code_name
 
 Protocol = Literal["rest", "grpc"]
 T = TypeVar("T")
@@ -40,54 +43,9 @@ _DEFAULT_POLL_S = 0.1
 _MAX_GRPC_MESSAGE_BYTES = 256 * 1024 * 1024
 _READY_PROBE_MODEL = "__ready_probe__"  # any name: a running server answers 404, which is all we need
 
-# TF Serving answers REST errors with these HTTP statuses (ToHTTPStatusCode in model_servers/http_server.cc).
-_HTTP_STATUS_BY_CODE = {
-    "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "NOT_FOUND": 404,
-    "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429, "FAILED_PRECONDITION": 400,
-    "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500, "UNAVAILABLE": 503,
-    "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
-}
-# The way back is ambiguous (400 is three codes); take the most common meaning.
-_CODE_BY_HTTP_STATUS = {
-    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
-    409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
-    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
-}
-# tensorflow.error.Code numbers are the gRPC status numbers.
-_CODE_NAME_BY_NUMBER = {code.value[0]: code.name for code in grpc.StatusCode}
-_RETRYABLE_CODES = frozenset({"UNAVAILABLE"})
 # For finite float32 arrays: tolist() widens each to the float64 of the same value, whose shortest repr (what
 # msgspec writes) reads back as that float32. msgspec would write NaN as null, hence "finite".
 _JSON_ENCODER = msgspec.json.Encoder()
-
-_DTYPE_BY_TF_NAME = {
-    "DT_FLOAT": "float32", "DT_DOUBLE": "float64", "DT_HALF": "float16", "DT_BFLOAT16": "bfloat16",
-    "DT_INT8": "int8", "DT_INT16": "int16", "DT_INT32": "int32", "DT_INT64": "int64",
-    "DT_UINT8": "uint8", "DT_UINT16": "uint16", "DT_UINT32": "uint32", "DT_UINT64": "uint64",
-    "DT_BOOL": "bool", "DT_STRING": "string", "DT_COMPLEX64": "complex64", "DT_COMPLEX128": "complex128",
-}
-
-
-class ServingError(PipelineError):
-    """TF Serving answered with an error, or could not be reached (``UNAVAILABLE``, no HTTP status).
-
-    Attributes:
-        code: the TF status code name, e.g. ``"NOT_FOUND"``.
-        message: TF Serving's own message.
-        http_status: the HTTP status of a REST answer (the equivalent one for gRPC), None if nothing answered.
-    """
-
-    def __init__(self, code: str, message: str, http_status: int | None = None):
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.http_status = http_status
-
-    @property
-    def retryable(self) -> bool:
-        """Whether the same side-effect-free request may succeed if sent again."""
-        return self.code in _RETRYABLE_CODES
-
 
 @dataclass(frozen=True)
 class VersionStatus:
@@ -255,27 +213,21 @@ class ServingClient:
             ServingError: the version ended with an error (its load failed), or another server error.
         """
         deadline = time.monotonic() + deadline_s
-        last_seen = "no answer yet"
-        while True:
+
+        def check() -> tuple[VersionStatus | None, str]:
             call_timeout = max(min(self.timeout_s, deadline - time.monotonic()), 0.05)
             try:
-                statuses = self.model_status(model, version, label, timeout_s=call_timeout)
-                ready, last_seen = _pick_available(statuses, version, label)
-                if ready is not None:
-                    return ready
+                return _pick_available(self.model_status(model, version, label, timeout_s=call_timeout), version, label)
             except ServingError as exc:
                 if exc.code not in ("NOT_FOUND", "UNAVAILABLE"):
                     raise
-                last_seen = str(exc)
+                return None, str(exc)
             except DeadlineExceeded as exc:
-                last_seen = str(exc)
-            if time.monotonic() + poll_s >= deadline:
-                what = f"label {label!r}" if label else (f"version {version}" if version is not None else "a version")
-                raise DeadlineExceeded(
-                    f"{model} {what} not AVAILABLE within {deadline_s:g}s; last seen: {last_seen}. "
-                    "Check the server log for the load error."
-                )
-            time.sleep(poll_s)
+                return None, str(exc)
+
+        what = f"label {label!r}" if label else (f"version {version}" if version is not None else "a version")
+        return poll_until(check, deadline_s, f"{model} {what} not AVAILABLE", interval_s=poll_s,
+                          hint="Check the server log for the load error.")
 
     def metadata(
         self,
@@ -364,7 +316,7 @@ class ServingClient:
     def _grpc_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float) -> dict[str, np.ndarray]:
         from tensorflow_serving.apis import predict_pb2
 
-        from pipeline.serving import tensors
+        from pipeline.wire import tensors
 
         model, version, label, signature_name = key
         signature = self._signature(key, timeout_s)
@@ -403,7 +355,7 @@ class ServingClient:
         Raises:
             ServingError: the server rejected the config (the message is TF Serving's).
         """
-        from pipeline.serving import reload_rpc  # no TensorFlow import: a rollback must not wait 4 s for it
+        from pipeline.wire import reload_rpc  # no TensorFlow import: a rollback must not wait 4 s for it
 
         request = reload_rpc.reload_request(_as_model_server_config(model_server_config))
         call = reload_rpc.reload_call(self._grpc_channel())
@@ -414,23 +366,8 @@ class ServingClient:
             raise _error_from_rpc(exc, "reload config", timeout_s) from None
         error = _status_error(response.status.error_code, response.status.error_message)
         if error is not None:
-            code = _CODE_NAME_BY_NUMBER.get(response.status.error_code, "UNKNOWN")
-            raise ServingError(code, response.status.error_message, _HTTP_STATUS_BY_CODE.get(code))
-
-    def wait_until_served(self, model_server_config: Any, deadline_s: float) -> None:
-        """Wait until the server serves what a config asks for.
-
-        That is: each pinned version (``model_version_policy { specific }``) AVAILABLE, some version of every
-        other model AVAILABLE, and each version label answering.
-
-        Raises:
-            DeadlineExceeded: something asked for is not AVAILABLE in time (the message says what).
-            ServingError: a version asked for failed to load.
-        """
-        deadline = time.monotonic() + deadline_s
-        for model, version, label in _awaited_versions(_as_model_server_config(model_server_config)):
-            remaining = max(deadline - time.monotonic(), 0.05)
-            self.wait_until_available(model, version, remaining, label=label)
+            code = code_name(response.status.error_code)
+            raise ServingError(code, response.status.error_message)
 
     # ---- transports ---------------------------------------------------------------------------------------
 
@@ -459,7 +396,7 @@ class ServingClient:
             except requests.Timeout as exc:  # before ConnectionError: ConnectTimeout is both
                 raise DeadlineExceeded(f"{what}: no answer from {url} within {timeout_s:g}s") from exc
             except requests.ConnectionError as exc:
-                raise ServingError("UNAVAILABLE", f"{what}: cannot reach {url}: {exc}") from exc
+                raise ServingError("UNAVAILABLE", f"{what}: cannot reach {url}: {exc}", None) from exc
             return _json_or_error(response)
 
         return call_with_retries(attempt, timeout_s, policy, what)
@@ -583,7 +520,7 @@ def _json_or_error(response: requests.Response) -> dict[str, Any]:
         raise ServingError("INTERNAL", f"answer is not a JSON object: {response.text[:200]!r}", 200)
     message = payload.get("error") if isinstance(payload, dict) else None
     message = message or (response.text or "")[:500] or response.reason or "no message"
-    raise ServingError(_CODE_BY_HTTP_STATUS.get(response.status_code, "UNKNOWN"), message, response.status_code)
+    raise ServingError(code_for_http_status(response.status_code), message, response.status_code)
 
 
 def _error_from_rpc(exc: grpc.RpcError, what: str, timeout_s: float) -> Exception:
@@ -591,12 +528,12 @@ def _error_from_rpc(exc: grpc.RpcError, what: str, timeout_s: float) -> Exceptio
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"{what}: no answer within {timeout_s:g}s ({details})")
-    return ServingError(code.name, details or code.name, _HTTP_STATUS_BY_CODE.get(code.name))
+    return ServingError(code.name, details or code.name)
 
 
 def _status_error(error_code: int | str, error_message: str) -> str | None:
     """``"CODE: message"`` for a failed status (numeric over gRPC, a name over REST), None for OK."""
-    name = _CODE_NAME_BY_NUMBER.get(error_code, "UNKNOWN") if isinstance(error_code, int) else error_code
+    name = code_name(error_code) if isinstance(error_code, int) else error_code
     if name in ("OK", "", None):
         return None
     return f"{name}: {error_message}" if error_message else name
@@ -627,7 +564,7 @@ def _pick_available(
     for status in relevant:
         if pinned and status.state == "END" and status.error:
             code = status.error.split(":", 1)[0]
-            raise ServingError(code, f"{status.describe()}: the version failed to load", _HTTP_STATUS_BY_CODE.get(code))
+            raise ServingError(code, f"{status.describe()}: the version failed to load")
     return None, "; ".join(s.describe() for s in relevant) or "version not known to the server yet"
 
 
@@ -642,18 +579,13 @@ def _signature_from_json(signature: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def dtype_name(tf_name: str) -> str:
-    """numpy-style name of a TF Serving dtype (``DT_FLOAT`` -> ``float32``); other spellings pass through."""
-    return _DTYPE_BY_TF_NAME.get(tf_name, tf_name)
-
-
 def _tensor_info(info: Mapping[str, Any]) -> dict[str, Any]:
     dtype = info.get("dtype", "DT_INVALID")
     shape_proto = info.get("tensor_shape") or {}
     shape = None
     if not shape_proto.get("unknown_rank", False):
         shape = [None if int(dim.get("size", -1)) < 0 else int(dim["size"]) for dim in shape_proto.get("dim", [])]
-    return {"dtype": dtype_name(dtype), "shape": shape}
+    return {"dtype": numpy_name(dtype), "shape": shape}
 
 
 def _json_default(value: Any) -> Any:
@@ -735,21 +667,8 @@ def _as_array(value: Any, dtype: str | None) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
-def _awaited_versions(config: Any) -> list[tuple[str, int | None, str | None]]:
-    """``(model, version, label)`` for each thing a config asks to be served (version None: any version)."""
-    awaited: list[tuple[str, int | None, str | None]] = []
-    for model in config.model_config_list.config:
-        policy = model.model_version_policy
-        if policy.WhichOneof("policy_choice") == "specific":
-            awaited += [(model.name, version, None) for version in policy.specific.versions]
-        else:
-            awaited.append((model.name, None, None))
-        awaited += [(model.name, None, label) for label in sorted(model.version_labels)]
-    return awaited
-
-
 def _as_model_server_config(config: Any) -> Any:
-    from pipeline.serving.model_config import ModelServerConfig, parse_config
+    from pipeline.wire.model_config import ModelServerConfig, parse_config
 
     if isinstance(config, ModelServerConfig):
         return config

@@ -18,7 +18,7 @@ import yaml
 from kubernetes.client import ApiClient
 
 from pipeline import containers
-from pipeline.serving.model_config import parse_config
+from pipeline.wire.model_config import parse_config
 from pipeline.serving.profiles import load_profile
 from pipeline.settings import REPO_ROOT
 

@@ -26,7 +26,7 @@ def _release() -> Release:
 
 
 def _predict_stable(release: Release) -> np.ndarray:
-    from pipeline.export import read_golden
+    from pipeline.wire.version_dirs import read_golden
 
     stable = production_state(release).label(STABLE)
     golden = read_golden(release.version_dir(stable))

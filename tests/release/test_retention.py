@@ -11,7 +11,8 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.release import retention
 from pipeline.release.registry import Registry, State
-from pipeline.release.retention import apply_retention, plan_retention, versions_on_disk
+from pipeline.release.retention import apply_retention, plan_retention
+from pipeline.wire.version_dirs import list_versions as versions_on_disk
 
 _MODEL = "mnist"
 _PATH_TO_STABLE = (State.STAGED, State.VALIDATED, State.CANARY, State.PROMOTED)

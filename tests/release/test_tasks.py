@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.release import tasks
-from pipeline.release.gates import Verdict
+from pipeline.gates import Verdict
 
 
 def test_conf_maps_onto_config_fields():

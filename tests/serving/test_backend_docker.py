@@ -15,8 +15,8 @@ import pytest
 
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
 from pipeline.serving.backends import make_backend
-from pipeline.serving.backends.docker import DockerBackend, config_mismatches, connect_docker
-from pipeline.serving.model_config import ModelServerConfig, parse_config, single_model_config, write_config
+from pipeline.serving.backends.docker import DockerBackend, connect_docker
+from pipeline.wire.model_config import ModelServerConfig, single_model_config, write_config
 from pipeline.settings import get_paths
 
 _ENGINE_START_S = 300.0  # a first run pulls tensorflow/serving
@@ -72,44 +72,6 @@ def test_attached_instance_that_does_not_answer(tmp_path):
     backend.stop()  # compose owns it: nothing to do, no engine needed
 
 
-def _status(states: dict[int, str]) -> dict[str, Any]:
-    return {"model_version_status": [{"version": str(v), "state": s} for v, s in states.items()]}
-
-
-def _getter(replies: dict[str, tuple[int, Any]]) -> Any:
-    return lambda path: replies.get(path, (404, None))
-
-
-_PINNED = """model_config_list { config { name: "m" base_path: "/m" model_platform: "tensorflow"
-  model_version_policy { specific { versions: 1 versions: 2 } } version_labels { key: "stable" value: 1 }
-  version_labels { key: "canary" value: 2 } } }"""
-
-
-@pytest.mark.parametrize("replies, problem", [
-    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "AVAILABLE"})),
-      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"})),
-      "v1/models/m/labels/canary": (200, _status({2: "AVAILABLE"}))}, None),
-    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "LOADING"})),
-      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"}))}, "versions [2] not AVAILABLE"),
-    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "AVAILABLE", 3: "AVAILABLE"})),
-      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"})),
-      "v1/models/m/labels/canary": (200, _status({2: "AVAILABLE"}))}, "versions [3] still AVAILABLE"),
-    ({"v1/models/m": (200, _status({1: "AVAILABLE", 2: "AVAILABLE"})),
-      "v1/models/m/labels/stable": (200, _status({1: "AVAILABLE"})),
-      "v1/models/m/labels/canary": (200, _status({1: "AVAILABLE"}))}, "label 'canary'"),
-    ({}, "status HTTP 404"),
-])
-def test_config_mismatches_say_what_is_still_different(replies, problem):
-    found = config_mismatches(_getter(replies), parse_config(_PINNED))
-    assert (found == []) if problem is None else any(problem in p for p in found), found
-
-
-def test_a_latest_policy_needs_one_available_version():
-    config = single_model_config("m", "/m")
-    assert config_mismatches(_getter({"v1/models/m": (200, _status({3: "AVAILABLE"}))}), config) == []
-    assert config_mismatches(_getter({"v1/models/m": (200, _status({3: "LOADING"}))}), config)
-
-
 @pytest.mark.slow
 def test_attach_apply_promote_and_roll_back_on_a_live_server(tmp_path, serve, make_base_path, half_plus_two_dir,
                                                              half_plus_three_dir):
@@ -120,20 +82,19 @@ def test_attach_apply_promote_and_roll_back_on_a_live_server(tmp_path, serve, ma
     backend = _backend(tmp_path, manage=False, rest_port=server.rest_port, grpc_port=server.grpc_port)
 
     assert backend.start(timeout_s=30).rest_port == server.rest_port and backend.is_running()
-    write_config(config_path, single_model_config("hpt", base, [1, 2], {"stable": 1, "canary": 2}))
-    backend.apply_config(timeout_s=60)  # canary loaded and labelled: returns only once served
+    # canary loaded and labelled: returns only once served
+    backend.apply_config(single_model_config("hpt", base, [1, 2], {"stable": 1, "canary": 2}), timeout_s=60)
 
-    write_config(config_path, single_model_config("hpt", base, [1], {"stable": 1}))
-    backend.apply_config(timeout_s=60)  # rollback: returns once version 2 is no longer AVAILABLE
+    # rollback: returns once version 2 is no longer AVAILABLE
+    backend.apply_config(single_model_config("hpt", base, [1], {"stable": 1}), timeout_s=60)
     from pipeline.serving.client import ServingClient
 
     with ServingClient.for_endpoint(backend.endpoint()) as client:
         states = {s.version: s.state for s in client.model_status("hpt")}
     assert states.get(1) == "AVAILABLE" and states.get(2) != "AVAILABLE"
 
-    write_config(config_path, single_model_config("hpt", base, [1, 7], {"stable": 1}))
     with pytest.raises(DeadlineExceeded, match=r"versions \[7\] not AVAILABLE"):
-        backend.apply_config(timeout_s=2)
+        backend.apply_config(single_model_config("hpt", base, [1, 7], {"stable": 1}), timeout_s=2)
 
 
 @pytest.fixture
@@ -153,8 +114,7 @@ def test_a_managed_container_serves_and_goes_away(engine, tmp_path, make_base_pa
     try:
         endpoint = backend.start(timeout_s=_ENGINE_START_S)
         assert backend.start(timeout_s=30) == endpoint  # idempotent: the running container is reused
-        write_config(backend.config_path, single_model_config("hpt", base, [1], {"stable": 1}))
-        backend.apply_config(timeout_s=120)
+        backend.apply_config(single_model_config("hpt", base, [1], {"stable": 1}), timeout_s=120)
         assert engine.containers.get(backend.container_name).status == "running"
     finally:
         backend.stop()

@@ -21,9 +21,9 @@ import yaml
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
 from pipeline.serving.backends import kubernetes as k8s_backend
 from pipeline.serving.backends import make_backend
-from pipeline.serving.backends.docker import rest_status_getter
+from pipeline.serving.served import rest_status_getter
 from pipeline.serving.backends.base import Endpoint
-from pipeline.serving.model_config import ModelServerConfig, format_config, single_model_config, write_config
+from pipeline.wire.model_config import ModelServerConfig, format_config, single_model_config, write_config
 from pipeline.settings import REPO_ROOT, get_paths
 
 
@@ -162,26 +162,25 @@ def test_apply_config_returns_once_the_pod_serves_the_configmap(
     backend = _backend(tmp_path, apply_mode=apply_mode, propagation_s=0, poll_wait_s=1)
     cluster = fake_api(backend, FakeCluster(on_configmap=lambda data: pod_file.write_text(data["models.config"])))
     endpoint = Endpoint("127.0.0.1", server.rest_port, server.grpc_port)
-    monkeypatch.setattr(backend, "pod_status_getter", lambda pod: rest_status_getter(endpoint))
+    monkeypatch.setattr(backend, "pod_status_getter", lambda pod: rest_status_getter(endpoint.rest_url))
 
     config = single_model_config("hpt", base, [1, 2], {"stable": 1, "canary": 2})
-    write_config(backend.config_path, config)
-    backend.apply_config(timeout_s=60)
+    backend.apply_config(config, timeout_s=60)
     assert cluster.configmaps["tfserving-production-config"]["models.config"] == format_config(config)
     assert ("restart" in cluster.calls) is (apply_mode == "rollout")
 
-    write_config(backend.config_path, single_model_config("hpt", base, [1], {"stable": 1}))
-    backend.apply_config(timeout_s=60)  # rollback: back once version 2 is unloaded on the pod
+    # rollback: back once version 2 is unloaded on the pod
+    backend.apply_config(single_model_config("hpt", base, [1], {"stable": 1}), timeout_s=60)
 
 
 def test_apply_config_names_what_the_pods_never_picked_up(tmp_path, fake_api, monkeypatch):
     backend = _backend(tmp_path, propagation_s=0, poll_wait_s=1)
     fake_api(backend, FakeCluster())  # the kubelet never delivers: e.g. a subPath mount
     monkeypatch.setattr(backend, "pod_status_getter", lambda pod: lambda path: (404, None))
-    write_config(backend.config_path, single_model_config("hpt", "/models/hpt", [3]))
+    config = single_model_config("hpt", "/models/hpt", [3])
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded, match=r"tfs-0: hpt: status HTTP 404.*subPath"):
-        backend.apply_config(timeout_s=1)
+        backend.apply_config(config, timeout_s=1)
     assert time.monotonic() - started >= 2  # timeout + poll_wait_s
 
 
@@ -246,8 +245,7 @@ def test_a_real_deployment_starts_applies_and_scales_down(cluster_api, tmp_path)
                                get_paths(tmp_path))
         backend.start(timeout_s=300)
         assert backend.is_running()
-        write_config(backend.config_path, ModelServerConfig())
-        backend.apply_config(timeout_s=60)
+        backend.apply_config(ModelServerConfig(), timeout_s=60)
         data = core.read_namespaced_config_map("tfserving-staging-config", namespace).data
         assert data["models.config"] == backend.config_path.read_text()
         backend.stop()

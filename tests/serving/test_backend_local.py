@@ -53,7 +53,7 @@ def test_start_attach_stop_leaves_nothing_running(backend, tmp_path):
     assert (state.rest_port, state.grpc_port) == (endpoint.rest_port, endpoint.grpc_port)
     assert backend.config_path.read_text().strip().startswith("model_config_list")
     assert backend.is_running()
-    # The server runs grpc on the I/O path this process chose (pipeline.serving.grpc_io).
+    # The server runs grpc on the I/O path this process chose (pipeline.wire.grpc_io).
     assert psutil.Process(state.pid).environ().get("GRPC_EXPERIMENTS") == os.environ["GRPC_EXPERIMENTS"]
     with ServingClient.for_endpoint(endpoint) as client, pytest.raises(ServingError) as caught:
         client.model_status("nothing_served")
@@ -163,7 +163,7 @@ def test_a_state_file_naming_a_reused_pid_is_ignored(backend):
 def test_apply_config_serves_the_file_now(backend, make_base_path, half_plus_two_dir, half_plus_three_dir):
     import numpy as np
 
-    from pipeline.serving.model_config import single_model_config, write_config
+    from pipeline.wire.model_config import single_model_config, write_config
 
     base_path = make_base_path("half_plus_two", {1: half_plus_two_dir, 2: half_plus_three_dir})
     write_config(backend.config_path, single_model_config("half_plus_two", base_path, [1], {"stable": 1}))
@@ -172,13 +172,12 @@ def test_apply_config_serves_the_file_now(backend, make_base_path, half_plus_two
     with ServingClient.for_endpoint(endpoint) as client:
         assert client.predict("half_plus_two", inputs=x, label="stable")["y"].tolist() == [4.0]
 
-        write_config(backend.config_path, single_model_config("half_plus_two", base_path, [1, 2],
-                                                              {"stable": 1, "canary": 2}))  # fmt: skip
-        backend.apply_config(timeout_s=60)  # no waiting for a poll: the reload is sent at once
+        # no waiting for a poll: the reload is sent at once
+        backend.apply_config(single_model_config("half_plus_two", base_path, [1, 2], {"stable": 1, "canary": 2}),
+                             timeout_s=60)
         assert client.predict("half_plus_two", inputs=x, label="canary")["y"].tolist() == [5.0]
 
-        write_config(backend.config_path, single_model_config("half_plus_two", base_path, [2], {"stable": 2}))
-        backend.apply_config(timeout_s=60)
+        backend.apply_config(single_model_config("half_plus_two", base_path, [2], {"stable": 2}), timeout_s=60)
         assert client.predict("half_plus_two", inputs=x, label="stable")["y"].tolist() == [5.0]
         with pytest.raises(ServingError) as caught:
             client.predict("half_plus_two", inputs=x, label="canary")

@@ -298,7 +298,7 @@ def test_reload_config_is_not_retried_when_nothing_listens(grpc_apis):
     assert caught.value.code == "UNAVAILABLE"
 
 
-# ---- against a live embedded server (python -m pipeline.serving.server, through the local backend) ----------
+# ---- against a live embedded server (python -m pipeline.embedded_server, through the local backend) ----------
 
 _MODEL = "half_plus_two"
 _X = np.array([[1.0], [2.0], [5.0]], dtype=np.float32)
@@ -310,7 +310,7 @@ def live(tmp_path_factory, half_plus_two_dir, half_plus_three_dir) -> Iterator[S
     import shutil
 
     from pipeline.serving.backends.local import LocalBackend
-    from pipeline.serving.model_config import single_model_config, write_config
+    from pipeline.wire.model_config import single_model_config, write_config
     from pipeline.settings import get_paths
 
     home = tmp_path_factory.mktemp("live")
@@ -318,10 +318,9 @@ def live(tmp_path_factory, half_plus_two_dir, half_plus_three_dir) -> Iterator[S
     for version, source in {1: half_plus_two_dir, 2: half_plus_three_dir}.items():
         shutil.copytree(source, base_path / str(version))
     backend = LocalBackend("staging", {"backend": "local"}, get_paths(home))
-    write_config(backend.config_path, single_model_config(_MODEL, base_path, [1, 2], {"stable": 1, "canary": 2}))
     try:
         endpoint = backend.start(timeout_s=120)
-        backend.apply_config(timeout_s=60)
+        backend.apply_config(single_model_config(_MODEL, base_path, [1, 2], {"stable": 1, "canary": 2}), timeout_s=60)
         with ServingClient.for_endpoint(endpoint, timeout_s=10) as client:
             yield client
     finally:
@@ -393,7 +392,7 @@ def test_live_errors_carry_tf_serving_code_and_message(live, protocol):
 
 @pytest.mark.slow
 def test_live_a_rejected_reload_changes_nothing(live):
-    from pipeline.serving.model_config import ModelServerConfig
+    from pipeline.wire.model_config import ModelServerConfig
 
     config = ModelServerConfig()
     for _ in range(2):  # the same model twice: TF Serving refuses the whole config

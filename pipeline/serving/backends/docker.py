@@ -5,9 +5,9 @@ dir bind-mounted *at the same absolute paths*, so the ``base_path`` values the p
 ``models.config`` mean the same thing inside the container. An attached instance is a service of
 ``docker-compose.yml``; compose mounts the shared volumes at the same paths in Airflow and both servers.
 
-Either way :meth:`DockerBackend.apply_config` sends the ``models.config`` the caller already wrote through
-gRPC ``HandleReloadConfigRequest``, then watches the REST model status until every model reports what the
-file says. The file stays the truth a restarted (or polling) server reads.
+Either way a config change goes the way of every backend (:meth:`ServingBackend.apply_config`): the file is
+written, sent through gRPC ``HandleReloadConfigRequest``, and the REST model status watched until the server
+serves exactly that. The file stays the truth a restarted (or polling) server reads.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,13 +24,11 @@ from pipeline.containers import require_pinned_image
 from pipeline.errors import DeadlineExceeded, NotFound, SourceUnavailable
 from pipeline.serving.backends import validate_spec
 from pipeline.serving.backends.base import Endpoint, ServingBackend
-from pipeline.serving.model_config import read_config
 from pipeline.settings import Paths
 
 if TYPE_CHECKING:
     import docker
     from docker.models.containers import Container
-    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +42,6 @@ _PROBE_TIMEOUT_S = 2.0
 _POLL_INTERVAL_S = 0.5
 _LOG_TAIL_LINES = 30
 
-# (HTTP status, parsed JSON or None) of a GET on the server's REST API, path relative to its root.
-StatusGetter = Callable[[str], tuple[int, Any]]
 
 
 class DockerSpec(BaseModel):
@@ -91,99 +86,6 @@ def connect_docker(docker_url: str | None = None) -> docker.DockerClient:
     return client
 
 
-def config_mismatches(get_status: StatusGetter, config: ModelServerConfig) -> list[str]:
-    """What a server still does differently from ``config``; empty once it serves exactly that.
-
-    Per model: every pinned version (``specific`` policy) AVAILABLE and no other version AVAILABLE (so a
-    rolled-back canary counts as gone only once unloaded); each ``version_labels`` entry resolving to its
-    version; for ``latest``/``all`` policies at least one version AVAILABLE.
-    """
-    problems: list[str] = []
-    for model in config.model_config_list.config:
-        code, body = get_status(f"v1/models/{model.name}")
-        states = _version_states(body) if code == 200 else {}
-        if code != 200:
-            problems.append(f"{model.name}: status HTTP {code}")
-            continue
-        available = {v for v, state in states.items() if state == "AVAILABLE"}
-        if model.model_version_policy.WhichOneof("policy_choice") == "specific":
-            wanted = set(model.model_version_policy.specific.versions)
-            if missing := sorted(wanted - available):
-                problems.append(f"{model.name}: versions {missing} not AVAILABLE (states {states})")
-            if extra := sorted(available - wanted):
-                problems.append(f"{model.name}: versions {extra} still AVAILABLE")
-        elif not available:
-            problems.append(f"{model.name}: no version AVAILABLE (states {states})")
-        problems += _label_mismatches(get_status, model)
-    return problems
-
-
-def _version_states(body: Any) -> dict[int, str]:
-    return {int(s["version"]): s.get("state", "") for s in (body or {}).get("model_version_status", [])}
-
-
-def _label_mismatches(get_status: StatusGetter, model: Any) -> list[str]:
-    problems = []
-    for label, version in sorted(model.version_labels.items()):
-        code, body = get_status(f"v1/models/{model.name}/labels/{label}")
-        states = _version_states(body) if code == 200 else {}
-        if states.get(version) != "AVAILABLE":
-            problems.append(f"{model.name}: label {label!r} does not serve version {version} yet")
-    return problems
-
-
-def wait_until_config_served(
-    get_status: StatusGetter, config: ModelServerConfig, timeout_s: float, where: str
-) -> None:
-    """Poll until :func:`config_mismatches` is empty.
-
-    Raises:
-        DeadlineExceeded: with what was still different at the deadline.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            problems = config_mismatches(get_status, config)
-        except (OSError, ValueError) as exc:  # connection refused, a half-written JSON reply
-            problems = [f"status unreachable: {exc}"]
-        if not problems:
-            return
-        if time.monotonic() >= deadline:
-            raise DeadlineExceeded(
-                f"{where} did not serve its models.config within {timeout_s:.0f}s: {'; '.join(problems)}; "
-                "check the server's log for load errors"
-            )
-        time.sleep(_POLL_INTERVAL_S)
-
-
-def rest_status_getter(endpoint: Endpoint) -> StatusGetter:
-    """A :data:`StatusGetter` over HTTP to ``endpoint``'s REST port."""
-    import requests
-
-    def get(path: str) -> tuple[int, Any]:
-        try:
-            reply = requests.get(f"{endpoint.rest_url}/{path}", timeout=_PROBE_TIMEOUT_S)
-        except requests.RequestException as exc:
-            raise OSError(str(exc)) from None
-        body = reply.json() if reply.headers.get("content-type", "").startswith("application/json") else None
-        return reply.status_code, body
-
-    return get
-
-
-def server_answers(get_status: StatusGetter) -> bool:
-    """Whether TF Serving's REST API answers the model status URL at all.
-
-    A 404 ("servable not found") still means up: TF Serving starts its HTTP server only after the
-    models of its initial config have loaded, so an answer of any kind means the server is serving.
-    """
-    try:
-        code, _ = get_status("v1/models/_health")
-    except OSError:
-        return False
-    return code in (200, 404)
-
-
 class DockerBackend(ServingBackend):
     """A TF Serving instance in a docker container (see the module docstring)."""
 
@@ -221,19 +123,6 @@ class DockerBackend(ServingBackend):
             )
         return self._endpoint()
 
-    def apply_config(self, timeout_s: float = 60.0) -> None:
-        """Send the models.config the caller wrote by gRPC reload, then wait until it is served."""
-        from pipeline.serving.client import ServingClient
-
-        started = time.monotonic()
-        config = read_config(self.config_path)
-        endpoint = self.endpoint()
-        with ServingClient.for_endpoint(endpoint, timeout_s=timeout_s) as client:
-            client.reload_config(config, deadline_s=timeout_s)
-        timeout_s = max(timeout_s - (time.monotonic() - started), 1.0)
-        where = f"TF Serving {self.name!r} ({endpoint.rest_url})"
-        wait_until_config_served(rest_status_getter(endpoint), config, timeout_s, where)
-
     def stop(self) -> None:
         """Stop and remove the managed container; an attached compose service is left alone."""
         if not self.spec.manage:
@@ -269,8 +158,7 @@ class DockerBackend(ServingBackend):
             container.remove(force=True)
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.paths.models_dir.mkdir(parents=True, exist_ok=True)
-        if not self.config_path.exists():
-            self.config_path.write_text("model_config_list {\n}\n")  # TF Serving needs the file to start
+        self.ensure_config_file()
         return self._run_container(client)
 
     def _run_container(self, client: docker.DockerClient) -> Container:

@@ -1,8 +1,8 @@
 """TF Serving as a Kubernetes Deployment behind a Service, its models.config in a ConfigMap.
 
 The pods mount the ConfigMap as a directory (never ``subPath``: the kubelet does not refresh those) and run
-with ``--model_config_file_poll_wait_seconds``. :meth:`KubernetesBackend.apply_config` puts the file the
-pipeline just wrote into the ConfigMap and then, by ``apply_mode``:
+with ``--model_config_file_poll_wait_seconds``. A config change (:meth:`ServingBackend.apply_config`, the one path
+every backend shares) writes the local file, puts it into the ConfigMap and then, by ``apply_mode``:
 
 * ``poll`` (default): waits for the kubelet to project the new file into every pod (about a minute) and
   for each pod's next config poll; versions already loaded keep serving, so this is also how rollback
@@ -33,13 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
 from pipeline.serving.backends.base import Endpoint, ServingBackend
 from pipeline.serving.backends import validate_spec
-from pipeline.serving.backends.docker import StatusGetter, config_mismatches, server_answers
-from pipeline.serving.model_config import read_config
+from pipeline.serving.served import StatusGetter, config_mismatches, server_answers
+from pipeline.wire.model_config import ModelServerConfig, format_config
 from pipeline.settings import REPO_ROOT, Paths
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, V1Deployment, V1Pod
-    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,20 +186,32 @@ class KubernetesBackend(ServingBackend):
             raise NotFound(f"deployment {self.namespace_name(self.deployment)} has no ready replica; call start()")
         return self._endpoint()
 
-    def apply_config(self, timeout_s: float = 60.0) -> None:
-        """Put the local models.config into the ConfigMap, then wait until every pod serves it.
-
-        In ``poll`` mode the wait allows ``propagation_s + poll_wait_s`` on top of ``timeout_s`` (which is
-        what loading the models may take); in ``rollout`` mode ``timeout_s`` covers the rollout too.
-        """
-        config = read_config(self.config_path)
-        self._patch_configmap(self.config_path.read_text())
+    def push_config(self, config: ModelServerConfig, timeout_s: float) -> None:
+        """Put the config into the ConfigMap; in ``rollout`` mode also restart the Deployment and wait for it."""
+        self._patch_configmap(format_config(config))
         if self.spec.apply_mode == "rollout":
             self._restart_rollout()
             self._wait_for_rollout(timeout_s)
-        else:
-            timeout_s += self.spec.propagation_s + self.spec.poll_wait_s
-        self._wait_until_pods_serve(config, timeout_s)
+
+    def propagation_allowance_s(self) -> float:
+        """In ``poll`` mode: the kubelet's projection of the ConfigMap plus the pods' next config poll."""
+        return 0.0 if self.spec.apply_mode == "rollout" else self.spec.propagation_s + self.spec.poll_wait_s
+
+    def served_hint(self) -> str:
+        return "Check the pods' logs (is the ConfigMap mounted as a directory, not with subPath?)."
+
+    def mismatches(self, config: ModelServerConfig, removed: set[str]) -> list[str]:
+        """What any running pod still serves differently: each pod is asked through the API server's pod proxy."""
+        with kubernetes_errors(self.api, f"check model status in {self.namespace_name(self.deployment)}"):
+            pods = self._running_pods()
+            if not pods:
+                return [f"no running pod of {self.deployment}"]
+            problems = []
+            for pod in pods:
+                getter = self.pod_status_getter(pod.metadata.name)
+                found = config_mismatches(getter, config, removed) if server_answers(getter) else ["not answering"]
+                problems += [f"{pod.metadata.name}: {p}" for p in found]
+        return problems
 
     def stop(self) -> None:
         """Scale a managed Deployment to 0 (objects stay for the next start); attached ones are left alone."""
@@ -331,29 +342,3 @@ class KubernetesBackend(ServingBackend):
                 return reply.status, None
 
         return get
-
-    def _pods_mismatches(self, config: ModelServerConfig) -> list[str]:
-        pods = self._running_pods()
-        if not pods:
-            return [f"no running pod of {self.deployment}"]
-        problems = []
-        for pod in pods:
-            getter = self.pod_status_getter(pod.metadata.name)
-            found = config_mismatches(getter, config) if server_answers(getter) else ["not answering"]
-            problems += [f"{pod.metadata.name}: {p}" for p in found]
-        return problems
-
-    def _wait_until_pods_serve(self, config: ModelServerConfig, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with kubernetes_errors(self.api, f"check model status in {self.namespace_name(self.deployment)}"):
-                problems = self._pods_mismatches(config)
-            if not problems:
-                return
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(
-                    f"{self.namespace_name(self.deployment)} did not serve configmap {self.configmap} within "
-                    f"{timeout_s:.0f}s: {'; '.join(problems)}; check the pods' logs (is the ConfigMap mounted "
-                    "as a directory, not with subPath?)"
-                )
-            time.sleep(_POLL_INTERVAL_S)

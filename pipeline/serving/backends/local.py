@@ -9,15 +9,12 @@ keeps two processes from starting two servers for one instance.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,11 +27,13 @@ from pipeline.serving.backends import validate_spec
 from pipeline.serving.backends.base import Endpoint, ServingBackend
 from pipeline.serving.client import ServingClient, ServingError
 from pipeline.settings import Paths
+from pipeline.util.files import file_lock, write_atomically
+from pipeline.util.net import free_ports, port_in_use
+from pipeline.wire.grpc_io import classic_io_env
 
 _DEFAULT_STOP_GRACE_S = 10.0
 _DEFAULT_POLL_S = 0.1
-_EMPTY_CONFIG = "model_config_list {\n}\n"
-_SERVER_MODULE = "pipeline.serving.server"
+_SERVER_MODULE = "pipeline.embedded_server"
 
 # Servers this process started, so that it reaps them (an unreaped child stays a zombie).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -77,7 +76,7 @@ class ServerState:
 
 
 class LocalBackend(ServingBackend):
-    """Starts ``python -m pipeline.serving.server`` in its own process group and reaches it on 127.0.0.1.
+    """Starts ``python -m pipeline.embedded_server`` in its own process group and reaches it on 127.0.0.1.
 
     Args:
         name: the instance (``staging``, ``production``).
@@ -119,13 +118,13 @@ class LocalBackend(ServingBackend):
             if state is not None:  # started earlier, maybe by another process: attach
                 self._wait_until_ready(state, timeout_s)
                 return state.endpoint
-            self._ensure_config()
+            self.ensure_config_file()
             auto_ports = not (self.spec.rest_port and self.spec.grpc_port)
             for attempt in (1, 2):
                 state = self._spawn()
                 try:
                     self._wait_until_ready(state, timeout_s)
-                    self._wait_until_serving(state, max(deadline - time.monotonic(), 0.1))
+                    self._wait_until_serving(max(deadline - time.monotonic(), 0.1))
                     return state.endpoint
                 except ServingError as exc:
                     self._terminate(state)  # leave no half-started server behind; its log stays
@@ -155,14 +154,6 @@ class LocalBackend(ServingBackend):
         with ServingClient.for_endpoint(state.endpoint) as client:
             return client.is_ready(timeout_s=1.0)
 
-    def apply_config(self, timeout_s: float = 60.0) -> None:
-        """Send ``models.config`` through gRPC ``HandleReloadConfigRequest``; return once it is served."""
-        started = time.monotonic()
-        config_text = self.config_path.read_text()
-        with ServingClient.for_endpoint(self.endpoint(), timeout_s=timeout_s) as client:
-            client.reload_config(config_text, deadline_s=timeout_s)
-            client.wait_until_served(config_text, deadline_s=max(timeout_s - (time.monotonic() - started), 0.1))
-
     def stop(self, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
         """SIGTERM the server's process group, SIGKILL what is left after ``grace_s``; idempotent."""
         with self._locked():
@@ -175,10 +166,10 @@ class LocalBackend(ServingBackend):
     def _spawn(self) -> ServerState:
         for port in (self.spec.rest_port, self.spec.grpc_port):
             # Something else answering there would pass our readiness check; refuse rather than attach to it.
-            if port and _port_in_use(self.spec.host, port):
+            if port and port_in_use(self.spec.host, port):
                 raise ServingError("UNAVAILABLE", f"cannot start local TF Serving {self.name!r}: {self.spec.host}:{port} "
                                    "is already in use (another pipeline home's server? stop it with `pipeline down`)")
-        picked = iter(_free_ports(self.spec.host, 2))
+        picked = iter(free_ports(2, self.spec.host))
         rest_port = self.spec.rest_port or next(picked)
         grpc_port = self.spec.grpc_port or next(picked)
         with self.log_path.open("ab") as log:
@@ -187,6 +178,7 @@ class LocalBackend(ServingBackend):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=classic_io_env(),
                 start_new_session=True,  # its own process group: stop() ends it and anything it started
             )
         _CHILDREN[process.pid] = process
@@ -198,7 +190,7 @@ class LocalBackend(ServingBackend):
             rest_port=rest_port,
             grpc_port=grpc_port,
         )
-        _write_atomically(self.state_path, json.dumps(asdict(state), indent=2))
+        write_atomically(self.state_path, json.dumps(asdict(state), indent=2))
         return state
 
     def _command(self, rest_port: int, grpc_port: int) -> list[str]:
@@ -232,9 +224,8 @@ class LocalBackend(ServingBackend):
             f"see {self.log_path}: {self._log_tail()}"
         )
 
-    def _wait_until_serving(self, state: ServerState, timeout_s: float) -> None:
-        with ServingClient.for_endpoint(state.endpoint, timeout_s=timeout_s) as client:
-            client.wait_until_served(self.config_path.read_text(), deadline_s=timeout_s)
+    def _wait_until_serving(self, timeout_s: float) -> None:
+        self.wait_until_served(self.read_config(), timeout_s)
 
     def _terminate(self, state: ServerState, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
         """End the server's process group (if it is still ours) and forget its state."""
@@ -262,53 +253,15 @@ class LocalBackend(ServingBackend):
         state = self._read_state()
         return state if state is not None and _is_our_process(state) else None
 
-    def _ensure_config(self) -> None:
-        if not self.config_path.exists():
-            _write_atomically(self.config_path, _EMPTY_CONFIG)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold ``<instance>/.lock`` so that start/stop of one instance never run at once."""
-        self.instance_dir.mkdir(parents=True, exist_ok=True)
-        with (self.instance_dir / ".lock").open("w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return file_lock(self.instance_dir / ".lock")
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    """Whether something accepts connections on ``host:port`` now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex((host, port)) == 0
-
-
-def _free_ports(host: str, count: int) -> list[int]:
-    """``count`` distinct free ports: all probes stay bound until every port is picked.
-
-    A port may still be taken before the server binds it; start() then fails with the server's log, and
-    retries once when it picked the ports itself.
-    """
-    with contextlib.ExitStack() as stack:
-        probes = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for probe in probes:
-            probe.bind((host, 0))
-        return [probe.getsockname()[1] for probe in probes]
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _reap(pid: int) -> None:

@@ -14,9 +14,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from pipeline.serving.server import api
-from pipeline.serving.server.manager import ModelManager
-from pipeline.serving.server.status import ServingError, from_exception
+from pipeline.embedded_server import api
+from pipeline.embedded_server.manager import ModelManager
+from pipeline.wire.status import ServingError, from_exception
 
 log = logging.getLogger(__name__)
 

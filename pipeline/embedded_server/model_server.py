@@ -9,8 +9,9 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.serving.server.flags import ServerOptions, parse_flags
-from pipeline.serving.server.status import ServingError
+from pipeline.embedded_server.flags import ServerOptions, parse_flags
+from pipeline.wire.grpc_io import prefer_classic_io
+from pipeline.wire.status import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def single_model_server_config(name: str, base_path: str) -> Any:
 def read_server_config(path: str) -> Any:
     """Parse a models.config file for the server (errors as INVALID_ARGUMENT / NOT_FOUND statuses)."""
     from pipeline.errors import ConfigError, NotFound
-    from pipeline.serving.model_config import read_config
+    from pipeline.wire.model_config import read_config
 
     try:
         return read_config(path)
@@ -77,7 +78,7 @@ class ModelServer:
     """
 
     def __init__(self, options: ServerOptions):
-        from pipeline.serving.server.manager import ModelManager
+        from pipeline.embedded_server.manager import ModelManager
 
         self.options = options
         self.manager = ModelManager(
@@ -102,8 +103,8 @@ class ModelServer:
             ServingError: the config is invalid or a model failed to load.
             OSError: a port could not be bound.
         """
-        from pipeline.serving.server.grpc_services import GrpcServer
-        from pipeline.serving.server.rest import RestServer
+        from pipeline.embedded_server.grpc_services import GrpcServer
+        from pipeline.embedded_server.rest import RestServer
 
         set_tensorflow_threads(self.options.tensorflow_intra_op_parallelism,
                                self.options.tensorflow_inter_op_parallelism)
@@ -197,6 +198,7 @@ def _ready_lines(server: ModelServer) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit status (0 clean, 1 failed to start)."""
+    prefer_classic_io()  # before grpc loads (see pipeline.wire.grpc_io)
     options = parse_flags(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname).1s %(name)s] %(message)s")

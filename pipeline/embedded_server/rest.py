@@ -22,10 +22,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from pipeline.serving.server import api, json_tensor
-from pipeline.serving.server.manager import ModelManager
-from pipeline.serving.server.servable import DEFAULT_SIGNATURE
-from pipeline.serving.server.status import ServingError, from_exception, invalid_argument
+from pipeline.embedded_server import api, json_tensor
+from pipeline.embedded_server.manager import ModelManager
+from pipeline.embedded_server.servable import DEFAULT_SIGNATURE
+from pipeline.wire.status import ServingError, from_exception, invalid_argument
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any, Callable
 import pytest
 import requests
 
-from pipeline.serving import model_config
-from pipeline.serving.server.status import ServingError
+from pipeline.wire import model_config
+from pipeline.wire.status import ServingError
 
 MODEL = "hp"
 _DEADLINE_S = 15.0
@@ -49,7 +49,7 @@ def write_config(path: Path, base: Path, **kwargs: Any) -> Path:
 def test_latest_policy_ignores_temp_dirs_and_follows_new_versions(serve: Any, make_base_path: Any,
                                                                   half_plus_two_dir: Path,
                                                                   half_plus_three_dir: Path) -> None:
-    from conftest import add_version
+    from tests.servables import add_version
 
     base = make_base_path(MODEL, {1: half_plus_two_dir})
     shutil.copytree(half_plus_three_dir, base / ".tmp-export-7")  # an export in progress: never loaded
@@ -139,9 +139,9 @@ def test_startup_fails_like_tf_serving_when_a_version_does_not_load(serve: Any, 
 
 
 def test_warmup_replayed_before_available(make_base_path: Any, half_plus_two_dir: Path) -> None:
-    from conftest import predict_log, write_warmup
+    from tests.servables import predict_log, write_warmup
 
-    from pipeline.serving.server.servable import Servable
+    from pipeline.embedded_server.servable import Servable
 
     base = make_base_path(MODEL, {1: half_plus_two_dir})
     write_warmup(base / "1", [predict_log({"x": [1.0, 2.0]}) for _ in range(3)])
@@ -150,7 +150,7 @@ def test_warmup_replayed_before_available(make_base_path: Any, half_plus_two_dir
 
 def test_failing_warmup_fails_the_load(serve: Any, make_base_path: Any, half_plus_two_dir: Path,
                                        half_plus_three_dir: Path) -> None:
-    from conftest import add_version, predict_log, write_warmup
+    from tests.servables import add_version, predict_log, write_warmup
 
     base = make_base_path(MODEL, {1: half_plus_two_dir})
     server = serve(model_name=MODEL, model_base_path=str(base))

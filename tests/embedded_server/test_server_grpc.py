@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import pytest
 
-from pipeline.serving import model_config
+from pipeline.wire import model_config
 
 MODEL = "half_plus_two"
 

@@ -7,7 +7,7 @@ import pytest
 
 from tensorflow.core.framework import tensor_pb2
 
-from pipeline.serving.tensors import TensorConversionError, fill_tensor_proto, to_ndarray
+from pipeline.wire.tensors import TensorConversionError, fill_tensor_proto, to_ndarray
 
 NUMERIC = [np.float32, np.float64, np.float16, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
            np.uint32, np.uint64, np.bool_, np.complex64, np.complex128]

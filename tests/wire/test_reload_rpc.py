@@ -5,7 +5,7 @@ import sys
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from pipeline.serving import reload_rpc
+from pipeline.wire import reload_rpc
 
 
 def _config():
@@ -37,7 +37,7 @@ def test_tf_servings_response_reads_as_ours():
 
 
 def test_building_a_reload_imports_no_tensorflow():
-    code = ("import sys; from pipeline.serving import reload_rpc; from pipeline.serving.client import ServingClient; "
+    code = ("import sys; from pipeline.wire import reload_rpc; from pipeline.serving.client import ServingClient; "
             "from tensorflow_serving.config import model_server_config_pb2 as m; "
             "reload_rpc.reload_request(m.ModelServerConfig()); print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -1,10 +1,12 @@
-"""Errors the server answers with: a TF status code plus TF Serving's message.
+"""TF status codes as TF Serving answers them, and the one :class:`ServingError` of client and server alike.
 
 Each code maps to an HTTP status exactly as TF Serving's ``ToHTTPStatusCode`` (http_server.cc) does, and to the
-gRPC status code of the same name.
+gRPC status code of the same name (``tensorflow.error.Code`` numbers are the gRPC status numbers).
 """
 
 from __future__ import annotations
+
+from pipeline.errors import PipelineError
 
 # tensorflow.error.Code: name -> (number, HTTP status).
 _CODES: dict[str, tuple[int, int]] = {
@@ -27,36 +29,53 @@ _CODES: dict[str, tuple[int, int]] = {
     "UNAUTHENTICATED": (16, 401),
 }
 _NAMES_BY_NUMBER = {number: name for name, (number, _) in _CODES.items()}
+# The way back from HTTP is ambiguous (400 is three codes); take the most common meaning.
+_CODE_BY_HTTP_STATUS = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+    409: "ALREADY_EXISTS", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 500: "INTERNAL", 501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+_RETRYABLE_CODES = frozenset({"UNAVAILABLE"})
+_FROM_CODE = object()  # http_status not given: the code's own HTTP status
 
 
-class ServingError(Exception):
-    """A request or load failed with a TF status ``code`` (e.g. ``"NOT_FOUND"``) and TF Serving's message."""
+class ServingError(PipelineError):
+    """A request, load or reload failed with a TF status ``code`` (e.g. ``"NOT_FOUND"``) and TF Serving's message.
 
-    def __init__(self, code: str, message: str):
+    Attributes:
+        code: the TF status code name.
+        message: TF Serving's own message.
+        http_status: the HTTP status of the answer (by default the code's, as TF Serving's REST API maps it);
+            None when nothing answered at all.
+    """
+
+    def __init__(self, code: str, message: str, http_status: int | None | object = _FROM_CODE):
         if code not in _CODES:
             raise ValueError(f"unknown status code {code!r}")
-        super().__init__(message)
+        super().__init__(f"{code}: {message}")  # TF's Status::ToString(), which TF Serving nests in messages
         self.code = code
         self.message = message
-
-    @property
-    def http_status(self) -> int:
-        """The HTTP status TF Serving's REST API answers this error with."""
-        return _CODES[self.code][1]
+        self.http_status: int | None = _CODES[code][1] if http_status is _FROM_CODE else http_status  # type: ignore[assignment]
 
     @property
     def code_number(self) -> int:
         """The numeric ``tensorflow.error.Code``."""
         return _CODES[self.code][0]
 
-    def __str__(self) -> str:
-        # TF's Status::ToString(), which TF Serving nests in some messages.
-        return f"{self.code}: {self.message}"
+    @property
+    def retryable(self) -> bool:
+        """Whether the same side-effect-free request may succeed if sent again."""
+        return self.code in _RETRYABLE_CODES
 
 
 def code_name(number: int) -> str:
     """The name of a numeric ``tensorflow.error.Code`` (``UNKNOWN`` when out of range)."""
     return _NAMES_BY_NUMBER.get(number, "UNKNOWN")
+
+
+def code_for_http_status(status: int) -> str:
+    """The code a REST error answer most likely carries (``UNKNOWN`` for statuses TF Serving never sends)."""
+    return _CODE_BY_HTTP_STATUS.get(status, "UNKNOWN")
 
 
 def invalid_argument(message: str) -> ServingError:

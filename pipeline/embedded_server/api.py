@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.serving.server.manager import ModelManager, VersionState
-from pipeline.serving.server.servable import Servable
-from pipeline.serving.server.status import code_name, invalid_argument
+from pipeline.embedded_server.manager import ModelManager, VersionState
+from pipeline.embedded_server.servable import Servable
+from pipeline.wire.status import code_name, invalid_argument
 
 _SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -51,7 +51,7 @@ def _add_version_status(response: Any, state: VersionState) -> None:
 
 
 def _code_number(name: str) -> int:
-    from pipeline.serving.server.status import ServingError
+    from pipeline.wire.status import ServingError
 
     return ServingError(name, "").code_number
 

@@ -1,4 +1,4 @@
-"""The real ``python -m pipeline.serving.server`` process: flags, ready line, both APIs, clean SIGTERM exit."""
+"""The real ``python -m pipeline.embedded_server`` process: flags, ready line, both APIs, clean SIGTERM exit."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from pipeline.serving.server import READY_PREFIX, parse_flags
+from pipeline.embedded_server import READY_PREFIX, parse_flags
 
 _START_TIMEOUT_S = 120.0
 
@@ -47,7 +47,7 @@ def test_flags_follow_tensorflow_model_server() -> None:
 @pytest.mark.slow
 def test_tensorflow_thread_flags_set_the_pools_of_a_fresh_process() -> None:
     code = ("import tensorflow as tf\n"
-            "from pipeline.serving.server.model_server import set_tensorflow_threads\n"
+            "from pipeline.embedded_server.model_server import set_tensorflow_threads\n"
             "set_tensorflow_threads(1, 3)\n"
             "tf.constant(1.0) + 1  # the first op: TensorFlow is initialized\n"
             "set_tensorflow_threads(2, 0)  # too late now: kept, with a warning\n"
@@ -64,7 +64,7 @@ def server_process(make_base_path: Any, half_plus_two_dir: Path) -> Any:
     base = make_base_path("half_plus_two", {1: half_plus_two_dir})
     rest_port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serving.server", "--port=0", f"--rest_api_port={rest_port}",
+        [sys.executable, "-m", "pipeline.embedded_server", "--port=0", f"--rest_api_port={rest_port}",
          "--model_name=half_plus_two", f"--model_base_path={base}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     yield process, rest_port

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import msgspec
 import numpy as np
 
-from pipeline.serving.server.status import ServingError, invalid_argument, unimplemented
+from pipeline.wire.dtypes import data_type_string
+from pipeline.wire.status import ServingError, invalid_argument, unimplemented
 
 ROW = "row"
 COLUMNAR = "columnar"
@@ -35,22 +36,20 @@ _UINT64 = (0, 2**64 - 1)
 _FAST_DECODER = msgspec.json.Decoder()  # refuses NaN/Infinity and lone surrogates, which json.loads takes
 _BYTES_SUFFIX = "_bytes"  # outputs whose name ends so are written as {"b64": ...}
 
-# DT_* name -> (numpy dtype, TF's DataTypeString, leaf kind)
-_DTYPES: dict[str, tuple[Any, str, str]] = {
-    "DT_FLOAT": (np.float32, "float", "float"),
-    "DT_DOUBLE": (np.float64, "double", "double"),
-    "DT_INT32": (np.int32, "int32", "int"),
-    "DT_INT16": (np.int16, "int16", "int"),
-    "DT_INT8": (np.int8, "int8", "int"),
-    "DT_UINT8": (np.uint8, "uint8", "int"),
-    "DT_INT64": (np.int64, "int64", "int64"),
-    "DT_UINT32": (np.uint32, "uint32", "uint32"),
-    "DT_UINT64": (np.uint64, "uint64", "uint64"),
-    "DT_BOOL": (np.bool_, "bool", "bool"),
-    "DT_STRING": (object, "string", "string"),
+# DT_* name -> (numpy dtype, leaf kind) of the dtypes JSON can carry
+_DTYPES: dict[str, tuple[Any, str]] = {
+    "DT_FLOAT": (np.float32, "float"),
+    "DT_DOUBLE": (np.float64, "double"),
+    "DT_INT32": (np.int32, "int"),
+    "DT_INT16": (np.int16, "int"),
+    "DT_INT8": (np.int8, "int"),
+    "DT_UINT8": (np.uint8, "int"),
+    "DT_INT64": (np.int64, "int64"),
+    "DT_UINT32": (np.uint32, "uint32"),
+    "DT_UINT64": (np.uint64, "uint64"),
+    "DT_BOOL": (np.bool_, "bool"),
+    "DT_STRING": (object, "string"),
 }
-_OTHER_DTYPE_STRINGS = {"DT_HALF": "half", "DT_BFLOAT16": "bfloat16", "DT_UINT16": "uint16",
-                        "DT_COMPLEX64": "complex64", "DT_COMPLEX128": "complex128"}
 
 
 # ---------------------------------------------------------------- messages
@@ -83,16 +82,9 @@ def json_value_string(val: Any) -> str:
         return repr(val)
 
 
-def dtype_string(dtype: str) -> str:
-    """TF's DataTypeString of a ``DT_*`` name (``DT_FLOAT`` -> ``float``)."""
-    if dtype in _DTYPES:
-        return _DTYPES[dtype][1]
-    return _OTHER_DTYPE_STRINGS.get(dtype, dtype.removeprefix("DT_").lower())
-
-
 def _type_error(val: Any, dtype: str) -> ServingError:
     return invalid_argument(f"JSON Value: {json_value_string(val)} Type: {json_type_string(val)} "
-                            f"is not of expected type: {dtype_string(dtype)}")
+                            f"is not of expected type: {data_type_string(dtype)}")
 
 
 def _lossy_error(val: Any, target: str) -> ServingError:
@@ -175,9 +167,9 @@ def _decode_b64(val: Any) -> bytes:
 
 def _check_leaf(val: Any, dtype: str) -> Any:
     """One JSON scalar as a Python value of ``dtype``, or TF Serving's error."""
-    kind = _DTYPES[dtype][2] if dtype in _DTYPES else None
+    kind = _DTYPES[dtype][1] if dtype in _DTYPES else None
     if kind is None:
-        raise unimplemented(f"Conversion of JSON Value: {json_value_string(val)} to type: {dtype_string(dtype)}")
+        raise unimplemented(f"Conversion of JSON Value: {json_value_string(val)} to type: {data_type_string(dtype)}")
     if isinstance(val, dict):
         if kind == "string":
             return _decode_b64(val)

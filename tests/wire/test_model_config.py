@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, NotFound
-from pipeline.serving import model_config as mc
+from pipeline.wire import model_config as mc
 
 CONFIG_TEXT = """
 model_config_list {
@@ -84,7 +84,7 @@ def test_parse_error_is_a_config_error() -> None:
 
 
 def test_module_stays_light() -> None:
-    code = "import sys, pipeline.serving.model_config; print('tensorflow' in sys.modules, 'numpy' in sys.modules)"
+    code = "import sys, pipeline.wire.model_config; print('tensorflow' in sys.modules, 'numpy' in sys.modules)"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ}).stdout.split()
     assert output == ["False", "False"]

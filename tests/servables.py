@@ -1,4 +1,4 @@
-"""Shared serving fixtures: tiny SavedModels built the way TF Serving's test models look, and servers on them.
+"""Shared serving fixtures (a pytest plugin of tests/conftest.py): tiny SavedModels built the way TF Serving's test models look, and servers on them.
 
 Builders (usable from any test or bench):
   * :func:`build_half_plus_two` - ``y = a*x + b`` like TF Serving's ``half_plus_two`` test model: signatures
@@ -175,7 +175,7 @@ def make_base_path(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def serve() -> Iterable[Callable[..., Any]]:
     """``serve(**ServerOptions fields)`` -> a started in-process ModelServer on free ports (REST and gRPC)."""
-    from pipeline.serving.server import ModelServer, ServerOptions
+    from pipeline.embedded_server import ModelServer, ServerOptions
 
     servers: list[Any] = []
 

@@ -60,7 +60,7 @@ def _non_negative(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; accepts ``--flag=value`` and ``--flag value`` like TF Serving's absl flags."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.serving.server",
+        prog="python -m pipeline.embedded_server",
         description="A TensorFlow Serving compatible model server (REST + gRPC) for SavedModels.",
     )
     add = parser.add_argument

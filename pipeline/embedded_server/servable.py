@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.serving.server.json_tensor import dtype_string
-from pipeline.serving.server.status import (
+from pipeline.wire.dtypes import data_type_string
+from pipeline.wire.status import (
     ServingError,
     failed_precondition,
     from_exception,
@@ -157,7 +157,7 @@ class Servable:
         """Answer a ``PredictRequest`` with a ``PredictResponse`` (gRPC and warmup path)."""
         from tensorflow_serving.apis import predict_pb2
 
-        from pipeline.serving.tensors import fill_tensor_proto, to_ndarray
+        from pipeline.wire.tensors import fill_tensor_proto, to_ndarray
 
         signature = self.signature(request.model_spec.signature_name)
         arrays = {}
@@ -165,8 +165,8 @@ class Servable:
             proto = request.inputs[alias]
             expected = signature.inputs.get(alias)
             if expected is not None and proto.dtype != signature.input_types[alias].as_datatype_enum:
-                raise invalid_argument(f"Expects arg[{index}] to be {dtype_string(expected)} "
-                                       f"but {dtype_string(_dtype_name(proto.dtype))} is provided")
+                raise invalid_argument(f"Expects arg[{index}] to be {data_type_string(expected)} "
+                                       f"but {data_type_string(_dtype_name(proto.dtype))} is provided")
             try:
                 arrays[alias] = to_ndarray(proto)
             except Exception as exc:

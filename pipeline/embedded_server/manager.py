@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.errors import ConfigError
-from pipeline.serving.model_config import check_base_path, check_model_name
-from pipeline.serving.server.servable import Servable
-from pipeline.serving.server.status import ServingError, failed_precondition, from_exception, invalid_argument, not_found
+from pipeline.wire.model_config import check_base_path, check_model_name
+from pipeline.wire.version_dirs import scan_versions
+from pipeline.embedded_server.servable import Servable
+from pipeline.wire.status import ServingError, failed_precondition, from_exception, invalid_argument, not_found
 
 log = logging.getLogger(__name__)
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
-_VERSION_DIR = re.compile(r"^\d{1,18}$", re.ASCII)
 
 
 @dataclass
@@ -60,15 +60,6 @@ class _Route:
     @property
     def latest(self) -> Servable | None:
         return self.available[max(self.available)] if self.available else None
-
-
-def version_dirs(base_path: Path) -> list[int] | None:
-    """Numeric version subdirectories of ``base_path``, ascending; None if the base path does not exist."""
-    try:
-        entries = list(os.scandir(base_path))
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    return sorted(int(e.name) for e in entries if _VERSION_DIR.match(e.name) and e.is_dir())
 
 
 def aspired_versions(model_config: Any, on_disk: list[int]) -> set[int]:
@@ -222,7 +213,7 @@ class ModelManager:
     def _reconcile(self, name: str) -> list[ServingError]:
         """Load the aspired versions of one model, then unload the others; the load errors."""
         model = self._models[name]
-        on_disk = version_dirs(Path(model.base_path))
+        on_disk = scan_versions(model.base_path)
         if on_disk is None:
             log.warning("Could not find base path %s for servable %s; keeping what is loaded", model.base_path, name)
             return []

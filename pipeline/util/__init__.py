@@ -1,0 +1,1 @@
+"""Small stdlib-only helpers with one definition each: atomic writes and file locks, free ports, deadline polling."""
