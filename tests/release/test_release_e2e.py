@@ -10,12 +10,12 @@ import pytest
 import yaml
 
 from pipeline.errors import DeadlineExceeded, NotFound, ValidationFailed
-from pipeline.release import tasks
+from pipeline import tasks
 from pipeline.release.canary import CANARY, STABLE, production_state
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.registry import RegistryConflict, State
 from pipeline.release.rollback import monitor, rollback
-from pipeline.release.runner import run_release
+from pipeline.flow import run_release
 from pipeline.steps import resolve_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

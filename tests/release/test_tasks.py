@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.release import tasks
+from pipeline import tasks
 from pipeline.gates import Verdict
 
 

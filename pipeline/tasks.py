@@ -2,17 +2,26 @@
 
 Each takes plain values (model name, version, the Airflow run id, the trigger conf) and returns a small
 JSON-able dict for XCom, so a DAG task body is a single call and the same calls run from the CLI and tests.
+The order of the release's tasks is :mod:`pipeline.flow`'s; this module only says what each one does. It sees
+the whole pipeline (build stages and release), which is why it lives here and not inside either.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from pipeline import steps
 from pipeline.config import FAULTS, ModelConfig
-from pipeline.errors import ConfigError, ValidationFailed
+from pipeline.errors import ConfigError, NotFound, ValidationFailed
+from pipeline.gates import Verdict
+from pipeline.release import canary, staging
+from pipeline.release import rollback as rollback_module
 from pipeline.release.context import Release
+from pipeline.release.production import CANARY, production_state
+from pipeline.release.registry import Registry
 from pipeline.settings import get_paths
 
 log = logging.getLogger(__name__)
@@ -88,7 +97,7 @@ def evaluate(model: str, conf: dict[str, Any] | None, run_dir: str) -> dict[str,
     return verdict.to_dict()
 
 
-def _enforce(verdict, flags: dict[str, Any]) -> None:
+def _enforce(verdict: Verdict, flags: dict[str, Any]) -> None:
     """Raise on a failed gate, unless a fault is injected on purpose (the canary must then catch it)."""
     if verdict.blessed:
         return
@@ -105,8 +114,6 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
     version is released again only if no earlier release got past export; otherwise the result says
     ``release: False`` and the DAG stops there (a scheduled retrain on unchanged data is a no-op).
     """
-    from pipeline.errors import NotFound
-
     config, _ = parse_conf(model, conf)
     exported = steps.export(config, run_dir, snapshot, lineage={"airflow_run_id": run_id, "params": conf or {}})
     registry = Release(config).registry
@@ -123,9 +130,6 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
 
 
 def _lineage(run_dir: str, run_id: str, conf: dict[str, Any] | None, exported: dict[str, Any]) -> dict[str, Any]:
-    import json
-    from pathlib import Path
-
     run = json.loads((Path(run_dir) / "run.json").read_text())
     return {
         "data_sha256": run["snapshot"]["sha256"], "airflow_run_id": run_id, "training_run_id": run["run_id"],
@@ -141,20 +145,16 @@ def has_new_version(exported: dict[str, Any]) -> bool:
 
 def deploy_staging(model: str, version: int, run_id: str) -> dict[str, Any]:
     """Take the model's release lock for this run (held until finalize or rollback), then deploy to staging."""
-    from pipeline.release.staging import deploy_to_staging
-
     release = Release(steps.resolve_config(model))
     release.registry.acquire_lock(model, run_id, timeout_s=_LOCK_WAIT_S)
-    return deploy_to_staging(release, version, run_id)
+    return staging.deploy_to_staging(release, version, run_id)
 
 
 
 def validate_staging(model: str, conf: dict[str, Any] | None, version: int, run_id: str) -> dict[str, Any]:
-    from pipeline.release.staging import validate_on_staging
-
     config, flags = parse_conf(model, conf)
     fault = flags["inject_fault"]
-    verdict = validate_on_staging(Release(config), version, run_id,
+    verdict = staging.validate_on_staging(Release(config), version, run_id,
                                   overridden_by=f"fault {fault!r} injected on purpose" if fault else None)
     _enforce(verdict, flags)
     return verdict.to_dict()
@@ -166,50 +166,38 @@ def should_promote(conf: dict[str, Any] | None) -> bool:
 
 
 def promote_canary(model: str, version: int, run_id: str) -> dict[str, Any]:
-    from pipeline.release.canary import promote_canary as promote
-
-    return promote(Release(steps.resolve_config(model)), version, run_id)
+    return canary.promote_canary(Release(steps.resolve_config(model)), version, run_id)
 
 
 def canary_check(model: str, version: int, run_id: str) -> dict[str, Any]:
-    from pipeline.release.canary import canary_gate
-
-    return canary_gate(Release(steps.resolve_config(model)), version, run_id).to_dict()
+    return canary.canary_gate(Release(steps.resolve_config(model)), version, run_id).to_dict()
 
 
 def finalize(model: str, version: int, run_id: str) -> dict[str, Any]:
-    from pipeline.release.canary import finalize_release
-
     release = Release(steps.resolve_config(model))
     try:
-        return finalize_release(release, version, run_id)
+        return canary.finalize_release(release, version, run_id)
     finally:
         release.registry.release_lock(model, run_id)
 
 
 def restore_production(model: str, version: int | None, run_id: str) -> dict[str, Any]:
     """After any failure past staging: make sure the canary is gone and stable untouched; free the lock."""
-    from pipeline.release.canary import CANARY, production_state, rollback_canary
-
     release = Release(steps.resolve_config(model))
     try:
         if version is not None and production_state(release).label(CANARY) == version:
-            return rollback_canary(release, version, ["the release failed after promotion"], run_id)
+            return canary.rollback_canary(release, version, ["the release failed after promotion"], run_id)
         return {"restored": False, "reason": "no canary of this run on production"}
     finally:
         release.registry.release_lock(model, run_id)
 
 
 def rollback(model: str, to_version: int | None, run_id: str | None, reason: str = "on-call rollback") -> dict[str, Any]:
-    from pipeline.release.rollback import rollback as do_rollback
-
-    return do_rollback(Release(steps.resolve_config(model)), to_version, run_id=run_id, reason=reason)
+    return rollback_module.rollback(Release(steps.resolve_config(model)), to_version, run_id=run_id, reason=reason)
 
 
 def monitor(model: str, run_id: str | None) -> dict[str, Any]:
-    from pipeline.release.rollback import monitor as do_monitor
-
-    result = do_monitor(Release(steps.resolve_config(model)), run_id)
+    result = rollback_module.monitor(Release(steps.resolve_config(model)), run_id)
     if not result["healthy"]:
         raise ValidationFailed(f"{model}: stable failed its probe ({'; '.join(result['reasons'])}); "
                                f"rolled back to {result['rollback']['to']}")
@@ -218,8 +206,6 @@ def monitor(model: str, run_id: str | None) -> dict[str, Any]:
 
 def record_task_failure(model: str, run_id: str | None, task_id: str | None, reason: str) -> str:
     """on_failure_callback body: write the failure to the registry and free this run's lock; returns one line."""
-    from pipeline.release.registry import Registry
-
     registry = Registry(get_paths().registry_url)
     registry.record_failure(model, run_id, task_id, reason)
     if run_id:

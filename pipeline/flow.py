@@ -1,0 +1,127 @@
+"""The release flow as data: the one place that says which task runs after which, and what each reads.
+
+The ``<model>_release`` DAG is built from :data:`RELEASE_STEPS` and :data:`RESTORE` (``dags/model_release.py``),
+and :func:`run_release` walks the same steps in one process (``pipeline release``, tests, debugging). Each
+step is one call into :mod:`pipeline.tasks`, which is handed in at run time, so this module stays light enough
+for a DAG file to import at parse time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepInput:
+    """What a step gets: the model, the trigger conf, the run id, and the results of the steps it needs."""
+
+    model: str
+    conf: dict[str, Any]
+    run_id: str
+    results: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, task_id: str) -> Any:
+        return self.results[task_id]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One task of the release DAG.
+
+    Attributes:
+        task_id: the Airflow task id.
+        call: ``call(tasks_module, step_input) -> result`` (a small JSON-able dict for XCom, or a bool).
+        needs: steps whose results this one reads; each is also its upstream task.
+        short_circuit: a False result skips everything after it (the run still succeeds).
+        idempotent: safe to retry (the DAG gives it one retry).
+    """
+
+    task_id: str
+    call: Callable[[ModuleType, StepInput], Any]
+    needs: tuple[str, ...] = ()
+    short_circuit: bool = False
+    idempotent: bool = False
+
+
+RELEASE_STEPS: tuple[Step, ...] = (
+    Step("check_conf", lambda t, s: t.check_conf(s.model, s.conf)),
+    Step("prepare_data", lambda t, s: t.prepare_data(s.model, s.conf), ("check_conf",), idempotent=True),
+    Step("validate_data", lambda t, s: t.validate_data(s.model, s.conf, s["prepare_data"]["snapshot"]),
+         ("prepare_data",), idempotent=True),
+    Step("train", lambda t, s: t.train(s.model, s.conf, s["prepare_data"]["snapshot"]),
+         ("prepare_data", "validate_data"), idempotent=True),
+    Step("evaluate", lambda t, s: t.evaluate(s.model, s.conf, s["train"]["run_dir"]), ("train",)),
+    Step("export", lambda t, s: t.export(s.model, s.conf, s["train"]["run_dir"], s["prepare_data"]["snapshot"],
+                                         s.run_id), ("train", "prepare_data", "evaluate"), idempotent=True),
+    Step("has_new_version", lambda t, s: t.has_new_version(s["export"]), ("export",), short_circuit=True),
+    Step("deploy_staging", lambda t, s: t.deploy_staging(s.model, s["export"]["version"], s.run_id),
+         ("export", "has_new_version"), idempotent=True),
+    Step("validate_staging", lambda t, s: t.validate_staging(s.model, s.conf, s["export"]["version"], s.run_id),
+         ("export", "deploy_staging")),
+    Step("unless_dry_run", lambda t, s: t.should_promote(s.conf), ("validate_staging",), short_circuit=True),
+    Step("promote_canary", lambda t, s: t.promote_canary(s.model, s["export"]["version"], s.run_id),
+         ("export", "unless_dry_run")),
+    Step("canary_check", lambda t, s: t.canary_check(s.model, s["export"]["version"], s.run_id),
+         ("export", "promote_canary")),
+    Step("finalize", lambda t, s: t.finalize(s.model, s["export"]["version"], s.run_id),
+         ("export", "canary_check")),
+)
+
+# Runs after the steps that touch servers, whatever happened to them (an Airflow teardown): no canary of this run
+# is left on production and the release lock is free. It reads export's result if there is one.
+RESTORE = Step("restore_production",
+               lambda t, s: t.restore_production(s.model, (s.results.get("export") or {}).get("version"), s.run_id),
+               needs=("deploy_staging", "validate_staging", "promote_canary", "canary_check", "finalize"))
+
+
+def new_run_id(prefix: str = "manual") -> str:
+    """A run id no other run shares: the time for people, a random suffix for uniqueness."""
+    return f"{prefix}__{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
+
+
+def run_release(model: str, conf: dict[str, Any] | None = None, run_id: str | None = None,
+                on_task: Callable[[str, float], None] | None = None) -> dict[str, Any]:
+    """Every release step in order, in this process, then :data:`RESTORE` once a server-touching step ran.
+
+    Returns each step's result by task id (and ``run_id``). A failing step is recorded as the DAG's failure
+    callback records it, then the error propagates.
+    """
+    from pipeline import tasks
+
+    run_id = run_id or new_run_id()
+    conf = conf or {}
+    results: dict[str, Any] = {"run_id": run_id}
+
+    def run(step: Step) -> Any:
+        start = time.perf_counter()
+        results[step.task_id] = step.call(tasks, StepInput(model, conf, run_id, results))
+        if on_task:
+            on_task(step.task_id, time.perf_counter() - start)
+        return results[step.task_id]
+
+    failure: Exception | None = None
+    try:
+        for step in RELEASE_STEPS:
+            if not run(step) and step.short_circuit:
+                break
+    except Exception as exc:  # noqa: BLE001 - recorded, restored after, then raised again
+        failure = exc
+        log.error(tasks.record_task_failure(model, run_id, step.task_id, str(exc)))
+    if step.task_id in RESTORE.needs:  # a step that touches servers ran (or failed): restore, as the DAG does
+        try:
+            run(RESTORE)
+        except Exception:
+            if failure is None:
+                raise
+            log.exception("restore_production failed too, after %s failed", step.task_id)
+    if failure is not None:
+        raise failure
+    return results
