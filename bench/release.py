@@ -26,14 +26,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,8 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from pipeline.util.net import free_ports  # noqa: E402 - after the path insert; stdlib-only, imports nothing heavy
 
 _MODEL = "mnist"
 _DAG = "mnist_release"
@@ -57,20 +58,6 @@ _TARGETS = {"release_wall_s": 120.0, "canary_rollback_visible_s": 2.0, "failed_r
 
 
 # ---- the sandbox: temp home, configs with our own ports --------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free now. Fixed at start: Airflow's task processes must find the same servers."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def make_config_dir(target: Path, ports: dict[str, int]) -> Path:
@@ -141,7 +128,7 @@ class SteadyLoad:
         self._threads = [threading.Thread(target=self._run, args=(i, ("rest", "grpc")[i % 2]), daemon=True)
                          for i in range(threads)]  # fmt: skip
 
-    def start(self) -> "SteadyLoad":
+    def start(self) -> SteadyLoad:
         for thread in self._threads:
             thread.start()
         return self
@@ -179,7 +166,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         self._thread.start()
         return self
 
@@ -306,8 +293,8 @@ def _since(start: float | None, end: float | None) -> float | None:
 
 def oncall_rollback(ports: dict[str, int]) -> dict[str, Any]:
     """``pipeline rollback mnist`` as on-call types it; start -> a client sees the old version on ``stable``."""
-    from pipeline.stack import airflow_env
     from pipeline.settings import get_paths
+    from pipeline.stack import airflow_env
 
     with production_client(ports) as client:
         before = label_version("stable")(client)
@@ -491,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = started + args.budget_s - _STOP_RESERVE_S
     workdir = Path(tempfile.mkdtemp(prefix="bench-release-"))
     names = ("airflow", "staging_rest", "staging_grpc", "production_rest", "production_grpc")
+    # Fixed at start: Airflow's task processes must find the same servers.
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     home = workdir / "home"
     prepare_home(home)

@@ -228,7 +228,7 @@ class SteadyLoad:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(p,)) for p in protocols]
 
-    def __enter__(self) -> "SteadyLoad":
+    def __enter__(self) -> SteadyLoad:
         for thread in self._threads:
             thread.start()
         return self
@@ -361,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
     from pipeline.serving.backends.local import LocalBackend
-    from pipeline.wire.model_config import single_model_config, write_config
     from pipeline.settings import get_paths
+    from pipeline.wire.model_config import single_model_config, write_config
 
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         workdir = Path(tmp)

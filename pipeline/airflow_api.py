@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 import requests
 
-from pipeline.errors import DeadlineExceeded, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.settings import Paths
 from pipeline.stack import admin_password, airflow_env
+from pipeline.util.polling import poll_until
 
 _FINISHED = {"success", "failed"}
 _DEFAULT_TIMEOUT_S = 600.0
+_DAG_POLL_S = 2.0
+_RUN_POLL_S = 1.0
 
 
 class AirflowApi:
@@ -46,25 +48,34 @@ class AirflowApi:
         return reply.json()
 
     def wait_for_dag(self, dag_id: str, timeout_s: float = 180.0) -> None:
-        """Wait until the DAG processor has parsed ``dag_id`` (a trigger before that is refused)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Wait until the DAG processor has parsed ``dag_id`` (a trigger before that is refused).
+
+        Raises:
+            DeadlineExceeded: the API still did not know the DAG after ``timeout_s``.
+        """
+
+        def check() -> tuple[bool | None, str]:
             try:
                 self.get(f"/dags/{dag_id}")
-                return
-            except requests.HTTPError:
-                time.sleep(2)
-        raise DeadlineExceeded(f"DAG {dag_id} not parsed within {timeout_s:.0f}s; check `airflow dags list-import-errors`")
+            except requests.HTTPError as exc:  # 404 until the DAG processor has parsed the file
+                return None, f"HTTP {exc.response.status_code}" if exc.response is not None else str(exc)
+            return True, "parsed"
+
+        poll_until(check, timeout_s, f"DAG {dag_id} not parsed", interval_s=_DAG_POLL_S,
+                   hint="Check `airflow dags list-import-errors`")
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float = _DEFAULT_TIMEOUT_S) -> dict[str, Any]:
-        """Poll a DAG run until it succeeds or fails; returns the run."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Poll a DAG run until it succeeds or fails; returns the run.
+
+        Raises:
+            DeadlineExceeded: it was still unfinished after ``timeout_s``; the message names its last state.
+        """
+
+        def check() -> tuple[dict[str, Any] | None, str]:
             run = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in _FINISHED:
-                return run
-            time.sleep(1)
-        raise DeadlineExceeded(f"{dag_id} run {run_id} did not finish within {timeout_s:.0f}s")
+            return (run if run["state"] in _FINISHED else None), f"state {run['state']}"
+
+        return poll_until(check, timeout_s, f"{dag_id} run {run_id} did not finish", interval_s=_RUN_POLL_S)
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]

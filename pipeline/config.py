@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import ConfigError, NotFound
 from pipeline.settings import config_dir
 
-
 # Faults a release may inject on purpose (demo, drills) where release.allow_fault_injection is true.
 FAULTS: tuple[str, ...] = ("label_shift",)
 # Raw data sources, and which of them fit each task (the release form offers these).
@@ -41,7 +40,7 @@ class DataConfig(_Strict):
     limit: int | None = Field(None, gt=0)  # keep at most this many examples (tests, quick runs)
 
     @model_validator(mode="after")
-    def _path_when_needed(self) -> "DataConfig":
+    def _path_when_needed(self) -> DataConfig:
         if self.source in FILE_SOURCES and not self.path:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         return self
@@ -117,7 +116,7 @@ class ModelConfig(_Strict):
     serving: ServingConfig = ServingConfig()
     release: ReleaseConfig = ReleaseConfig()
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "ModelConfig":
+    def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with dotted overrides applied (``{"train.epochs": 3}``), validated again."""
         raw = self.model_dump(mode="python")
         for dotted, value in overrides.items():

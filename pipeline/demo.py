@@ -49,7 +49,7 @@ def _production_summary() -> dict[str, Any]:
     status = model_status(Release(resolve_config("mnist")))
     production = status["servers"]["production"]
     stable = status["stable"]
-    metrics = next((v["metrics"] for v in status["versions"] if v["version"] == stable), {})
+    metrics: dict[str, Any] = next((v["metrics"] for v in status["versions"] if v["version"] == stable), {})
     return {"stable": stable, "labels": production["labels"], "versions": production["versions"],
             "accuracy": metrics.get("accuracy")}
 

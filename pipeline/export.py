@@ -22,8 +22,9 @@ import json
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,20 +68,22 @@ def _add_endpoints(archive: Any, model: keras.Model, kind: str, class_names: lis
     if kind == "image":
         spec = tf.TensorSpec([None, 784], tf.float32, name="images")
 
-        def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
             probabilities = model(images, training=False)
             return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 
-        names = (SERVING_SIGNATURE, IMAGE_ALIAS_SIGNATURE)
+        serve: Callable[[tf.Tensor], dict[str, tf.Tensor]] = serve_images
+        names: tuple[str, ...] = (SERVING_SIGNATURE, IMAGE_ALIAS_SIGNATURE)
     else:
         spec = tf.TensorSpec([None], tf.string, name="texts")
         labels = tf.constant(class_names, dtype=tf.string)
 
-        def serve(texts: tf.Tensor) -> dict[str, tf.Tensor]:
+        def serve_texts(texts: tf.Tensor) -> dict[str, tf.Tensor]:
             probabilities = model(texts, training=False)
             classes = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             return {"probabilities": probabilities, "classes": classes, "labels": tf.gather(labels, classes)}
 
+        serve = serve_texts
         names = (SERVING_SIGNATURE,)
     return {name: archive.add_endpoint(name, serve, input_signature=[spec]) for name in names}
 
@@ -182,7 +185,7 @@ def _metadata(run: TrainResult, signatures: dict, extra: dict[str, Any] | None) 
         "metrics": run.metrics,
         "trained_at": run.info.get("finished_at"),
         "code_version": pipeline.__version__,
-        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "signatures": signatures,
     }
     return {**(extra or {}), **core}  # the core facts cannot be overridden

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ValidationFailed
+from pipeline.util.files import write_atomically
 
 BLESSED = "BLESSED"
 NOT_BLESSED = "NOT_BLESSED"
@@ -38,12 +39,10 @@ class Verdict:
         return {"status": self.status, **asdict(self)}
 
     def write(self, path: Path) -> Path:
-        """Write the verdict as JSON (the written record, not implied by task order)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str))
-        return path
+        """Write the verdict as JSON, atomically: the written record (not implied by task order), never half."""
+        return write_atomically(path, json.dumps(self.to_dict(), indent=2, sort_keys=True, default=str))
 
-    def raise_if_failed(self) -> "Verdict":
+    def raise_if_failed(self) -> Verdict:
         if not self.blessed:
             raise ValidationFailed(self.summary())
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,13 +18,16 @@ from pathlib import Path
 
 import requests
 
-from pipeline.errors import DeadlineExceeded, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.settings import REPO_ROOT, Paths, config_dir, get_paths
+from pipeline.util.polling import poll_until
 from pipeline.wire.grpc_io import classic_io_env
 
 _DEFAULT_API_PORT = 8080
 _DEFAULT_START_TIMEOUT_S = 240.0
 _STOP_GRACE_S = 20.0
+_HTTP_PROBE_TIMEOUT_S = 2.0
+_HTTP_POLL_S = 1.0
 _INSTANCES = ("staging", "production")
 
 
@@ -120,15 +124,20 @@ def start_airflow(paths: Paths, timeout_s: float = _DEFAULT_START_TIMEOUT_S) -> 
 
 
 def _wait_http(url: str, timeout_s: float, log_file: Path) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """Wait until ``url`` answers HTTP 200.
+
+    Raises:
+        DeadlineExceeded: it did not within ``timeout_s``; the message names the last answer and the log.
+    """
+
+    def check() -> tuple[bool | None, str]:
         try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    raise DeadlineExceeded(f"{url} did not answer within {timeout_s:.0f}s; see {log_file}")
+            status = requests.get(url, timeout=_HTTP_PROBE_TIMEOUT_S).status_code
+        except requests.RequestException as exc:  # not listening yet, or still starting up
+            return None, f"no answer ({type(exc).__name__})"
+        return (True if status == 200 else None), f"HTTP {status}"
+
+    poll_until(check, timeout_s, f"{url} did not answer HTTP 200", interval_s=_HTTP_POLL_S, hint=f"See {log_file}")
 
 
 def admin_password(paths: Paths) -> str | None:
@@ -163,8 +172,6 @@ def stop_servers(paths: Paths) -> None:
 
 def write_env_file(paths: Paths) -> Path:
     """``airflow/env.sh``: ``source`` it so ``airflow ...`` and ``pipeline ...`` in a shell talk to this stack."""
-    import shlex
-
     keep = {k: v for k, v in airflow_env(paths).items() if k.startswith(("AIRFLOW", "PIPELINE_")) or k == "PATH"}
     target = airflow_home(paths) / "env.sh"
     target.parent.mkdir(parents=True, exist_ok=True)

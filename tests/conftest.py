@@ -97,7 +97,7 @@ def write_text_snapshot(path: Path, sizes: dict[str, int] = _SPLIT_SIZES, seed: 
     path.mkdir(parents=True, exist_ok=True)
     for offset, (split, n) in enumerate(sizes.items()):
         texts, y = synthetic_texts(n, seed + offset)
-        lines = (json.dumps({"text": t, "label": int(label)}) for t, label in zip(texts, y))
+        lines = (json.dumps({"text": t, "label": int(label)}) for t, label in zip(texts, y, strict=True))
         (path / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
     return _write_manifest(path, "text", ("ham", "spam"), dict(sizes))
 

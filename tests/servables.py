@@ -15,8 +15,9 @@ numbered versions), ``serve`` (an in-process server on free ports, stopped after
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pytest
 

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import export
 from pipeline.errors import NotFound
 from pipeline.export import export_run
 from pipeline.wire import version_dirs

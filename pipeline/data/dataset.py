@@ -36,7 +36,7 @@ class Examples:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, index: np.ndarray) -> "Examples":
+    def subset(self, index: np.ndarray) -> Examples:
         """The examples at ``index``, same kind and classes."""
         return Examples(self.kind, self.x[index], self.y[index], self.class_names, self.source)
 
@@ -76,7 +76,7 @@ class Snapshot:
         return Examples(self.kind, x, y, self.class_names, self.manifest.get("source", {}))
 
     @classmethod
-    def open(cls, path: str | Path) -> "Snapshot":
+    def open(cls, path: str | Path) -> Snapshot:
         """Open an existing snapshot directory."""
         path = Path(path)
         manifest = json.loads((path / "manifest.json").read_text())

@@ -52,7 +52,7 @@ def html_to_text(html: str) -> str:
 
 def _decode_payload(part: Message) -> str:
     payload = part.get_payload(decode=True)  # undoes quoted-printable and base64
-    if payload is None:
+    if not isinstance(payload, bytes):  # None for a multipart container: its parts are walked instead
         return ""
     charset = part.get_content_charset() or "utf-8"
     try:

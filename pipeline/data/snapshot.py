@@ -74,7 +74,7 @@ def _write_split(directory: Path, name: str, part: Examples) -> str:
         np.savez_compressed(path, x=part.x, y=part.y.astype(np.int64))
     else:
         path = directory / f"{name}.jsonl"
-        lines = (json.dumps({"text": str(t), "label": int(y)}, ensure_ascii=False) for t, y in zip(part.x, part.y))
+        lines = (json.dumps({"text": str(t), "label": int(y)}, ensure_ascii=False) for t, y in zip(part.x, part.y, strict=True))
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from pipeline.errors import ValidationFailed
 
 if TYPE_CHECKING:
     import pandas as pd
+    from great_expectations.checkpoint.actions import ValidationAction
 
 _DEFAULT_PIXEL_RANGE = (0, 255)
 # Mean pixel over the whole set: MNIST-like digits are light ink on black (about 33). Images
@@ -95,7 +96,7 @@ class _Batch:
     """A table to validate and the rules it must meet."""
 
     name: str
-    table: "pd.DataFrame"
+    table: pd.DataFrame
     expectations: list[Any]
     index_columns: list[str]  # name a bad row in results: split and class, or split and hash
 
@@ -180,7 +181,7 @@ def _kind_and_classes(splits: Mapping[str, Examples]) -> tuple[str, tuple[str, .
     return first.kind, tuple(first.class_names)
 
 
-def _split_rows(examples: "pd.DataFrame") -> dict[str, int]:
+def _split_rows(examples: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in examples.groupby("split", sort=False).size().items()}
 
 
@@ -333,7 +334,8 @@ def _checkpoint(context: Any, batch: _Batch, with_docs: bool) -> Any:
     definition = context.validation_definitions.add(
         gx.ValidationDefinition(name=f"{batch.name}_validation", data=batch_definition, suite=suite)
     )
-    actions = [UpdateDataDocsAction(name="update_data_docs", site_names=[_SITE_NAME])] if with_docs else []
+    actions: list[ValidationAction] = (
+        [UpdateDataDocsAction(name="update_data_docs", site_names=[_SITE_NAME])] if with_docs else [])
     return context.checkpoints.add(gx.Checkpoint(
         name=f"{batch.name}_checkpoint", validation_definitions=[definition], actions=actions,
         result_format={"result_format": _DEFAULT_RESULT_FORMAT, "unexpected_index_column_names": batch.index_columns},
@@ -343,7 +345,7 @@ def _checkpoint(context: Any, batch: _Batch, with_docs: bool) -> Any:
 # --- failures in plain words -----------------------------------------------------------------
 
 
-def _failure(result: Any, table: "pd.DataFrame") -> FailedExpectation:
+def _failure(result: Any, table: pd.DataFrame) -> FailedExpectation:
     """A failed expectation's result as a :class:`FailedExpectation` with a plain message."""
     config = result.expectation_config
     column = config.kwargs.get("column")
@@ -356,7 +358,7 @@ def _failure(result: Any, table: "pd.DataFrame") -> FailedExpectation:
     return FailedExpectation(config.type, column, kwargs, _observed(result.result), message)
 
 
-def _what_was_found(result: Any, table: "pd.DataFrame") -> str:
+def _what_was_found(result: Any, table: pd.DataFrame) -> str:
     """The evidence of one failure in a few words: bad values, counts, splits or classes."""
     kind, column = result.expectation_config.type, result.expectation_config.kwargs.get("column")
     found = result.result
@@ -416,11 +418,11 @@ def _small_splits(result: dict[str, Any]) -> str:
     return ", ".join(f"{split}={_short(n)}" for split, n in splits.items()) or _found(result)
 
 
-def _shared_examples(table: "pd.DataFrame") -> str:
+def _shared_examples(table: pd.DataFrame) -> str:
     """Say which splits share examples, e.g. ``3 examples shared between splits train/test``."""
     order = {split: i for i, split in enumerate(table["split"].unique())}  # train/test, not test/train
     repeated = table[table["example_sha"].duplicated(keep=False) & table["example_sha"].notna()]
-    where = repeated.groupby("example_sha")["split"].agg(lambda s: "/".join(sorted(set(s), key=order.get)))
+    where = repeated.groupby("example_sha")["split"].agg(lambda s: "/".join(sorted(set(s), key=lambda split: order[split])))
     parts = []
     for splits, count in where.value_counts().sort_index().items():
         noun = "example" if count == 1 else "examples"

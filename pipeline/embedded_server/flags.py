@@ -8,8 +8,8 @@ binds every interface.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 _DEFAULT_GRPC_PORT = 8500
 _DEFAULT_BIND_ADDRESS = "127.0.0.1"

@@ -16,7 +16,8 @@ import base64
 import binascii
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import numpy as np

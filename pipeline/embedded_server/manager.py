@@ -20,18 +20,17 @@ keep the ``Servable`` they got alive until they finish, so an unload never break
 from __future__ import annotations
 
 import logging
-import os
-import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from pipeline.embedded_server.servable import Servable
 from pipeline.errors import ConfigError
 from pipeline.wire.model_config import check_base_path, check_model_name
-from pipeline.wire.version_dirs import scan_versions
-from pipeline.embedded_server.servable import Servable
 from pipeline.wire.status import ServingError, failed_precondition, from_exception, invalid_argument, not_found
+from pipeline.wire.version_dirs import scan_versions
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +204,7 @@ class ModelManager:
     def _check_labels_available(self, labels: dict[str, dict[str, int]]) -> None:
         for name, model_labels in labels.items():
             available = self._routes.get(name, _Route({}, {})).available
-            for label, version in sorted(model_labels.items()):
+            for _label, version in sorted(model_labels.items()):
                 if version not in available:
                     raise failed_precondition(f"Request to assign label to version {version} of model {name}, "
                                               "which is not currently available for inference")

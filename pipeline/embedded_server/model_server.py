@@ -6,8 +6,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from pipeline.embedded_server.flags import ServerOptions, parse_flags
 from pipeline.wire.grpc_io import prefer_classic_io
@@ -153,6 +154,8 @@ class ModelServer:
 
         Like TF Serving, the file wins: a config applied through gRPC but not written to the file is undone here.
         """
+        if not self.options.model_config_file:
+            return
         try:
             config = read_server_config(self.options.model_config_file)
         except ServingError as exc:

@@ -49,7 +49,7 @@ class RestApi:
         try:
             return 200, self._dispatch(method, path.split("?", 1)[0], body)
         except ServingError as exc:
-            return exc.http_status, json_tensor.error_body(exc.message)
+            return exc.http_status or 500, json_tensor.error_body(exc.message)
         except Exception as exc:  # a bug must answer 500, not kill the connection thread
             log.exception("REST %s %s failed", method, path)
             error = from_exception(exc)

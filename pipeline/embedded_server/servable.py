@@ -198,10 +198,12 @@ class Servable:
             raise invalid_argument("Expected classification signature outputs to contain classes or scores.")
         response = classification_pb2.ClassificationResponse()
         self.fill_model_spec(response.model_spec, signature.name)
-        batch = (classes if classes is not None else scores).shape[0]
+        present = classes if classes is not None else scores
+        assert present is not None  # checked above
+        batch = present.shape[0]
         for row in range(batch):
             classifications = response.result.classifications.add()
-            width = (classes if classes is not None else scores).reshape(batch, -1).shape[1]
+            width = present.reshape(batch, -1).shape[1]
             for column in range(width):
                 item = classifications.classes.add()
                 if classes is not None:

@@ -26,7 +26,7 @@ def plot_training_curve(history: dict[str, list[float]], path: Path) -> Path:
         path: Where the PNG goes.
     """
     figure = Figure(figsize=(10, 4))
-    for axis, metric in zip(figure.subplots(1, len(_CURVE_METRICS)), _CURVE_METRICS):
+    for axis, metric in zip(figure.subplots(1, len(_CURVE_METRICS)), _CURVE_METRICS, strict=True):
         for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
             values = history.get(key) or []
             axis.plot(range(1, len(values) + 1), values, marker="o", label=label)

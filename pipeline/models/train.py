@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from pipeline.errors import ConfigError, NotFound
 from pipeline.models import build_model, kind_of_architecture, make_dataset, to_model_inputs
 from pipeline.models.artifacts import plot_confusion_matrix, plot_training_curve
 from pipeline.models.evaluate import evaluate_model
+from pipeline.util.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,12 @@ def _fit(config: ModelConfig, model: keras.Model, train: Examples, val: Examples
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    """Write JSON through a temp file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Write JSON atomically, so a reader never sees half a file."""
+    write_atomically(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def train_model(config: ModelConfig, snapshot: Snapshot, run_dir: Path, *, fault: str | None = None) -> TrainResult:

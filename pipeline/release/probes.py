@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.serving.client import ServingClient, ServingError
+from pipeline.serving.client import Protocol, ServingClient, ServingError
 
 _DEFAULT_BATCH = 100
 _DEFAULT_LATENCY_REQUESTS = 50
@@ -32,7 +32,7 @@ class Target:
         what = f"label {self.label}" if self.label else f"version {self.version}"
         return f"{self.model} {what}"
 
-    def predict(self, inputs: Any, protocol: str = "rest") -> dict[str, np.ndarray]:
+    def predict(self, inputs: Any, protocol: Protocol = "rest") -> dict[str, np.ndarray]:
         return self.client.predict(self.model, instances=inputs, version=self.version, label=self.label,
                                    signature_name=self.signature_name, protocol=protocol)
 

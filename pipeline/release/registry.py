@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,10 @@ class _UTCDateTime(sa.types.TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: pass an aware (UTC) datetime")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 _metadata = sa.MetaData()
@@ -260,7 +260,7 @@ class HeldLock:
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Registry:
@@ -718,7 +718,7 @@ def _select_version(conn: Connection, model: str, version: int) -> VersionRecord
     return None if row is None else _version_record(row)
 
 
-def _version_record(row: Mapping[str, Any]) -> VersionRecord:
+def _version_record(row: Mapping[Any, Any]) -> VersionRecord:
     return VersionRecord(
         model=row["model"],
         version=row["version"],
@@ -734,7 +734,7 @@ def _version_record(row: Mapping[str, Any]) -> VersionRecord:
     )
 
 
-def _transition_record(row: Mapping[str, Any]) -> TransitionRecord:
+def _transition_record(row: Mapping[Any, Any]) -> TransitionRecord:
     from_state = row["from_state"]
     return TransitionRecord(
         id=row["id"],

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from pipeline.errors import NotFound, ValidationFailed
-from pipeline.release.context import PRODUCTION, Release
-from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.gates import Verdict
+from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.probes import Target, golden_probe
+from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.release.registry import State
 from pipeline.wire.version_dirs import has_saved_model, read_golden
 

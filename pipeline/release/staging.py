@@ -12,17 +12,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
 from pipeline.errors import DeadlineExceeded, PipelineError
-from pipeline.wire.dtypes import numpy_name
-from pipeline.wire.version_dirs import read_golden, read_metadata
-from pipeline.release.context import STAGING, Release
 from pipeline.gates import Verdict
+from pipeline.release.context import STAGING, Release
 from pipeline.release.probes import (
-    ProbeResult, Target, accuracy_probe, golden_probe, latency_probe, malformed_request_probe, merge,
+    ProbeResult,
+    Target,
+    accuracy_probe,
+    golden_probe,
+    latency_probe,
+    malformed_request_probe,
+    merge,
 )
 from pipeline.release.registry import State
 from pipeline.release.serving_state import change_served_state
+from pipeline.wire.dtypes import numpy_name
+from pipeline.wire.version_dirs import read_golden, read_metadata
 
 log = logging.getLogger(__name__)
 

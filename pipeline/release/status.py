@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.release.context import PRODUCTION, STAGING, Release
-from pipeline.wire.version_dirs import list_versions
 from pipeline.release.serving_state import served_state
+from pipeline.wire.version_dirs import list_versions
 
 _DEFAULT_HISTORY = 8
 

@@ -144,7 +144,7 @@ class ServingClient:
         self._signatures: dict[tuple, dict[str, Any]] = {}
 
     @classmethod
-    def for_endpoint(cls, endpoint: Any, **kwargs: Any) -> "ServingClient":
+    def for_endpoint(cls, endpoint: Any, **kwargs: Any) -> ServingClient:
         """A client for a backend's :class:`~pipeline.serving.backends.base.Endpoint`."""
         return cls(rest_url=endpoint.rest_url, grpc_target=endpoint.grpc_target, **kwargs)
 
@@ -156,7 +156,7 @@ class ServingClient:
             self._channel.close()
             self._channel, self._stubs = None, {}
 
-    def __enter__(self) -> "ServingClient":
+    def __enter__(self) -> ServingClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

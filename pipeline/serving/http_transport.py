@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import threading
 from typing import Any
 from urllib.parse import urlsplit
@@ -67,7 +66,7 @@ class KeepAliveSession:
                 conn.request(method, path, body=body, headers=headers or {})
                 answer = conn.getresponse()
                 return Response(answer.status, answer.reason, answer.read())
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:
                 self._drop(conn)
                 raise requests.Timeout(f"no answer from {self._host}:{self._port} within {timeout}s") from exc
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:

@@ -10,16 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def write_atomically(path: str | Path, data: str | bytes) -> Path:
+def write_atomically(path: str | Path, data: str | bytes, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never half of it.
 
     A temp file in the same directory is written, fsynced and renamed over ``path``; then the directory is
-    fsynced so the rename itself survives a crash.
+    fsynced so the rename itself survives a crash. The file gets ``mode`` (``mkstemp`` alone would give 0600,
+    which a container running as another user could not read).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode() if isinstance(data, str) else data)
             handle.flush()

@@ -22,7 +22,7 @@ _FILE = "pipeline/serving/reload_rpc.proto"
 _T = descriptor_pb2.FieldDescriptorProto
 
 
-def _field(name: str, number: int, kind: int, type_name: str | None = None) -> descriptor_pb2.FieldDescriptorProto:
+def _field(name: str, number: int, kind: Any, type_name: str | None = None) -> descriptor_pb2.FieldDescriptorProto:
     field = _T(name=name, number=number, type=kind, label=_T.LABEL_OPTIONAL)
     if type_name:
         field.type_name = type_name
@@ -30,7 +30,7 @@ def _field(name: str, number: int, kind: int, type_name: str | None = None) -> d
 
 
 @functools.cache
-def messages() -> tuple[type, type]:
+def messages() -> tuple[Any, Any]:
     """(ReloadConfigRequest, ReloadConfigResponse) message classes, built once."""
     pool = descriptor_pool.DescriptorPool()
     _add_with_dependencies(pool, model_server_config_pb2.DESCRIPTOR)

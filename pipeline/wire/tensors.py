@@ -17,7 +17,7 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 
 # numpy dtype -> DataType, for the dtypes whose tensor_content is the array's own bytes.
-_DATATYPE_BY_NUMPY = {
+_DATATYPE_BY_NUMPY: dict[np.dtype[Any], int] = {
     np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE,
     np.dtype(np.float16): types_pb2.DT_HALF,
     np.dtype(np.int8): types_pb2.DT_INT8, np.dtype(np.int16): types_pb2.DT_INT16,

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +46,7 @@ def test_release_dag_shape(dagbag):
     order = ["check_conf", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
              "deploy_staging", "validate_staging", "unless_dry_run", "promote_canary", "canary_check", "finalize"]
     assert set(order) | {"restore_production"} == set(dag.task_ids)
-    for upstream, downstream in zip(order, order[1:]):
+    for upstream, downstream in zip(order, order[1:], strict=False):
         assert downstream in dag.get_task(upstream).downstream_task_ids, f"{upstream} -> {downstream}"
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.doc_md and "release" in dag.tags

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import yaml
 
+from pipeline.util.net import free_ports
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports (every probe stays bound until all are picked)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 @pytest.fixture
@@ -28,7 +16,7 @@ def airflow_world(tmp_path, monkeypatch):
 
     home = write_world(tmp_path)
     # Fixed ports picked now: every Airflow task process must find the same two servers.
-    ports = iter(_free_ports(5))
+    ports = iter(free_ports(5))
     profile = {"instances": {name: {"backend": "local", "rest_port": next(ports), "grpc_port": next(ports)}
                              for name in ("staging", "production")}}
     (tmp_path / "configs" / "serving" / "embedded.yaml").write_text(yaml.safe_dump(profile))

@@ -18,9 +18,9 @@ import yaml
 from kubernetes.client import ApiClient
 
 from pipeline import containers
-from pipeline.wire.model_config import parse_config
 from pipeline.serving.profiles import load_profile
 from pipeline.settings import REPO_ROOT
+from pipeline.wire.model_config import parse_config
 
 _K8S = REPO_ROOT / "k8s"
 _BASE_FILES = sorted((_K8S / "base").glob("*.yaml"))

@@ -23,8 +23,8 @@ LABEL = "Version_Label"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, half_plus_two_dir: Path, multi_io_dir: Path) -> Any:
     """half_plus_two version 123 labelled ``Version_Label`` (as in TF Serving's test) + the multi_io model."""
-    from tests.servables import add_version
     from pipeline.wire import model_config
+    from tests.servables import add_version
 
     root = tmp_path_factory.mktemp("rest")
     add_version(root / MODEL, 123, half_plus_two_dir)

@@ -7,8 +7,9 @@ import random
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -139,9 +140,8 @@ def test_startup_fails_like_tf_serving_when_a_version_does_not_load(serve: Any, 
 
 
 def test_warmup_replayed_before_available(make_base_path: Any, half_plus_two_dir: Path) -> None:
-    from tests.servables import predict_log, write_warmup
-
     from pipeline.embedded_server.servable import Servable
+    from tests.servables import predict_log, write_warmup
 
     base = make_base_path(MODEL, {1: half_plus_two_dir})
     write_warmup(base / "1", [predict_log({"x": [1.0, 2.0]}) for _ in range(3)])

@@ -23,7 +23,7 @@ def test_image_builders_take_flat_pixels_and_learn(architecture, image_snapshot,
 
 def test_text_cnn_takes_raw_strings_and_learns(text_snapshot, make_config) -> None:
     config = make_config("text", epochs=3)
-    train, test = text_snapshot.split("train"), text_snapshot.split("test")
+    train = text_snapshot.split("train")
     model = build_model(config, train)
     assert model.get_layer("vectorize").vocabulary_size() > 20  # adapted on the train texts
     assert {layer.name for layer in model.layers} >= {"conv_2", "conv_3", "concat", "probabilities"}
@@ -57,5 +57,5 @@ def test_seeded_builds_are_identical(image_snapshot, make_config) -> None:
     for _ in range(2):
         keras.utils.set_random_seed(7)
         weights.append(build_model(config, image_snapshot.split("train")).get_weights())
-    for first, second in zip(*weights):
+    for first, second in zip(*weights, strict=True):
         np.testing.assert_array_equal(first, second)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -427,7 +427,7 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
 
     lines = Path(log).read_text(encoding="utf-8").splitlines()
     assert len(lines) == 12
-    for enter, leave in zip(lines[::2], lines[1::2]):
+    for enter, leave in zip(lines[::2], lines[1::2], strict=True):
         assert enter.startswith("enter") and leave == enter.replace("enter", "leave")
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.errors import DeadlineExceeded, NotFound, ValidationFailed
 from pipeline import tasks
+from pipeline.errors import DeadlineExceeded, NotFound, ValidationFailed
+from pipeline.flow import run_release
 from pipeline.release.canary import CANARY, STABLE, production_state
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.registry import RegistryConflict, State
 from pipeline.release.rollback import monitor, rollback
-from pipeline.flow import run_release
 from pipeline.steps import resolve_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.errors import ConfigError
 from pipeline import tasks
+from pipeline.errors import ConfigError
 from pipeline.gates import Verdict
 
 

@@ -7,7 +7,6 @@ container test needs a Docker engine (``@pytest.mark.docker``) and skips naming 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,15 @@ import pytest
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
 from pipeline.serving.backends import make_backend
 from pipeline.serving.backends.docker import DockerBackend, connect_docker
-from pipeline.wire.model_config import ModelServerConfig, single_model_config, write_config
 from pipeline.settings import get_paths
+from pipeline.util.net import free_port, free_ports
+from pipeline.wire.model_config import ModelServerConfig, single_model_config, write_config
 
 _ENGINE_START_S = 300.0  # a first run pulls tensorflow/serving
 
 
 def _backend(home: Path, **spec: Any) -> DockerBackend:
     return make_backend("production", {"backend": "docker", **spec}, get_paths(home))  # type: ignore[return-value]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("field, value, complaint", [
@@ -57,13 +51,14 @@ def test_no_engine_is_reported_naming_the_socket(tmp_path, monkeypatch):
     socket_path = tmp_path / "docker.sock"
     with pytest.raises(SourceUnavailable, match=f"unix://{socket_path}"):
         connect_docker(f"unix://{socket_path}")
-    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{free_port()}")
     with pytest.raises(SourceUnavailable, match="tcp://127.0.0.1"):
         _backend(tmp_path).stop()  # managed: stopping needs the engine
 
 
 def test_attached_instance_that_does_not_answer(tmp_path):
-    backend = _backend(tmp_path, manage=False, host="127.0.0.1", rest_port=_free_port(), grpc_port=_free_port())
+    rest_port, grpc_port = free_ports(2)
+    backend = _backend(tmp_path, manage=False, host="127.0.0.1", rest_port=rest_port, grpc_port=grpc_port)
     assert not backend.is_running()
     with pytest.raises(NotFound, match="compose"):
         backend.endpoint()
@@ -110,7 +105,8 @@ def engine() -> Any:
 def test_a_managed_container_serves_and_goes_away(engine, tmp_path, make_base_path, half_plus_two_dir):
     base = make_base_path("hpt", {1: half_plus_two_dir})  # under tmp_path/models: the backend's models dir
     name = f"pipeline-test-{tmp_path.name}"
-    backend = _backend(tmp_path, rest_port=_free_port(), grpc_port=_free_port(), container_name=name)
+    rest_port, grpc_port = free_ports(2)
+    backend = _backend(tmp_path, rest_port=rest_port, grpc_port=grpc_port, container_name=name)
     try:
         endpoint = backend.start(timeout_s=_ENGINE_START_S)
         assert backend.start(timeout_s=30) == endpoint  # idempotent: the running container is reused

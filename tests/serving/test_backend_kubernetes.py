@@ -21,10 +21,10 @@ import yaml
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
 from pipeline.serving.backends import kubernetes as k8s_backend
 from pipeline.serving.backends import make_backend
-from pipeline.serving.served import rest_status_getter
 from pipeline.serving.backends.base import Endpoint
-from pipeline.wire.model_config import ModelServerConfig, format_config, single_model_config, write_config
+from pipeline.serving.served import rest_status_getter
 from pipeline.settings import REPO_ROOT, get_paths
+from pipeline.wire.model_config import ModelServerConfig, format_config, single_model_config, write_config
 
 
 def _backend(home: Path, **spec: Any) -> k8s_backend.KubernetesBackend:

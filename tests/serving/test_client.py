@@ -310,8 +310,8 @@ def live(tmp_path_factory, half_plus_two_dir, half_plus_three_dir) -> Iterator[S
     import shutil
 
     from pipeline.serving.backends.local import LocalBackend
-    from pipeline.wire.model_config import single_model_config, write_config
     from pipeline.settings import get_paths
+    from pipeline.wire.model_config import single_model_config
 
     home = tmp_path_factory.mktemp("live")
     base_path = home / "models" / _MODEL

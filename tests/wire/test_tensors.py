@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from tensorflow.core.framework import tensor_pb2
 
 from pipeline.wire.tensors import TensorConversionError, fill_tensor_proto, to_ndarray

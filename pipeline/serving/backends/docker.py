@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.containers import require_pinned_image
-from pipeline.errors import DeadlineExceeded, NotFound, SourceUnavailable
+from pipeline.errors import NotFound, SourceUnavailable
 from pipeline.serving.backends import validate_spec
 from pipeline.serving.backends.base import Endpoint, ServingBackend
 from pipeline.settings import Paths
+from pipeline.util.polling import poll_until
 
 if TYPE_CHECKING:
     import docker
@@ -193,20 +193,32 @@ class DockerBackend(ServingBackend):
         ]
 
     def _wait_until_answering(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not self.is_running():
-            if self.spec.manage:
-                self._fail_if_container_exited()
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(
-                    f"TF Serving {self.name!r} did not answer at {self._endpoint().rest_url} within "
-                    f"{timeout_s:.0f}s; see `docker logs {self.container_name}`"
-                )
-            time.sleep(_POLL_INTERVAL_S)
+        """Wait until both ports answer.
 
-    def _fail_if_container_exited(self) -> None:
+        Raises:
+            SourceUnavailable: the managed container exited (at once, with the end of its log).
+            DeadlineExceeded: no answer within ``timeout_s``.
+        """
+
+        def check() -> tuple[bool | None, str]:
+            if self.is_running():
+                return True, "answering"
+            if self.spec.manage:  # a container that exited will never answer: say so now, with its log
+                return None, f"container {self._container_status()}, not answering"
+            return None, "not answering"
+
+        poll_until(check, timeout_s, f"TF Serving {self.name!r} did not answer at {self._endpoint().rest_url}",
+                   interval_s=_POLL_INTERVAL_S, hint=f"See `docker logs {self.container_name}`")
+
+    def _container_status(self) -> str:
+        """The managed container's status (e.g. ``running``, ``created``).
+
+        Raises:
+            SourceUnavailable: it exited; the message carries the end of its log.
+        """
         client = connect_docker(self.spec.docker_url)
         container = client.containers.get(self.container_name)
         if container.status in ("exited", "dead"):
             tail = container.logs(tail=_LOG_TAIL_LINES).decode(errors="replace")
             raise SourceUnavailable(f"container {self.container_name} exited; its log ends:\n{tail}")
+        return container.status

@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, SourceUnavailable
-from pipeline.serving.backends.base import Endpoint, ServingBackend
+from pipeline.errors import ConfigError, NotFound, SourceUnavailable
 from pipeline.serving.backends import validate_spec
+from pipeline.serving.backends.base import Endpoint, ServingBackend
 from pipeline.serving.served import StatusGetter, config_mismatches, server_answers
-from pipeline.wire.model_config import ModelServerConfig, format_config
 from pipeline.settings import REPO_ROOT, Paths
+from pipeline.util.polling import poll_until
+from pipeline.wire.model_config import ModelServerConfig, format_config
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient, V1Deployment, V1Pod
@@ -258,7 +258,7 @@ class KubernetesBackend(ServingBackend):
     def _restart_rollout(self) -> None:
         from kubernetes import client
 
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         body = {"spec": {"template": {"metadata": {"annotations": {_RESTARTED_AT: now}}}}}
         with kubernetes_errors(self.api, f"restart deployment {self.namespace_name(self.deployment)}"):
             client.AppsV1Api(self.api).patch_namespaced_deployment(self.deployment, self.spec.namespace, body)
@@ -299,17 +299,26 @@ class KubernetesBackend(ServingBackend):
         )
 
     def _wait_for_rollout(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        """Wait until every replica of the Deployment runs its current template and is ready.
+
+        Raises:
+            DeadlineExceeded: not within ``timeout_s``; the message names the replica counts last seen.
+        """
+
+        def check() -> tuple[bool | None, str]:
             deployment = self._read_deployment()
-            if deployment is not None and self._rollout_done(deployment):
-                return
-            if time.monotonic() >= deadline:
-                raise DeadlineExceeded(
-                    f"deployment {self.namespace_name(self.deployment)} not rolled out within {timeout_s:.0f}s; "
-                    f"see kubectl -n {self.spec.namespace} rollout status deploy/{self.deployment}"
-                )
-            time.sleep(_POLL_INTERVAL_S)
+            if deployment is None:
+                return None, "no deployment"
+            if self._rollout_done(deployment):
+                return True, "rolled out"
+            status = deployment.status
+            return None, (f"generation {status.observed_generation or 0} of {deployment.metadata.generation or 0} "
+                          f"observed; {status.updated_replicas or 0} updated, {status.ready_replicas or 0} ready, "
+                          f"{status.replicas or 0} in all of {deployment.spec.replicas or 0} wanted")
+
+        poll_until(check, timeout_s, f"deployment {self.namespace_name(self.deployment)} not rolled out",
+                   interval_s=_POLL_INTERVAL_S,
+                   hint=f"See kubectl -n {self.spec.namespace} rollout status deploy/{self.deployment}")
 
     def _running_pods(self) -> list[V1Pod]:
         from kubernetes import client

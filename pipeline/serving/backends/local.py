@@ -29,6 +29,7 @@ from pipeline.serving.client import ServingClient, ServingError
 from pipeline.settings import Paths
 from pipeline.util.files import file_lock, write_atomically
 from pipeline.util.net import free_ports, port_in_use
+from pipeline.util.polling import poll_until
 from pipeline.wire.grpc_io import classic_io_env
 
 _DEFAULT_STOP_GRACE_S = 10.0
@@ -209,20 +210,30 @@ class LocalBackend(ServingBackend):
         ]  # fmt: skip
 
     def _wait_until_ready(self, state: ServerState, timeout_s: float) -> None:
+        """Wait until the server's ports answer.
+
+        Raises:
+            ServingError: the server exited while starting (at once, with the end of its log).
+            DeadlineExceeded: it did not answer within ``timeout_s``; the message ends with its log.
+        """
         deadline = time.monotonic() + timeout_s
         with ServingClient.for_endpoint(state.endpoint, timeout_s=1.0) as client:
-            while time.monotonic() < deadline:
-                if not _is_our_process(state):
+
+            def check() -> tuple[bool | None, str]:
+                if not _is_our_process(state):  # it will never answer: fail now, not at the deadline
                     raise ServingError(
                         "UNAVAILABLE", f"local TF Serving {self.name!r} exited while starting: {self._log_tail()}"
                     )
                 if client.is_ready(timeout_s=min(1.0, max(deadline - time.monotonic(), 0.05))):
-                    return
-                time.sleep(_DEFAULT_POLL_S)
-        raise DeadlineExceeded(
-            f"local TF Serving {self.name!r} did not answer on {state.endpoint.rest_url} within {timeout_s:g}s; "
-            f"see {self.log_path}: {self._log_tail()}"
-        )
+                    return True, "answering"
+                return None, f"process {state.pid} running, ports not answering"
+
+            what = f"local TF Serving {self.name!r} did not answer on {state.endpoint.rest_url}"
+            try:
+                poll_until(check, timeout_s, what, interval_s=_DEFAULT_POLL_S, hint=f"See {self.log_path}")
+            except DeadlineExceeded as exc:
+                # The log's end is read once, at the deadline, rather than on every poll.
+                raise DeadlineExceeded(f"{exc}: {self._log_tail()}") from None
 
     def _wait_until_serving(self, timeout_s: float) -> None:
         self.wait_until_served(self.read_config(), timeout_s)
@@ -314,6 +325,11 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 def _wait_group_gone(state: ServerState, timeout_s: float) -> bool:
+    """Whether the server's process group is gone within ``timeout_s``.
+
+    False is an expected answer here, not an error (the caller escalates SIGTERM to SIGKILL), so this keeps
+    its own loop rather than raising through ``poll_until``.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         _reap(state.pid)
