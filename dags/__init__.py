@@ -1,0 +1,1 @@
+"""DAG files. A package only so that lint-imports can check what they import."""
