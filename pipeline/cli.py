@@ -1,7 +1,8 @@
 """``python -m pipeline <command>``: the same functions the DAGs call, for people and scripts.
 
 Every command prints its result (``--json`` for machines) and exits 0; a pipeline error prints one
-line saying what went wrong and what to do, and exits 2.
+line saying what went wrong and what to do, and exits 2. Each command imports what it needs when it runs, so
+that ``pipeline rollback`` never waits for TensorFlow or Great Expectations to load.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.config import FAULTS
+from pipeline.config import FAULTS, list_models
 from pipeline.errors import PipelineError
+from pipeline.flow import run_release
+from pipeline.settings import get_paths
+from pipeline.steps import resolve_config
 from pipeline.wire.grpc_io import prefer_classic_io
 
 _EXIT_ERROR = 2
@@ -32,8 +36,6 @@ def command(name: str) -> Callable[[Command], Command]:
 
 
 def _config(args: argparse.Namespace):
-    from pipeline.steps import resolve_config
-
     overrides = dict(_parse_set(item) for item in (args.set or []))
     return resolve_config(args.model, args.config, overrides)
 
@@ -49,8 +51,6 @@ def _parse_set(item: str) -> tuple[str, Any]:
 
 
 def _paths(args: argparse.Namespace):
-    from pipeline.settings import get_paths
-
     return get_paths(getattr(args, "home", None))
 
 
@@ -93,8 +93,6 @@ def _build(args: argparse.Namespace) -> Any:
 
 @command("release")
 def _release(args: argparse.Namespace) -> Any:
-    from pipeline.flow import run_release
-
     def progress(task: str, seconds: float) -> None:
         print(f"  {task:<17} {seconds:7.2f} s", file=sys.stderr)
 
@@ -106,8 +104,6 @@ def _release(args: argparse.Namespace) -> Any:
 
 def _release_context(model: str):
     from pipeline.release.context import Release
-    from pipeline.steps import resolve_config
-
     return Release(resolve_config(model))
 
 
@@ -120,7 +116,6 @@ def _rollback(args: argparse.Namespace) -> Any:
 
 @command("status")
 def _status(args: argparse.Namespace) -> Any:
-    from pipeline.config import list_models
     from pipeline.release.status import format_status, model_status
 
     statuses = [model_status(_release_context(m)) for m in ([args.model] if args.model else list_models())]

@@ -14,7 +14,10 @@ from typing import Any
 
 from pipeline import stack
 from pipeline.airflow_api import AirflowApi, trigger_dag
+from pipeline.release.context import Release
+from pipeline.release.status import model_status
 from pipeline.settings import get_paths
+from pipeline.steps import resolve_config
 
 _DAG = "mnist_release"
 _FAULT_CONF = {"inject_fault": "label_shift"}
@@ -42,10 +45,6 @@ def _task_summary(api: AirflowApi, run_id: str) -> str:
 
 
 def _production_summary() -> dict[str, Any]:
-    from pipeline.release.context import Release
-    from pipeline.release.status import model_status
-    from pipeline.steps import resolve_config
-
     status = model_status(Release(resolve_config("mnist")))
     production = status["servers"]["production"]
     stable = status["stable"]

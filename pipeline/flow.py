@@ -115,7 +115,8 @@ def run_release(model: str, conf: dict[str, Any] | None = None, run_id: str | No
     except Exception as exc:  # noqa: BLE001 - recorded, restored after, then raised again
         failure = exc
         log.error(tasks.record_task_failure(model, run_id, step.task_id, str(exc)))
-    if step.task_id in RESTORE.needs:  # a step that touches servers ran (or failed): restore, as the DAG does
+    touched = step.task_id in RESTORE.needs or any(name in results for name in RESTORE.needs)
+    if touched:  # a step that touches servers ran (or failed): restore, as the DAG's teardown does
         try:
             run(RESTORE)
         except Exception:

@@ -19,6 +19,7 @@ from pathlib import Path
 import requests
 
 from pipeline.errors import PipelineError
+from pipeline.serving.backends import get_backend
 from pipeline.settings import REPO_ROOT, Paths, config_dir, get_paths
 from pipeline.util.polling import poll_until
 from pipeline.wire.grpc_io import classic_io_env
@@ -98,8 +99,6 @@ def airflow_pgid(paths: Paths) -> int | None:
 
 def start_servers(paths: Paths) -> dict[str, str]:
     """Start (or attach to) the staging and production TF Serving; returns their REST URLs."""
-    from pipeline.serving.backends import get_backend
-
     urls = {}
     for name in _INSTANCES:
         backend = get_backend(name, paths=paths)
@@ -164,8 +163,6 @@ def stop_airflow(paths: Paths) -> bool:
 
 
 def stop_servers(paths: Paths) -> None:
-    from pipeline.serving.backends import get_backend
-
     for name in _INSTANCES:
         get_backend(name, paths=paths).stop()
 

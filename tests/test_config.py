@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.config import list_models, load_model_config, parse_model_config
+from pipeline.config import ModelConfig, list_models, load_model_config, parse_model_config
 from pipeline.errors import ConfigError, NotFound
 
 
@@ -57,3 +57,15 @@ def test_config_import_is_light():
     code = "import sys, pipeline.config, pipeline.settings, pipeline.gates; " \
            "print(any(m in sys.modules for m in ('tensorflow', 'numpy', 'pandas')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_every_data_source_fits_some_task_and_the_form_offers_only_known_ones():
+    import typing
+
+    from pipeline.config import FILE_SOURCES, SOURCES_BY_TASK, DataConfig
+
+    known = set(typing.get_args(DataConfig.model_fields["source"].annotation))
+    offered = {source for sources in SOURCES_BY_TASK.values() for source in sources}
+    assert offered == known
+    assert set(FILE_SOURCES) <= known
+    assert set(SOURCES_BY_TASK) == set(typing.get_args(ModelConfig.model_fields["task"].annotation))

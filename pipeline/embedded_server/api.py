@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.embedded_server.manager import ModelManager, VersionState
 from pipeline.embedded_server.servable import Servable
-from pipeline.wire.status import code_name, invalid_argument
+from pipeline.wire.status import ServingError, code_name, invalid_argument
 
 _SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -51,8 +51,6 @@ def _add_version_status(response: Any, state: VersionState) -> None:
 
 
 def _code_number(name: str) -> int:
-    from pipeline.wire.status import ServingError
-
     return ServingError(name, "").code_number
 
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.config import ModelConfig
+from pipeline.data.dataset import Snapshot
+from pipeline.models import to_model_inputs
 from pipeline.release.registry import Registry
+from pipeline.serving.backends import ServingBackend, get_backend
+from pipeline.serving.client import ServingClient
 from pipeline.settings import Paths, get_paths
-from pipeline.wire.version_dirs import version_dir
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from pipeline.serving.backends.base import ServingBackend
-    from pipeline.serving.client import ServingClient
+from pipeline.wire.version_dirs import read_metadata, version_dir
 
 STAGING = "staging"
 PRODUCTION = "production"
@@ -59,8 +58,6 @@ class Release:
     def backend(self, instance: str) -> ServingBackend:
         """The backend of ``staging`` or ``production`` from the serving profile (not started)."""
         if instance not in self._backends:
-            from pipeline.serving.backends import get_backend
-
             self._backends[instance] = get_backend(instance, paths=self.paths)
         return self._backends[instance]
 
@@ -71,8 +68,6 @@ class Release:
             NotFound: the instance is not running.
         """
         if instance not in self._clients:
-            from pipeline.serving.client import ServingClient
-
             endpoint = self.backend(instance).endpoint()
             self._clients[instance] = ServingClient.for_endpoint(endpoint, timeout_s=_DEFAULT_CLIENT_TIMEOUT_S)
         return self._clients[instance]
@@ -87,12 +82,6 @@ class Release:
         return self._samples[version]
 
     def _read_held_out_sample(self, version: int) -> tuple[np.ndarray, np.ndarray]:
-        import numpy as np
-
-        from pipeline.data.dataset import Snapshot
-        from pipeline.models import to_model_inputs
-        from pipeline.wire.version_dirs import read_metadata
-
         sha = read_metadata(self.version_dir(version))["data_snapshot_sha256"]
         test = Snapshot.open(self.paths.data_dir / self.model / sha).split("test")
         sample = test.subset(np.arange(min(self.config.serving.sample_size, len(test))))

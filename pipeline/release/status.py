@@ -6,6 +6,7 @@ from typing import Any
 
 from pipeline.release.context import PRODUCTION, STAGING, Release
 from pipeline.release.serving_state import served_state
+from pipeline.serving.client import ServingClient
 from pipeline.wire.version_dirs import list_versions
 
 _DEFAULT_HISTORY = 8
@@ -17,8 +18,6 @@ def _server_view(release: Release, instance: str) -> dict[str, Any]:
     state = served_state(backend, release.model)
     view: dict[str, Any] = {"versions": list(state.versions), "labels": state.labels, "running": backend.is_running()}
     if view["running"] and state.versions:
-        from pipeline.serving.client import ServingClient
-
         with ServingClient.for_endpoint(backend.endpoint(), timeout_s=2.0) as client:
             try:
                 view["states"] = {s.version: s.state for s in client.model_status(release.model)}

@@ -31,6 +31,7 @@ import numpy as np
 import requests
 
 from pipeline.errors import ConfigError, DeadlineExceeded
+from pipeline.serving.http_transport import KeepAliveSession
 from pipeline.util.polling import poll_until
 from pipeline.wire.dtypes import numpy_name
 from pipeline.wire.status import ServingError, code_for_http_status, code_name
@@ -475,8 +476,6 @@ class ServingClient:
 
 def _keep_alive_session(rest_url: str | None) -> Any:
     """Persistent connections to the REST API (see :mod:`pipeline.serving.http_transport` for why not requests)."""
-    from pipeline.serving.http_transport import KeepAliveSession
-
     return KeepAliveSession(rest_url or "")
 
 

@@ -1,0 +1,111 @@
+"""The release flow as data: its order, short circuits, the restore teardown, and failure handling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline import flow, tasks
+from pipeline.flow import RELEASE_STEPS, RESTORE, new_run_id, run_release
+
+_ORDER = ["check_conf", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
+          "deploy_staging", "validate_staging", "unless_dry_run", "promote_canary", "canary_check", "finalize"]
+# Each step's task function in pipeline.tasks, and what a fake of it returns.
+_FAKES: dict[str, tuple[str, Any]] = {
+    "check_conf": ("check_conf", {"model": "m"}),
+    "prepare_data": ("prepare_data", {"snapshot": "/snap"}),
+    "validate_data": ("validate_data", {"success": True}),
+    "train": ("train", {"run_dir": "/run"}),
+    "evaluate": ("evaluate", {"status": "BLESSED"}),
+    "export": ("export", {"version": 7, "release": True}),
+    "has_new_version": ("has_new_version", True),
+    "deploy_staging": ("deploy_staging", {"version": 7}),
+    "validate_staging": ("validate_staging", {"status": "BLESSED"}),
+    "unless_dry_run": ("should_promote", True),
+    "promote_canary": ("promote_canary", {"version": 7}),
+    "canary_check": ("canary_check", {"status": "BLESSED"}),
+    "finalize": ("finalize", {"stable": 7}),
+    "restore_production": ("restore_production", {"restored": False}),
+}
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[tuple[str, tuple]]:
+    """Replace every task function with a recorder that returns its fake result."""
+    seen: list[tuple[str, tuple]] = []
+    for function, result in _FAKES.values():
+        def fake(*args: Any, _name: str = function, _result: Any = result) -> Any:
+            seen.append((_name, args))
+            return _result
+        monkeypatch.setattr(tasks, function, fake)
+    monkeypatch.setattr(tasks, "record_task_failure", lambda *args: seen.append(("record_task_failure", args)) or "x")
+    return seen
+
+
+def test_the_order_is_the_dags():
+    assert [step.task_id for step in RELEASE_STEPS] == _ORDER
+    for step in RELEASE_STEPS:  # every step reads only steps that come before it
+        assert set(step.needs) <= set(_ORDER[:_ORDER.index(step.task_id)]), step.task_id
+    assert set(RESTORE.needs) == {"deploy_staging", "validate_staging", "promote_canary", "canary_check", "finalize"}
+
+
+def test_a_release_calls_every_task_with_what_the_earlier_ones_returned(calls):
+    results = run_release("m", {"epochs": 2}, run_id="r1")
+    assert [name for name, _ in calls] == [_FAKES[t][0] for t in [*_ORDER, "restore_production"]]
+    args = dict(calls)
+    assert args["validate_data"] == ("m", {"epochs": 2}, "/snap")
+    assert args["export"] == ("m", {"epochs": 2}, "/run", "/snap", "r1")
+    assert args["finalize"] == ("m", 7, "r1")
+    assert args["restore_production"] == ("m", 7, "r1")
+    assert results["finalize"] == {"stable": 7} and results["run_id"] == "r1"
+
+
+def test_an_unchanged_model_stops_after_export_and_touches_no_server(calls, monkeypatch):
+    monkeypatch.setattr(tasks, "has_new_version", lambda exported: False)
+    results = run_release("m", {}, run_id="r2")
+    names = [name for name, _ in calls]
+    assert "deploy_staging" not in names and "restore_production" not in names
+    assert results["has_new_version"] is False
+
+
+def test_a_dry_run_stops_after_staging_and_still_restores(calls, monkeypatch):
+    monkeypatch.setattr(tasks, "should_promote", lambda conf: False)
+    run_release("m", {"dry_run": True}, run_id="r3")
+    names = [name for name, _ in calls]
+    assert "promote_canary" not in names and names[-1] == "restore_production"
+
+
+def test_a_failure_past_staging_is_recorded_then_production_restored(calls, monkeypatch):
+    def canary_fails(*args: Any) -> Any:
+        raise RuntimeError("canary: NOT_BLESSED")
+
+    monkeypatch.setattr(tasks, "canary_check", canary_fails)
+    with pytest.raises(RuntimeError, match="NOT_BLESSED"):
+        run_release("m", {}, run_id="r4")
+    names = [name for name, _ in calls]
+    assert names[-2:] == ["record_task_failure", "restore_production"]
+    assert dict(calls)["record_task_failure"] == ("m", "r4", "canary_check", "canary: NOT_BLESSED")
+
+
+def test_a_failing_restore_does_not_hide_the_first_failure(calls, monkeypatch):
+    def fails(*args: Any) -> Any:
+        raise RuntimeError(f"{args[0]} broke")
+
+    monkeypatch.setattr(tasks, "deploy_staging", fails)
+    monkeypatch.setattr(tasks, "restore_production", lambda *args: (_ for _ in ()).throw(OSError("restore broke")))
+    with pytest.raises(RuntimeError, match="m broke"):
+        run_release("m", {}, run_id="r5")
+
+
+def test_a_failure_before_staging_needs_no_restore(calls, monkeypatch):
+    monkeypatch.setattr(tasks, "train", lambda *args: (_ for _ in ()).throw(ValueError("no data")))
+    with pytest.raises(ValueError):
+        run_release("m", {}, run_id="r6")
+    assert "restore_production" not in [name for name, _ in calls]
+
+
+def test_run_ids_are_unique_within_a_second():
+    ids = {new_run_id() for _ in range(200)}
+    assert len(ids) == 200 and all(i.startswith("manual__") for i in ids)
+    assert flow.new_run_id("cli").startswith("cli__")
