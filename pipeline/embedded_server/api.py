@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.embedded_server.manager import ModelManager, VersionState
 from pipeline.embedded_server.servable import Servable
-from pipeline.wire.status import ServingError, code_name, invalid_argument
+from pipeline.wire.status import ServingError, invalid_argument
 
 _SIGNATURE_DEF_FIELD = "signature_def"
 
@@ -87,8 +87,3 @@ def classify(manager: ModelManager, request: Any) -> Any:
 def regress(manager: ModelManager, request: Any) -> Any:
     """A ``RegressionResponse`` for a ``RegressionRequest``."""
     return resolve(manager, request.model_spec).regress(request)
-
-
-def status_code_name(number: int) -> str:
-    """Name of a numeric TF status code (for logs)."""
-    return code_name(number)

@@ -160,9 +160,6 @@ class ModelManager:
         """The ModelServerConfig in effect (None before the first one)."""
         return self._config
 
-    def model_names(self) -> list[str]:
-        return sorted(self._models)
-
     # ------------------------------------------------------------ changes
 
     def apply_config(self, config: Any) -> None:

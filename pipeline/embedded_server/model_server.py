@@ -7,7 +7,6 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from pipeline.embedded_server.flags import ServerOptions, parse_flags
@@ -230,8 +229,3 @@ def _install_signal_handlers(stop: threading.Event) -> None:
         return  # signals only reach the main thread; an embedding caller stops us itself
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-
-
-def config_path_of(options: ServerOptions) -> Path | None:
-    """The models.config a server reads, if any."""
-    return Path(options.model_config_file) if options.model_config_file else None
