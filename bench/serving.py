@@ -375,11 +375,12 @@ def main(argv: list[str] | None = None) -> int:
 
         spec = {"backend": "local", "extra_args": [f"--tensorflow_intra_op_parallelism={args.intra_op_threads}"]}
         backend = LocalBackend("bench", spec, get_paths(workdir / "home"))
-        write_config(backend.config_path, single_model_config(_MODEL, base_path, [1], {"stable": 1}))
+        config = single_model_config(_MODEL, base_path, [1], {"stable": 1})
+        write_config(backend.config_path, config)  # the server starts serving it
         try:
             started = time.perf_counter()
             endpoint = backend.start(timeout_s=120)
-            backend.apply_config(timeout_s=60)
+            backend.apply_config(config, timeout_s=60)
             startup_s = time.perf_counter() - started
             latency = bench_latency(endpoint, signature, args.seconds)
             swaps = bench_swaps(backend, base_path, args.swaps)
