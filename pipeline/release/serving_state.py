@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import PipelineError
 from pipeline.serving.backends.base import ServingBackend
 from pipeline.wire import model_config as mc
 
@@ -71,17 +72,29 @@ def change_served_state(backend: ServingBackend, model: str, base_path: Path, ve
     """Make ``backend`` serve exactly ``versions`` of ``model`` with ``labels``, availability preserved.
 
     No versions (and no labels) removes the model from the instance. The instance is started first if it is
-    not running (the one place that may start a server).
+    not running (the one place that may start a server). When the change fails (a version does not load, the
+    server refuses the config, a deadline passes), the instance is put back on the config it served before and
+    the error is raised.
     """
     if labels and not versions:
         raise ValueError(f"labels {dict(labels)} need versions to point at")
     backend.start(timeout_s=deadline_s)
-    current = backend.read_config()
+    previous = backend.read_config()
+    try:
+        _change(backend, previous, model, base_path, versions, labels, deadline_s)
+    except PipelineError:
+        _restore(backend, previous, deadline_s)
+        raise
+    return ServedState(tuple(sorted(versions)), dict(labels))
+
+
+def _change(backend: ServingBackend, current: mc.ModelServerConfig, model: str, base_path: Path,
+            versions: Sequence[int], labels: Mapping[str, int], deadline_s: float) -> None:
     before = _state_in(current, model)
     if not versions:
         log.info("%s: removing the model from %s (was %s)", model, backend.name, before.versions)
         backend.apply_config(_without_model(current, model), deadline_s)
-        return ServedState((), {})
+        return
     union = sorted(set(before.versions) | set(versions))
     if new := sorted(set(versions) - set(before.versions)):
         kept_labels = {k: v for k, v in before.labels.items() if v in union}
@@ -89,4 +102,12 @@ def change_served_state(backend: ServingBackend, model: str, base_path: Path, ve
         current = _with_model(current, model, base_path, union, kept_labels)
         backend.apply_config(current, deadline_s)
     backend.apply_config(_with_model(current, model, base_path, sorted(versions), labels), deadline_s)
-    return ServedState(tuple(sorted(versions)), dict(labels))
+
+
+def _restore(backend: ServingBackend, previous: mc.ModelServerConfig, deadline_s: float) -> None:
+    """Serve ``previous`` again after a failed change, so that a version that failed to load is not left pinned
+    (it would fail every later change of the instance, for every model). Best effort: the first error wins."""
+    try:
+        backend.apply_config(previous, deadline_s)
+    except PipelineError:
+        log.exception("%s: could not restore the config served before the failed change", backend.name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipeline.util.polling import poll_until
-from pipeline.wire.status import ServingError, code_name
+from pipeline.wire.status import ServingError, normalize_code
 
 if TYPE_CHECKING:
     from pipeline.wire.model_config import ModelConfig, ModelServerConfig
@@ -82,9 +82,8 @@ def _version_states(body: Any) -> dict[int, _VersionState]:
     states = {}
     for item in (body or {}).get("model_version_status", []):
         status = item.get("status") or {}
-        code = status.get("error_code", "OK")
-        states[int(item["version"])] = _VersionState(item.get("state", ""), code if isinstance(code, str) else
-                                                     code_name(int(code)), status.get("error_message", ""))
+        states[int(item["version"])] = _VersionState(item.get("state", ""), normalize_code(status.get("error_code", "OK")),
+                                                     status.get("error_message", ""))
     return states
 
 

@@ -73,6 +73,13 @@ def code_name(number: int) -> str:
     return _NAMES_BY_NUMBER.get(number, "UNKNOWN")
 
 
+def normalize_code(code: int | str) -> str:
+    """A code as TF Serving's JSON or protos may carry it (a name, or its number) as a known name (else UNKNOWN)."""
+    if isinstance(code, int) or (isinstance(code, str) and code.isdigit()):
+        return code_name(int(code))
+    return code if code in _CODES else "UNKNOWN"
+
+
 def code_for_http_status(status: int) -> str:
     """The code a REST error answer most likely carries (``UNKNOWN`` for statuses TF Serving never sends)."""
     return _CODE_BY_HTTP_STATUS.get(status, "UNKNOWN")
