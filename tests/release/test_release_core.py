@@ -489,6 +489,7 @@ def test_probe_stable_with_nothing_in_production_passes(make_release):
     assert verdict.blessed and verdict.figures["stable"] is None
 
 
+@pytest.mark.slow  # restarting production imports TensorFlow again: ~10 s
 def test_monitor_starts_a_stopped_production_then_probes_it_healthy(make_release, world):
     release = make_release({1: GOOD, 2: GOOD_ALT})
     as_if_released(release, 1, 2)
