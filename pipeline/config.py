@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError, NotFound
 from pipeline.settings import config_dir
@@ -103,6 +103,34 @@ class ReleaseConfig(_Strict):
     allow_fault_injection: bool = False
 
 
+class LiveCanaryConfig(_Strict):
+    """The live canary: a shadow phase, weighted steps of live traffic, and the sequential test judging each.
+
+    The test stops a phase as soon as the evidence allows: it passes when it can rule out a drop of
+    ``min_detectable_drop`` (in agreement with stable, or in live accuracy) with ``miss_rate``, and fails when the
+    drop is there with ``false_rollback_rate``. A phase that has not decided by ``bake_s`` fails as undecided.
+    """
+
+    steps: tuple[int, ...] = (5, 25, 50)  # percent of live traffic on the canary, one phase each, in order
+    mirror_share: float = Field(0.2, gt=0, le=1)  # share of live requests copied to the canary and captured
+    bake_s: float = Field(60.0, gt=0)  # the longest a phase may take to decide
+    poll_s: float = Field(2.0, gt=0)  # how often a phase's analysis runs while it waits
+    min_requests: int = Field(50, ge=1)  # judged requests a phase needs before it may pass
+    min_detectable_drop: float = Field(0.05, gt=0, lt=1)  # the smallest agreement/accuracy loss to catch
+    false_rollback_rate: float = Field(0.01, gt=0, lt=0.5)  # alpha: a good canary rolled back
+    miss_rate: float = Field(0.01, gt=0, lt=0.5)  # beta: a bad canary let through
+    max_error_rate_increase: float = Field(0.01, ge=0, le=1)  # canary errors over stable's, same window
+    max_p95_latency_ratio: float = Field(1.5, gt=1)  # canary p95 over stable's, same window
+    max_class_divergence: float = Field(0.1, gt=0, le=1)  # Jensen-Shannon (base 2) of predicted classes
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_percentages(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps or any(not 0 < s < 100 for s in steps) or list(steps) != sorted(set(steps)):
+            raise ValueError(f"steps must be increasing percentages between 1 and 99, got {list(steps)}")
+        return steps
+
+
 class ModelConfig(_Strict):
     """Everything the pipeline needs to release one model."""
 
@@ -115,6 +143,7 @@ class ModelConfig(_Strict):
     gates: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
     release: ReleaseConfig = ReleaseConfig()
+    canary: LiveCanaryConfig = LiveCanaryConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with dotted overrides applied (``{"train.epochs": 3}``), validated again."""

@@ -69,3 +69,9 @@ def test_every_data_source_fits_some_task_and_the_form_offers_only_known_ones():
     assert offered == known
     assert set(FILE_SOURCES) <= known
     assert set(SOURCES_BY_TASK) == set(typing.get_args(ModelConfig.model_fields["task"].annotation))
+
+
+@pytest.mark.parametrize("steps", [(), (5, 5), (50, 25), (0, 10), (10, 100)])
+def test_canary_steps_must_be_increasing_percentages(steps):
+    with pytest.raises(ConfigError, match="canary.steps"):
+        load_model_config("mnist").with_overrides({"canary.steps": list(steps)})
