@@ -117,7 +117,9 @@ class LocalBackend(ServingBackend):
         with self._locked():
             state = self._live_state()
             if state is not None:  # started earlier, maybe by another process: attach
-                self._wait_until_ready(state, timeout_s)
+                # Both ports were checked when it started; its process lives, so its REST port answering is
+                # enough (a gRPC channel costs ~0.2 s to close, paid before every change of what it serves).
+                self._wait_until_ready(state, timeout_s, check_grpc=False)
                 return state.endpoint
             self.ensure_config_file()
             auto_ports = not (self.spec.rest_port and self.spec.grpc_port)
@@ -209,15 +211,16 @@ class LocalBackend(ServingBackend):
             *spec.extra_args,
         ]  # fmt: skip
 
-    def _wait_until_ready(self, state: ServerState, timeout_s: float) -> None:
-        """Wait until the server's ports answer.
+    def _wait_until_ready(self, state: ServerState, timeout_s: float, check_grpc: bool = True) -> None:
+        """Wait until the server's ports answer (REST only, unless ``check_grpc``).
 
         Raises:
             ServingError: the server exited while starting (at once, with the end of its log).
             DeadlineExceeded: it did not answer within ``timeout_s``; the message ends with its log.
         """
         deadline = time.monotonic() + timeout_s
-        with ServingClient.for_endpoint(state.endpoint, timeout_s=1.0) as client:
+        grpc_target = state.endpoint.grpc_target if check_grpc else None
+        with ServingClient(state.endpoint.rest_url, grpc_target, timeout_s=1.0) as client:
 
             def check() -> tuple[bool | None, str]:
                 if not _is_our_process(state):  # it will never answer: fail now, not at the deadline
