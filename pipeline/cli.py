@@ -124,6 +124,17 @@ def _status(args: argparse.Namespace) -> Any:
     return "\n\n".join(format_status(s) for s in statuses)
 
 
+@command("feedback")
+def _feedback(args: argparse.Namespace) -> Any:
+    from pipeline.live.feedback import DEFAULT_FEEDBACK_WINDOW_S, ingest_feedback_file
+
+    window_s = DEFAULT_FEEDBACK_WINDOW_S if args.window_s is None else args.window_s
+    if window_s <= 0:
+        raise PipelineError(f"--window-s must be positive, got {args.window_s:g}")
+    summary = ingest_feedback_file(args.model, args.file, paths=_paths(args), window_s=window_s, source=args.source)
+    return summary.as_dict() if args.json else summary.describe()
+
+
 @command("up")
 def _up(args: argparse.Namespace) -> Any:
     from pipeline import stack
@@ -184,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="versions on disk, what each server serves, labels, registry history")
     p.add_argument("model", nargs="?")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("feedback", help="delayed true labels of captured requests, by request id (JSONL or CSV)")
+    p.add_argument("model", help="model name (its config gives the class names)")
+    p.add_argument("file", help='lines {"request_id": ..., "label": ...} or request_id,label (a class index or '
+                                "name); - reads stdin")
+    p.add_argument("--window-s", type=float, help="labels for requests captured longer ago are refused as late "
+                                                  "(default: 7 days)")
+    p.add_argument("--source", help="recorded with each label (default: file:<name>)")
+    p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
+    p.add_argument("--json", action="store_true", help="print the counts and every problem as JSON")
     sub.add_parser("up", help="start the embedded staging/production servers and Airflow standalone")
     sub.add_parser("down", help="stop Airflow and both servers (the whole process groups)")
     p = sub.add_parser("demo", help="the main job: the MNIST release through Airflow, then a failing canary")

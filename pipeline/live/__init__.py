@@ -1,0 +1,1 @@
+"""Live traffic: the proxy, capture and feedback, and the live canary's analysis."""

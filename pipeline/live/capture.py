@@ -1,0 +1,756 @@
+"""The capture service: receives the proxy's mirror of live predict requests, asks both versions, records both.
+
+The nginx proxy (:mod:`pipeline.live.proxy`) mirrors a sampled share of live inference requests here and discards
+the answer. For each predict, REST or gRPC, the service answers at once (202) and a worker asks the canary instance, which serves both versions under
+the labels ``stable`` and ``canary``, through TF Serving's REST API (:class:`~pipeline.serving.client.ServingClient`).
+Models are deterministic, so re-asking reproduces what the client got. Because only TF Serving's documented REST
+API is used, this works in front of the real ``tensorflow/serving`` as well as the embedded server.
+
+HTTP contract (JSON bodies; an error is ``{"error": "..."}``, never a traceback):
+
+``POST [<prefix>]/v1/models/<model>[/versions/<N>|/labels/<label>]:predict`` (the REST mirror)
+    Headers ``X-Request-Id`` (the id the client got back: 1-128 visible ASCII characters) and ``X-Variant``
+    (``stable`` or ``canary``: the upstream that answered the client); body: the client's predict request
+    (``instances`` or ``inputs``, optional ``signature_name``), with a ``Content-Length`` or chunked, up to
+    ``max_body_bytes``.
+    Whichever version the path names, both labels are asked. Any path prefix (the proxy's ``mirror_url`` may
+    carry one) is ignored.
+``POST [<prefix>]/tensorflow.serving.PredictionService/Predict`` (the gRPC mirror, ``X-Proxy-Api: grpc``)
+    The same headers; body: one uncompressed length-prefixed ``PredictRequest``. The model is read off the wire
+    at once; the tensors are decoded by the worker (which imports TensorFlow's protos on the first one), and
+    both versions are asked over REST with the same inputs (columnar), which are also what the row keeps.
+
+    Answers to a mirror:
+
+    - ``202 {"status": "queued"}``: taken; a worker asks both versions and records one row.
+    - ``200 {"status": "not_sampled"}``: outside the service's own ``sample``; nothing recorded.
+    - ``200 {"status": "ignored"}``: inference that is not captured (``:classify``, ``:regress``, the other gRPC
+      methods); nothing recorded.
+    - ``503 {"status": "dropped"}``: the queue is full; counted, nothing recorded (the proxy is never slowed).
+    - ``400`` no or bad ``X-Request-Id`` / ``X-Variant``, or a body that is not a predict request (a JSON object
+      with ``instances`` or ``inputs``; one gRPC message naming a model); ``404`` neither path, or a model not
+      captured here; ``411`` neither a ``Content-Length`` nor a chunked body; ``413`` a body over
+      ``max_body_bytes``. A 4xx records nothing.
+
+``POST /feedback`` (when the service captures one model) or ``POST /feedback/<model>``
+    A JSON object ``{"request_id": ..., "label": ...}`` or a list of them (:mod:`pipeline.live.feedback`).
+    ``200 {"counts": {answer: n}, "results": [{"request_id", "answer", "detail"}, ...]}``, one result per item in
+    order; ``400`` a body that is not JSON, or neither an object nor a list; ``404`` a model not captured here;
+    ``503`` the store stayed locked past its busy timeout (nothing recorded: send it again).
+
+``GET /healthz`` → ``200 {"status": "ok", "models": [...]}``; ``GET /stats`` → this process's counters.
+
+What a row holds, and how the store stays bounded: :mod:`pipeline.live.store`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+import queue
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+
+from pipeline.errors import ConfigError, DeadlineExceeded, NotFound
+from pipeline.live.feedback import DEFAULT_FEEDBACK_WINDOW_S, LabelSpace, label_space, submit_feedback
+from pipeline.live.store import (
+    CANARY,
+    SAMPLE_META_KEY,
+    STABLE,
+    VARIANTS,
+    Capture,
+    CaptureStore,
+    CaptureStoreError,
+    StoreLimits,
+    VariantAnswer,
+    in_sample,
+    is_request_id,
+)
+from pipeline.serving.client import RetryPolicy, ServingClient
+from pipeline.settings import Paths
+from pipeline.util.polling import poll_until
+
+log = logging.getLogger(__name__)
+
+Reply = tuple[int, dict[str, Any]]
+
+_PREFIX = r"(?:/[A-Za-z0-9_.-]+)*?"  # the proxy's mirror_url may put a path before the original one
+_REST_PATH = re.compile(_PREFIX + r"/v1/models/(?P<model>[^/:]+)(?:/versions/\d+|/labels/[^/:]+)?:(?P<verb>\w+)")
+_GRPC_PATH = re.compile(_PREFIX + r"/tensorflow\.serving\.PredictionService/(?P<method>\w+)")
+_FEEDBACK_PATH = re.compile(r"/feedback(?:/(?P<model>[^/]+))?/?")
+_MAX_ERROR_CHARS = 500  # of a side's error, in its row
+_MIRROR_HEADERS = ("x-request-id", "x-variant", "x-proxy-api", "content-type")
+_GRPC_FRAME_HEADER_BYTES = 5  # compressed flag (1 byte) + message length (4 bytes, big-endian)
+_IDLE_FLUSH_S = 0.5  # a worker with nothing to do writes the drop count this often
+_MAX_LINE_BYTES = 1024  # a chunk-size or trailer line
+_DRAIN_LIMIT = 1024 * 1024  # of a refused body read before closing (beyond: close at once, the client may see a reset)
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How the capture service samples, queues and bounds what it takes.
+
+    Attributes:
+        store: what each model's store keeps (rows, inputs, probabilities).
+        sample: the share of mirrored requests captured, by request id hash (the proxy samples first; this
+            tightens it without touching nginx).
+        max_body_bytes: the largest request body accepted (413 above).
+        queue_size: mirrored requests waiting for a worker; when full, new ones are dropped and counted.
+        workers: threads asking the versions (each request asks stable, then canary).
+        predict_timeout_s: the deadline of each predict call.
+        read_timeout_s: how long a connection may stay silent (a slow or stuck client frees its thread).
+        feedback_window_s: feedback for a request captured longer ago than this is ``late``.
+    """
+
+    store: StoreLimits = field(default_factory=StoreLimits)
+    sample: float = 1.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    queue_size: int = 1000
+    workers: int = 1
+    predict_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    feedback_window_s: float = DEFAULT_FEEDBACK_WINDOW_S
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sample <= 1:
+            raise ConfigError(f"capture sample must be in (0, 1], got {self.sample}")
+        for name in ("max_body_bytes", "queue_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"capture option {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("predict_timeout_s", "read_timeout_s", "feedback_window_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"capture option {name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A mirrored request waiting for a worker: a parsed REST request, or a gRPC message to decode."""
+
+    model: str
+    request_id: str
+    variant: str
+    path: str
+    received_at: float
+    body: bytes
+    request: dict[str, Any] | None  # None: a gRPC PredictRequest, decoded by the worker
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class CaptureService:
+    """The capture service of one or more models (the module docstring has the HTTP contract).
+
+    Args:
+        serving_url: the canary instance's REST API, e.g. ``http://127.0.0.1:8501``; it serves every captured
+            model with the version labels ``stable`` and ``canary``.
+        models: the models captured; a mirror for any other model answers 404.
+        paths: the pipeline home holding the stores (default: ``$PIPELINE_HOME``).
+        host: the address to bind.
+        port: the port to bind (0: any free port).
+        options: sampling, queue and limits.
+        class_names: each model's class names for feedback (default: from the model's config, on first use).
+    """
+
+    def __init__(self, serving_url: str, models: Sequence[str], paths: Paths | None = None, host: str = "127.0.0.1",
+                 port: int = 0, options: CaptureOptions = CaptureOptions(),
+                 class_names: Mapping[str, Sequence[str] | None] | None = None):
+        if not models:
+            raise ConfigError("the capture service needs at least one model")
+        self.options = options
+        self.models = tuple(models)
+        self._address = (host, port)
+        self._client = ServingClient(rest_url=serving_url, timeout_s=options.predict_timeout_s,
+                                     retry=RetryPolicy(attempts=2))
+        self._stores = {model: CaptureStore.for_model(model, paths, options.store) for model in self.models}
+        self._label_spaces = {model: LabelSpace(model, None if names is None else tuple(names))
+                              for model, names in (class_names or {}).items()}
+        self._queue: queue.Queue[_Job] = queue.Queue(maxsize=options.queue_size)
+        self._counts: Counter[str] = Counter()
+        self._pending_drops = dict.fromkeys(self.models, 0)  # dropped, not yet written to the store
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._stopped = False
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ---- life cycle ---------------------------------------------------------------------------------------
+
+    def start(self) -> CaptureService:
+        """Open the stores (recording the sample in effect), start the workers, then listen.
+
+        Raises:
+            CaptureStoreError: a store cannot be opened.
+            OSError: the port cannot be bound.
+        """
+        for store in self._stores.values():
+            store.set_meta(SAMPLE_META_KEY, repr(self.options.sample))
+        handler = type("CaptureHandler", (_Handler,), {"service": self, "timeout": self.options.read_timeout_s})
+        self._server = _Server(self._address, handler)
+        for index in range(self.options.workers):
+            self._spawn(f"capture-worker-{index}", self._work)
+        self._spawn("capture-http", functools.partial(self._server.serve_forever, poll_interval=0.2))
+        log.info("capture service for %s on %s (sample %g)", ", ".join(self.models), self.url, self.options.sample)
+        return self
+
+    def stop(self, drain_s: float = 5.0) -> None:
+        """Stop listening, let the workers finish the queue for up to ``drain_s``, write the drop counts, close.
+
+        Requests still queued after that are counted as dropped. Idempotent.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        try:
+            self.wait_idle(drain_s)
+        except DeadlineExceeded:
+            log.warning("capture service stopping with %d requests still queued", self._queue.qsize())
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=self.options.predict_timeout_s * 3)
+        self._threads.clear()
+        self._discard_queue()
+        for model, store in self._stores.items():
+            store.add_dropped(self._take_drops(model))
+            store.close()
+        self._client.close()
+
+    def __enter__(self) -> CaptureService:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ConfigError("the capture service is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._address[0]}:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        """This process's counters (received, queued, not_sampled, dropped, captured, duplicates, failed,
+        rejected) and the queue depth."""
+        with self._lock:
+            counts = dict(self._counts)
+        return {**counts, "queue_depth": self._queue.qsize()}
+
+    def wait_idle(self, timeout_s: float) -> None:
+        """Wait until every queued request has been recorded (tests, shutdown).
+
+        Raises:
+            DeadlineExceeded: requests were still queued or in flight after ``timeout_s``.
+        """
+        def idle() -> tuple[bool | None, str]:
+            pending = self._queue.unfinished_tasks  # queued + being worked on
+            return (True if pending == 0 else None), f"{pending} requests queued or in flight"
+
+        poll_until(idle, timeout_s, "capture queue not drained", interval_s=0.02)
+
+    # ---- requests -----------------------------------------------------------------------------------------
+
+    def handle_get(self, path: str) -> Reply:
+        route = urlsplit(path).path.rstrip("/")
+        if route == "/healthz":
+            return 200, {"status": "ok", "models": list(self.models)}
+        if route == "/stats":
+            return 200, self.stats()
+        return 404, {"error": f"no such resource: GET {route or '/'} (try POST ...:predict, /feedback, GET /stats)"}
+
+    def handle_post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Route a POST: feedback, or the mirror of an inference request.
+
+        Args:
+            path: the request path.
+            body: the request body.
+            headers: the request headers that matter, by lower-case name (``x-request-id``, ``x-variant``,
+                ``x-proxy-api``, ``content-type``).
+        """
+        route = unquote(urlsplit(path).path)
+        try:
+            if _FEEDBACK_PATH.fullmatch(route):
+                return self.feedback(route, body)
+            return self.mirror(route, body, headers)
+        except _BadRequest as exc:
+            self.count_event("rejected")
+            return exc.status, {"error": str(exc)}
+
+    def mirror(self, route: str, body: bytes, headers: Mapping[str, str]) -> Reply:
+        """Take one mirrored inference request: validate, sample, queue (the module docstring lists the answers)."""
+        request: dict[str, Any] | None
+        if (grpc_match := _GRPC_PATH.fullmatch(route)) is not None:
+            request_id, variant = _mirror_headers(headers)
+            if grpc_match["method"] != "Predict":
+                return self._ignored(request_id, f"gRPC {grpc_match['method']} is not captured (Predict only)")
+            model, request = self._captured_model(_grpc_model_name(body)), None
+        elif (rest_match := _REST_PATH.fullmatch(route)) is not None:
+            model = self._captured_model(rest_match["model"])
+            request_id, variant = _mirror_headers(headers)
+            if rest_match["verb"] != "predict":
+                return self._ignored(request_id, f":{rest_match['verb']} is not captured (:predict only)")
+            request = _predict_request(body)
+        else:
+            raise _BadRequest(404, f"not an inference path: {route} (expected /v1/models/<model>[...]:predict or "
+                                   "/tensorflow.serving.PredictionService/Predict)")
+        self.count_event("received")
+        if not in_sample(request_id, self.options.sample):
+            self.count_event("not_sampled")
+            return 200, {"status": "not_sampled", "request_id": request_id}
+        try:
+            self._queue.put_nowait(_Job(model, request_id, variant, route, time.time(), body, request))
+        except queue.Full:
+            self.count_event("dropped")
+            with self._lock:
+                self._pending_drops[model] += 1
+            return 503, {"status": "dropped", "request_id": request_id, "reason": "the capture queue is full"}
+        self.count_event("queued")
+        return 202, {"status": "queued", "request_id": request_id}
+
+    def _ignored(self, request_id: str, reason: str) -> Reply:
+        self.count_event("ignored")
+        return 200, {"status": "ignored", "request_id": request_id, "reason": reason}
+
+    def feedback(self, route: str, body: bytes) -> Reply:
+        """Answer a feedback object or list (see :mod:`pipeline.live.feedback`)."""
+        match = _FEEDBACK_PATH.fullmatch(route)
+        named = match["model"] if match else None
+        if named is None and len(self.models) != 1:
+            raise _BadRequest(400, f"name the model: POST /feedback/<model> (one of {', '.join(self.models)})")
+        model = self._captured_model(named or self.models[0])
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise _BadRequest(400, f"the body is not JSON: {exc}") from None
+        if isinstance(document, dict):
+            document = [document]
+        if not isinstance(document, list):
+            raise _BadRequest(400, "expected a JSON object {\"request_id\": ..., \"label\": ...} or a list of them")
+        try:
+            results = submit_feedback(self._stores[model], document, self._label_space(model), source="http",
+                                      window_s=self.options.feedback_window_s)
+        except CaptureStoreError as exc:  # e.g. locked past the busy timeout: nothing was recorded, send again
+            return 503, {"error": f"feedback not recorded: {exc}"}
+        counts = Counter(str(result.answer) for result in results)
+        return 200, {"model": model, "counts": dict(counts), "results": [result.as_dict() for result in results]}
+
+    def _captured_model(self, name: str) -> str:
+        if name not in self._stores:
+            raise _BadRequest(404, f"model {name!r} is not captured here (captured: {', '.join(self.models)})")
+        return name
+
+    def _label_space(self, model: str) -> LabelSpace:
+        if model not in self._label_spaces:
+            try:
+                self._label_spaces[model] = label_space(model)
+            except NotFound as exc:
+                raise _BadRequest(404, f"no class names for {model}: {exc}") from None
+        return self._label_spaces[model]
+
+    # ---- the workers --------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        """Take queued requests until stopped; a failure is logged and counted, never fatal to the worker."""
+        while not self._stopping.is_set():
+            try:
+                job = self._queue.get(timeout=_IDLE_FLUSH_S)
+            except queue.Empty:
+                self._flush_drops()
+                continue
+            try:
+                self._capture(job)
+            except Exception:
+                self.count_event("failed")
+                log.exception("capture of request %s (%s) failed", job.request_id, job.model)
+            finally:
+                self._queue.task_done()
+
+    def _capture(self, job: _Job) -> None:
+        if job.request is None:
+            request, body = _decode_grpc_predict(job.body)
+        else:
+            request, body = job.request, job.body.decode("utf-8", errors="replace")
+        stable = self._ask(job.model, request, STABLE)
+        canary = self._ask(job.model, request, CANARY)
+        capture = Capture(request_id=job.request_id, received_at=job.received_at, variant=job.variant,
+                          path=job.path, body=body, batch_size=_batch_size(request), stable=stable, canary=canary)
+        dropped = self._take_drops(job.model)
+        try:
+            stored = self._stores[job.model].add(capture, dropped=dropped)
+        except BaseException:
+            self._return_drops(job.model, dropped)
+            raise
+        self.count_event("captured" if stored else "duplicates")
+
+    def _ask(self, model: str, request: Mapping[str, Any], label: str) -> VariantAnswer:
+        """One version's classes for the request, or the error it answered."""
+        data = {"instances": request["instances"]} if "instances" in request else {"inputs": request["inputs"]}
+        try:
+            outputs = self._client.predict(model, label=label, signature_name=request.get("signature_name"), **data)
+        except Exception as exc:  # any failure of one side is recorded in its row, never lost
+            return VariantAnswer(error=_short(f"{type(exc).__name__}: {exc}"))
+        return variant_answer(outputs, self.options.store.max_stored_probabilities)
+
+    def _flush_drops(self) -> None:
+        for model, store in self._stores.items():
+            dropped = self._take_drops(model)
+            try:
+                store.add_dropped(dropped)
+            except Exception:
+                self._return_drops(model, dropped)
+                log.exception("could not record %d dropped requests of %s", dropped, model)
+
+    def _take_drops(self, model: str) -> int:
+        with self._lock:
+            dropped, self._pending_drops[model] = self._pending_drops[model], 0
+        return dropped
+
+    def _return_drops(self, model: str, dropped: int) -> None:
+        with self._lock:
+            self._pending_drops[model] += dropped
+
+    def _discard_queue(self) -> None:
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self.count_event("dropped")
+            self._return_drops(job.model, 1)
+            self._queue.task_done()
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+
+    def count_event(self, name: str) -> None:
+        """Add one to a counter of :meth:`stats`."""
+        with self._lock:
+            self._counts[name] += 1
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+
+def variant_answer(outputs: Mapping[str, Any], max_probabilities: int) -> VariantAnswer:
+    """The classes (``classes`` output, else the argmax of ``probabilities``) and small probabilities of an answer."""
+    probabilities = outputs.get("probabilities")
+    rows = None if probabilities is None else np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
+    if rows is not None:
+        rows = rows.reshape(rows.shape[0], -1)
+    if "classes" in outputs:
+        try:
+            classes = tuple(int(value) for value in np.asarray(outputs["classes"]).reshape(-1))
+        except (TypeError, ValueError):
+            return VariantAnswer(error="the classes output does not hold class indexes")
+    elif rows is not None and rows.shape[1] > 0:
+        classes = tuple(int(value) for value in rows.argmax(axis=1))
+    else:
+        names = ", ".join(sorted(outputs)) or "none"
+        return VariantAnswer(error=f"the answer has no classes or probabilities output (outputs: {names})")
+    kept = None
+    if rows is not None and rows.size <= max_probabilities:
+        kept = tuple(tuple(float(p) for p in row) for row in rows)
+    return VariantAnswer(classes=classes, probabilities=kept)
+
+
+def _predict_request(body: bytes) -> dict[str, Any]:
+    """The predict request a body holds.
+
+    Raises:
+        _BadRequest: not a JSON object with exactly one of ``instances`` and ``inputs``.
+    """
+    try:
+        request = json.loads(body)
+    except ValueError as exc:
+        raise _BadRequest(400, f"the body is not JSON: {exc}") from None
+    if not isinstance(request, dict):
+        raise _BadRequest(400, "the body must be a JSON object (a TF Serving predict request)")
+    if ("instances" in request) == ("inputs" in request):
+        raise _BadRequest(400, "a predict request has exactly one of \"instances\" and \"inputs\"")
+    if not isinstance(request.get("signature_name", ""), str):
+        raise _BadRequest(400, "signature_name must be a string")
+    return request
+
+
+def _mirror_headers(headers: Mapping[str, str]) -> tuple[str, str]:
+    """The mirror's request id and variant.
+
+    Raises:
+        _BadRequest: either is missing or invalid.
+    """
+    request_id = headers.get("x-request-id", "").strip()
+    if not is_request_id(request_id):
+        raise _BadRequest(400, "X-Request-Id is missing or not a request id (1-128 visible ASCII characters)")
+    variant = headers.get("x-variant", "").strip().lower()
+    if variant not in VARIANTS:
+        raise _BadRequest(400, f"X-Variant must be one of {', '.join(VARIANTS)}")
+    return request_id, variant
+
+
+def _grpc_message(body: bytes) -> bytes:
+    """The one message of a gRPC request body (length-prefixed, uncompressed).
+
+    Raises:
+        _BadRequest: the body is not exactly one uncompressed message.
+    """
+    if len(body) < _GRPC_FRAME_HEADER_BYTES:
+        raise _BadRequest(400, "the body is not a gRPC message (shorter than its 5-byte prefix)")
+    if body[0] != 0:
+        raise _BadRequest(400, "compressed gRPC messages are not captured")
+    length = int.from_bytes(body[1:_GRPC_FRAME_HEADER_BYTES], "big")
+    if length != len(body) - _GRPC_FRAME_HEADER_BYTES:
+        raise _BadRequest(400, "the body is not exactly one gRPC message")
+    return body[_GRPC_FRAME_HEADER_BYTES:]
+
+
+def _grpc_model_name(body: bytes) -> str:
+    """The model a gRPC ``PredictRequest`` names (``model_spec`` = field 1, its ``name`` = field 1), read off the
+    wire so that the request path never waits for TensorFlow's protos to import.
+
+    Raises:
+        _BadRequest: not one message, or no model name in it.
+    """
+    try:
+        spec = _proto_field(_grpc_message(body), 1)
+        name = _proto_field(spec, 1) if spec is not None else None
+        text = name.decode("utf-8") if name else ""
+    except (IndexError, ValueError):
+        raise _BadRequest(400, "the body is not a PredictRequest") from None
+    if not text:
+        raise _BadRequest(400, "the PredictRequest names no model (model_spec.name)")
+    return text
+
+
+def _proto_field(message: bytes, number: int) -> bytes | None:
+    """The last value of length-delimited field ``number`` in a serialized protobuf message.
+
+    Raises:
+        ValueError: the bytes are not a protobuf message (IndexError: it ends mid-field).
+    """
+    found, pos = None, 0
+    while pos < len(message):
+        tag, pos = _varint(message, pos)
+        wire_type = tag & 7
+        if wire_type == 0:
+            _, pos = _varint(message, pos)
+        elif wire_type == 1:
+            pos += 8
+        elif wire_type == 5:
+            pos += 4
+        elif wire_type == 2:
+            length, pos = _varint(message, pos)
+            if pos + length > len(message):
+                raise IndexError("field past the end")
+            if tag >> 3 == number:
+                found = message[pos:pos + length]
+            pos += length
+        else:
+            raise ValueError(f"unsupported wire type {wire_type}")
+    if pos != len(message):
+        raise IndexError("field past the end")
+    return found
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for _ in range(10):
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+    raise ValueError("varint too long")
+
+
+def _decode_grpc_predict(body: bytes) -> tuple[dict[str, Any], str]:
+    """A gRPC ``PredictRequest`` as a REST columnar request (numpy inputs), and that request as JSON for the row.
+
+    Raises:
+        ValueError: the message does not parse (the worker logs it and records nothing).
+    """
+    from google.protobuf.message import DecodeError
+    from tensorflow_serving.apis import predict_pb2
+
+    from pipeline.wire import tensors
+
+    try:
+        message = predict_pb2.PredictRequest.FromString(_grpc_message(body))
+    except (DecodeError, _BadRequest) as exc:
+        raise ValueError(f"not a PredictRequest: {exc}") from exc
+    inputs = {name: tensors.to_ndarray(proto) for name, proto in message.inputs.items()}
+    request: dict[str, Any] = {"inputs": inputs}
+    if message.model_spec.signature_name:
+        request["signature_name"] = message.model_spec.signature_name
+    text = json.dumps({**request, "inputs": {name: array.tolist() for name, array in inputs.items()}},
+                      default=_json_bytes)
+    return request, text
+
+
+def _json_bytes(value: Any) -> Any:
+    """String tensors' bytes in JSON: text as it is, anything else as TF Serving's ``{"b64": ...}``."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"b64": base64.b64encode(value).decode("ascii")}
+    raise TypeError(f"cannot write a {type(value).__name__} as JSON")
+
+
+def _batch_size(request: Mapping[str, Any]) -> int | None:
+    """How many instances a predict request holds, when its shape says."""
+    data = request.get("instances", request.get("inputs"))
+    if isinstance(data, dict) and data:
+        data = next(iter(data.values()))
+    if isinstance(data, np.ndarray):
+        return int(data.shape[0]) if data.ndim else None
+    return len(data) if isinstance(data, list) else None
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[:_MAX_ERROR_CHARS] + "..."
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP for :class:`CaptureService`: bounded bodies, JSON answers, no traceback ever reaches the client."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: nginx may reuse its connection to the mirror
+    server_version = "pipeline-capture"
+    service: CaptureService  # set on the subclass made per service
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        self._respond(lambda: self.service.handle_get(self.path))
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self._read_body()
+        if body is not None:
+            headers = {name: self.headers.get(name, "") for name in _MIRROR_HEADERS}
+            self._respond(lambda: self.service.handle_post(self.path, body, headers))
+
+    def _respond(self, handle: Callable[[], Reply]) -> None:
+        try:
+            status, payload = handle()
+        except Exception:
+            log.exception("capture service: %s %s failed", self.command, self.path)
+            status, payload = 500, {"error": "internal error in the capture service; see its log"}
+        self._send(status, payload)
+
+    def _read_body(self) -> bytes | None:
+        """The request body (``Content-Length`` or chunked), or None after answering 4xx or when the client left.
+
+        nginx sends a chunked body when the client's had no length (gRPC over HTTP/2 usually), hence both.
+        """
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        raw_length = self.headers.get("Content-Length")
+        if raw_length is None:
+            self._reject(411, "Content-Length (or a chunked body) is required")
+            return None
+        try:
+            length = int(raw_length)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._reject(400, "invalid Content-Length")
+            return None
+        if length > self.service.options.max_body_bytes:
+            self._discard(length)
+            self._reject(413, f"the body is over {self.service.options.max_body_bytes} bytes")
+            return None
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away mid-body: nobody to answer
+            self.close_connection = True
+            return None
+        return body
+
+    def _read_chunked(self) -> bytes | None:
+        limit = self.service.options.max_body_bytes
+        body = bytearray()
+        while True:
+            size_line = self.rfile.readline(_MAX_LINE_BYTES)
+            if not size_line:
+                self.close_connection = True
+                return None
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self._reject(400, "invalid chunked body")
+                return None
+            if size == 0:
+                while self.rfile.readline(_MAX_LINE_BYTES) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers: not used
+                return bytes(body)
+            if len(body) + size > limit:
+                self._reject(413, f"the body is over {limit} bytes")
+                return None
+            chunk = self.rfile.read(size)
+            if len(chunk) < size:
+                self.close_connection = True
+                return None
+            body += chunk
+            self.rfile.readline(_MAX_LINE_BYTES)  # the CRLF after the chunk
+
+    def _discard(self, length: int) -> None:
+        """Read and drop up to ``_DRAIN_LIMIT`` bytes of a refused body: closing on unread bytes sends a TCP reset,
+        which could destroy the answer before the client reads it."""
+        remaining = min(length, _DRAIN_LIMIT)
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 64 * 1024))
+            if not chunk:
+                return
+            remaining -= len(chunk)
+
+    def _reject(self, status: int, message: str) -> None:
+        self.service.count_event("rejected")
+        self._send(status, {"error": message}, close=True)
+
+    def _send(self, status: int, payload: dict[str, Any], close: bool = False) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        headers = getattr(self, "headers", None)  # None when the request line itself was malformed
+        asked_close = headers is not None and headers.get("Connection", "").lower() == "close"
+        close = close or self.close_connection or asked_close
+        # Written by hand, in one write: the stdlib would send no status line to a garbled (HTTP/0.9) request.
+        head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
+        self.wfile.write(head.encode("latin-1") + data)
+        self.close_connection = close
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Malformed HTTP (bad request line, unsupported method): a JSON answer like every other.
+        self._send(code, {"error": message or "bad request"}, close=True)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+        log.debug("%s " + format, self.address_string(), *args)
