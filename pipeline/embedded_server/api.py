@@ -72,18 +72,3 @@ def get_model_metadata(manager: ModelManager, request: Any) -> Any:
         signature_map.signature_def[key].CopyFrom(sig_def)
     response.metadata[_SIGNATURE_DEF_FIELD].Pack(signature_map)
     return response
-
-
-def predict(manager: ModelManager, request: Any) -> Any:
-    """A ``PredictResponse`` for a ``PredictRequest``."""
-    return resolve(manager, request.model_spec).predict(request)
-
-
-def classify(manager: ModelManager, request: Any) -> Any:
-    """A ``ClassificationResponse`` for a ``ClassificationRequest``."""
-    return resolve(manager, request.model_spec).classify(request)
-
-
-def regress(manager: ModelManager, request: Any) -> Any:
-    """A ``RegressionResponse`` for a ``RegressionRequest``."""
-    return resolve(manager, request.model_spec).regress(request)

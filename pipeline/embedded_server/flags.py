@@ -39,6 +39,7 @@ class ServerOptions:
     grpc_max_threads: int = _DEFAULT_GRPC_THREADS
     tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (one thread per core)
     tensorflow_inter_op_parallelism: int = 0
+    monitoring_config_file: str | None = None  # MonitoringConfig text proto: Prometheus metrics on the REST port
 
 
 def _bool(text: str) -> bool:
@@ -82,10 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="threads one op may use (0: one per core); 1 is fastest for small models on few cores")
     add("--tensorflow_inter_op_parallelism", type=_non_negative, default=0,
         help="ops run at once (0: one per core)")
+    add("--monitoring_config_file", default="",
+        help="MonitoringConfig text proto; prometheus_config { enable: true } serves metrics on the REST port")
     # Accepted for command-line compatibility with tensorflow_model_server; no effect here.
     for flag in ("--enable_batching", "--enable_model_warmup", "--rest_api_timeout_in_ms",
-                 "--grpc_channel_arguments",
-                 "--monitoring_config_file", "--batching_parameters_file"):
+                 "--grpc_channel_arguments", "--batching_parameters_file"):
         add(flag, default=None, nargs="?", const="true", help=argparse.SUPPRESS)
     return parser
 
@@ -116,4 +118,5 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         grpc_max_threads=args.grpc_max_threads,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
+        monitoring_config_file=args.monitoring_config_file or None,
     )

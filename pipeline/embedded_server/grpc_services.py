@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -17,6 +18,8 @@ from tensorflow_serving.apis import (
 
 from pipeline.embedded_server import api
 from pipeline.embedded_server.manager import ModelManager
+from pipeline.embedded_server.metrics import GRPC, ServerMetrics, version_label
+from pipeline.embedded_server.servable import Servable
 from pipeline.wire.status import ServingError, from_exception
 
 log = logging.getLogger(__name__)
@@ -35,26 +38,53 @@ def _call(context: grpc.ServicerContext, function: Callable[[], Any]) -> Any:
     try:
         return function()
     except Exception as exc:
-        error = from_exception(exc)
-        if not isinstance(exc, ServingError):
-            log.exception("gRPC call failed")
-        context.abort(getattr(grpc.StatusCode, error.code), error.message)
+        _abort(context, _serving_error(exc))
+
+
+def _serving_error(exc: Exception) -> ServingError:
+    """The TF status an RPC answers for ``exc``; an unexpected exception is logged with its traceback."""
+    if not isinstance(exc, ServingError):
+        log.exception("gRPC call failed")
+    return from_exception(exc)
+
+
+def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
+    context.abort(getattr(grpc.StatusCode, error.code), error.message)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict, Classify, Regress and GetModelMetadata."""
+    """Predict, Classify, Regress and GetModelMetadata; the first three counted and timed when ``metrics`` is set."""
 
-    def __init__(self, manager: ModelManager):
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None):
         self.manager = manager
+        self.metrics = metrics
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC naming)
-        return _call(context, lambda: api.predict(self.manager, request))
+        return self._infer("Predict", "predict", request, context)
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _call(context, lambda: api.classify(self.manager, request))
+        return self._infer("Classify", "classify", request, context)
 
     def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _call(context, lambda: api.regress(self.manager, request))
+        return self._infer("Regress", "regress", request, context)
+
+    def _infer(self, api_name: str, method: str, request: Any, context: grpc.ServicerContext) -> Any:
+        """Resolve the servable, call its ``method``, and record the outcome as TF Serving's PredictionServiceImpl."""
+        start = time.perf_counter()
+        spec = request.model_spec
+        servable: Servable | None = None
+        try:
+            servable = api.resolve(self.manager, spec)
+            response = getattr(servable, method)(request)
+            if self.metrics is not None:
+                self.metrics.request_succeeded(spec.name, str(servable.version), api_name, GRPC,
+                                               time.perf_counter() - start)
+            return response
+        except Exception as exc:
+            error = _serving_error(exc)
+            if self.metrics is not None:
+                self.metrics.request_failed(spec.name, version_label(spec, servable), error.code)
+            _abort(context, error)
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return _call(context, lambda: api.get_model_metadata(self.manager, request))
@@ -105,10 +135,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 class GrpcServer:
     """Both services on ``host:port`` (port 0: any free port)."""
 
-    def __init__(self, manager: ModelManager, host: str, port: int, max_workers: int):
+    def __init__(self, manager: ModelManager, host: str, port: int, max_workers: int,
+                 metrics: ServerMetrics | None = None):
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
                                    options=_GRPC_OPTIONS)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), self._server)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics),
+                                                                            self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.embedded_server.servable import Servable
+from pipeline.embedded_server.servable import WARMUP_FILE, Servable
 from pipeline.errors import ConfigError
 from pipeline.wire.model_config import check_base_path, check_model_name
 from pipeline.wire.status import ServingError, failed_precondition, from_exception, invalid_argument, not_found
 from pipeline.wire.version_dirs import scan_versions
+
+if TYPE_CHECKING:
+    from pipeline.embedded_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +104,11 @@ class ModelManager:
     """Loads, serves and unloads model versions following a ``ModelServerConfig`` and the file system."""
 
     def __init__(self, *, allow_version_labels_for_unavailable_models: bool = False,
-                 loader: Callable[[str, int, Path], Servable] = Servable.load):
+                 loader: Callable[[str, int, Path], Servable] = Servable.load,
+                 metrics: ServerMetrics | None = None):
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._loader = loader
+        self.metrics = metrics  # where load attempts and warmups are recorded; None records nothing
         self._change_lock = threading.RLock()  # one config change or poll at a time; loads run under it
         self._state_lock = threading.Lock()  # guards _versions for status readers
         self._models: dict[str, Any] = {}
@@ -231,8 +237,8 @@ class ModelManager:
         self._set_state(name, version, LOADING)
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
         try:
-            servable = self._loader(name, version, path)
-            warmed = servable.warmup()
+            servable = self._load(name, version, path)
+            warmed = self._warmup(servable)
         except Exception as exc:  # a broken version must never take the server down
             error = from_exception(exc)
             message = f"Loading servable: {{name: {name} version: {version}}} failed: {error}"
@@ -243,6 +249,32 @@ class ModelManager:
         log.info("Successfully loaded servable version {name: %s version: %d} (%d warmup records)",
                  name, version, warmed)
         return None
+
+    def _load(self, name: str, version: int, path: Path) -> Servable:
+        """The loader, counted as TF's SavedModel loader counts its attempts (and times its successes)."""
+        if self.metrics is None:
+            return self._loader(name, version, path)
+        start = time.perf_counter()
+        try:
+            servable = self._loader(name, version, path)
+        except Exception:
+            self.metrics.load_attempted(str(path), False, time.perf_counter() - start)
+            raise
+        self.metrics.load_attempted(str(path), True, time.perf_counter() - start)
+        return servable
+
+    def _warmup(self, servable: Servable) -> int:
+        """Replay the warmup records; timed, as TF Serving does, only when the version has a warmup file."""
+        if self.metrics is None or not (servable.path / WARMUP_FILE).exists():
+            return servable.warmup()
+        start = time.perf_counter()
+        try:
+            warmed = servable.warmup()
+        except Exception as exc:
+            self.metrics.warmup_finished(str(servable.path), str(from_exception(exc)), time.perf_counter() - start)
+            raise
+        self.metrics.warmup_finished(str(servable.path), "OK", time.perf_counter() - start)
+        return warmed
 
     def _retire(self, name: str, aspired: set[int]) -> None:
         versions = self._versions.get(name, {})

@@ -7,11 +7,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.embedded_server.flags import ServerOptions, parse_flags
 from pipeline.wire.grpc_io import prefer_classic_io
 from pipeline.wire.status import ServingError
+
+if TYPE_CHECKING:
+    from pipeline.embedded_server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,8 @@ class ModelServer:
         self.options = options
         self.manager = ModelManager(
             allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models)
+        self.metrics: ServerMetrics | None = None  # set by start() when --monitoring_config_file enables Prometheus
+        self.metrics_path: str | None = None
         self._grpc: Any = None
         self._rest: Any = None
         self._stop = threading.Event()
@@ -100,20 +105,22 @@ class ModelServer:
         """Load the initial config (failing like TF Serving if a version does not load), then serve.
 
         Raises:
-            ServingError: the config is invalid or a model failed to load.
+            ServingError: the config or the monitoring config is invalid, or a model failed to load.
             OSError: a port could not be bound.
         """
         from pipeline.embedded_server.grpc_services import GrpcServer
         from pipeline.embedded_server.rest import RestServer
 
+        self._start_monitoring()  # first: a bad monitoring file fails before anything loads
         set_tensorflow_threads(self.options.tensorflow_intra_op_parallelism,
                                self.options.tensorflow_inter_op_parallelism)
         self.manager.apply_config(self._initial_config())
         try:
             self._grpc = GrpcServer(self.manager, self.options.bind_address, self.options.port,
-                                    self.options.grpc_max_threads)
+                                    self.options.grpc_max_threads, metrics=self.metrics)
             if self.options.rest_api_port is not None:
-                self._rest = RestServer(self.manager, self.options.bind_address, self.options.rest_api_port)
+                self._rest = RestServer(self.manager, self.options.bind_address, self.options.rest_api_port,
+                                        metrics=self.metrics, metrics_path=self.metrics_path)
         except BaseException:
             self.stop()
             raise
@@ -122,6 +129,22 @@ class ModelServer:
             self._rest.start()
         self._start_pollers()
         return self
+
+    def _start_monitoring(self) -> None:
+        """Read ``--monitoring_config_file``; with Prometheus enabled, record metrics and serve them over REST."""
+        if not self.options.monitoring_config_file:
+            return
+        from pipeline.embedded_server.metrics import ServerMetrics, prometheus_path, read_monitoring_config
+
+        path = prometheus_path(read_monitoring_config(self.options.monitoring_config_file))
+        if path is None:
+            return
+        if self.options.rest_api_port is None:
+            # As in TF Serving, the metrics page lives on the REST port; without one, recording would be waste.
+            log.warning("prometheus_config is enabled but the REST API is off (--rest_api_port); no metrics served")
+            return
+        self.metrics, self.metrics_path = ServerMetrics(), path
+        self.manager.metrics = self.metrics
 
     def _initial_config(self) -> Any:
         if self.options.model_config_file:

@@ -5,9 +5,11 @@ Paths (case-insensitive, as TF Serving's regexes)::
     GET  /v1/models/{m}[/versions/{v} | /labels/{l}]            -> GetModelStatusResponse as JSON
     GET  /v1/models/{m}[/versions/{v} | /labels/{l}]/metadata   -> model spec + signature_def map
     POST /v1/models/{m}[/versions/{v} | /labels/{l}]:predict|:classify|:regress
+    any  <prometheus_config.path>                                  -> Prometheus page (--monitoring_config_file)
 
-Errors are ``{"error": "<message>"}`` with the HTTP status of the TF status code. A ThreadingHTTPServer speaking
-HTTP/1.1 keep-alive, writing each response in one send with TCP_NODELAY, keeps the overhead well under 1 ms.
+Other paths answer 404: TF Serving hands only ``(?i)/v1/.*`` to its API. Errors are ``{"error": "<message>"}``
+with the HTTP status of the TF status code. A ThreadingHTTPServer speaking HTTP/1.1 keep-alive, writing each
+response in one send with TCP_NODELAY, keeps the overhead well under 1 ms.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging
 import re
 import socket
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,8 +28,9 @@ from google.protobuf import json_format
 
 from pipeline.embedded_server import api, json_tensor
 from pipeline.embedded_server.manager import ModelManager
-from pipeline.embedded_server.servable import DEFAULT_SIGNATURE
-from pipeline.wire.status import ServingError, from_exception, invalid_argument
+from pipeline.embedded_server.metrics import CONTENT_TYPE, REST, ServerMetrics, version_label
+from pipeline.embedded_server.servable import DEFAULT_SIGNATURE, Servable
+from pipeline.wire.status import ServingError, from_exception, invalid_argument, not_found
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +44,14 @@ _MAX_BODY_BYTES = 1 << 30
 
 
 class RestApi:
-    """Turns (method, path, body) into (HTTP status, JSON text); no sockets here, so it is easy to test."""
+    """Turns (method, path, body) into (HTTP status, JSON text); no sockets here, so it is easy to test.
 
-    def __init__(self, manager: ModelManager):
+    With ``metrics``, predict/classify/regress are counted and timed as TF Serving's REST handler does.
+    """
+
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None):
         self.manager = manager
+        self.metrics = metrics
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
         """Answer one request; never raises."""
@@ -69,6 +78,8 @@ class RestApi:
                     raise invalid_argument("Missing model name in request.")
                 spec = _model_spec(name, version, label)
                 return self._metadata(spec) if metadata else self._status(spec)
+        if not _API_PREFIX.match(path):
+            raise not_found(f"Not found: {method} {path}")  # TF Serving hands only (?i)/v1/.* to its API
         raise invalid_argument(f"Malformed request: {method} {path}")
 
     def _status(self, spec: Any) -> str:
@@ -96,9 +107,24 @@ class RestApi:
         return json.dumps(body, indent=1)
 
     def _prediction(self, verb: str, spec: Any, body: bytes) -> str:
-        doc = json_tensor.parse_json(body)
-        spec.signature_name = json_tensor.signature_name_of(doc)
-        servable = api.resolve(self.manager, spec)
+        """Answer predict/classify/regress, recording the outcome when metrics are on."""
+        start = time.perf_counter()
+        servable: Servable | None = None
+        try:
+            doc = json_tensor.parse_json(body)
+            spec.signature_name = json_tensor.signature_name_of(doc)
+            servable = api.resolve(self.manager, spec)
+            text = self._run(verb, servable, spec, doc)
+            if self.metrics is not None:
+                self.metrics.request_succeeded(spec.name, str(servable.version), verb, REST,
+                                               time.perf_counter() - start)
+            return text
+        except Exception as exc:
+            if self.metrics is not None:
+                self.metrics.request_failed(spec.name, version_label(spec, servable), from_exception(exc).code)
+            raise
+
+    def _run(self, verb: str, servable: Servable, spec: Any, doc: dict) -> str:
         if verb == "predict":
             return self._predict(servable, spec.signature_name, doc)
         request = self._examples_request(verb, spec, doc)
@@ -149,6 +175,8 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
     server_version = "TensorFlowServing-compatible"
     rest_api: RestApi  # set on the subclass made per server
+    metrics_path: str | None = None  # the Prometheus page, when monitoring is on
+    metrics_page: Callable[[], bytes] | None = None
 
     def setup(self) -> None:
         super().setup()
@@ -164,6 +192,10 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
+        if self.metrics_page is not None and self.path.split("?", 1)[0] == self.metrics_path:
+            # TF Serving registers the page on its exact path, ahead of the /v1/ API, for any method.
+            self._send(200, self.metrics_page(), content_type=CONTENT_TYPE)
+            return
         status, text = self.rest_api.handle(method, self.path, body)
         self._send(status, text.encode("utf-8"))
 
@@ -177,10 +209,10 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload: bytes, close: bool = False) -> None:
+    def _send(self, status: int, payload: bytes, close: bool = False, content_type: str = "application/json") -> None:
         close = close or self.close_connection or self.headers.get("Connection", "").lower() == "close"
         head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
                 f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n")
         self.wfile.write(head.encode("latin-1") + payload)  # one send: no Nagle/delayed-ACK stall
         self.close_connection = close
@@ -200,10 +232,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class RestServer:
-    """The REST API listening on ``host:port`` (port 0: any free port) in a background thread."""
+    """The REST API listening on ``host:port`` (port 0: any free port) in a background thread.
 
-    def __init__(self, manager: ModelManager, host: str, port: int):
-        handler = type("Handler", (_Handler,), {"rest_api": RestApi(manager)})
+    With ``metrics`` and ``metrics_path``, requests are recorded and ``metrics_path`` answers the Prometheus page.
+    """
+
+    def __init__(self, manager: ModelManager, host: str, port: int, metrics: ServerMetrics | None = None,
+                 metrics_path: str | None = None):
+        attributes: dict[str, Any] = {"rest_api": RestApi(manager, metrics)}
+        if metrics is not None and metrics_path is not None:
+            attributes.update(metrics_path=metrics_path, metrics_page=staticmethod(metrics.render))
+        handler = type("Handler", (_Handler,), attributes)
         self._server = _Server((host, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="rest-api", daemon=True)
