@@ -50,6 +50,8 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/release.py
+	$(BIN)/python bench/proxy.py
+	$(BIN)/python bench/canary_analysis.py
 
 clean:
 	rm -rf var
