@@ -459,9 +459,10 @@ class NginxProxy:
         previous = self.paths.config.read_text()
         self._install_config(binary, resolved, generation)
         new_state = ProxyState(state.pid, state.create_time, generation, resolved.model_dump(mode="json"))
+        leaving = _workers(state.pid)  # the workers of the old config: after the reload they must stop accepting
         try:
             _run_nginx(binary, [*self._nginx_args(), "-s", "reload"], "reload")
-            self._wait_serving(new_state, timeout_s, starting=False)
+            self._wait_serving(new_state, timeout_s, starting=False, leaving=leaving)
         except BaseException:
             # The master keeps its old config when it refuses the new one: keep the file saying what runs.
             write_atomically(self.paths.config, previous)
@@ -487,8 +488,12 @@ class NginxProxy:
     def _nginx_args(self, config: Path | None = None) -> list[str]:
         return ["-p", f"{self.paths.root}/", "-c", str(config or self.paths.config), "-e", str(self.paths.error_log)]
 
-    def _wait_serving(self, state: ProxyState, timeout_s: float, starting: bool) -> None:
+    def _wait_serving(self, state: ProxyState, timeout_s: float, starting: bool,
+                      leaving: list[psutil.Process] | None = None) -> None:
         """Poll (new connections each time) until the proxy serves ``state``'s generation on both ports.
+
+        After a reload, the old workers (``leaving``) must also have closed their listening sockets: until they
+        handle the master's signal, a new connection may still land on one of them and get the old config.
 
         Raises:
             ProxyError: the master exited.
@@ -505,6 +510,8 @@ class NginxProxy:
                 return None, f"generation {served} served" if served is not None else "REST port not answering"
             if not port_in_use(spec.host, spec.grpc_port):
                 return None, "gRPC port not answering"
+            if accepting := [worker.pid for worker in leaving or () if _still_accepting(worker)]:
+                return None, f"old workers {accepting} still accept connections"
             return True, "serving"
 
         what = f"nginx proxy generation {state.generation} not served on {spec.host}:{spec.rest_port}"
@@ -565,6 +572,24 @@ def _run_nginx(binary: str, args: list[str], what: str, error: type[PipelineErro
     result = subprocess.run([binary, *args], capture_output=True, text=True, timeout=30, check=False)
     if result.returncode != 0:
         raise error(f"nginx {what} failed: {(result.stderr or result.stdout).strip()}")
+
+
+def _workers(master_pid: int) -> list[psutil.Process]:
+    """The worker processes of an nginx master now (none when it is gone)."""
+    try:
+        return psutil.Process(master_pid).children()
+    except psutil.Error:
+        return []
+
+
+def _still_accepting(worker: psutil.Process) -> bool:
+    """Whether a worker still holds a listening socket (a leaving worker closes them when it handles SIGQUIT)."""
+    try:
+        if worker.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return any(c.status == psutil.CONN_LISTEN for c in worker.net_connections(kind="tcp"))
+    except psutil.Error:  # gone
+        return False
 
 
 def _served_generation(host: str, port: int) -> int | None:

@@ -177,6 +177,7 @@ def expected_requests_to_catch(candidate: Candidate) -> float:
 # ---- error rates and speed -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # many seeded streams: the statistical error rates
 def test_good_candidates_are_rarely_rolled_back() -> None:
     results = outcomes(GOOD)
     decisions = [a.decision for a, _ in results]
@@ -189,6 +190,7 @@ def test_good_candidates_are_rarely_rolled_back() -> None:
     assert np.mean([n for a, n in results if a.decision == "pass"]) <= 1.5 * expected + POLL_EVERY
 
 
+@pytest.mark.slow  # many seeded streams: the statistical error rates
 @pytest.mark.parametrize("candidate", BAD, ids=lambda c: c.name)
 def test_bad_candidates_are_caught_within_the_expected_sample_size(candidate: Candidate) -> None:
     results = outcomes(candidate)
@@ -208,6 +210,7 @@ def test_the_guard_rails_name_what_failed() -> None:
     assert latency.test("latency").outcome == "reject_h0"
 
 
+@pytest.mark.slow  # many seeded streams: the statistical error rates
 def test_error_rates_at_the_hypotheses_are_the_configured_ones() -> None:
     """At H0's disagreement exactly, rollbacks stay within alpha; at H1's, passes stay within beta."""
     design = agreement_design(CONFIG)

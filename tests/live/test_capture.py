@@ -29,6 +29,8 @@ from pipeline.serving.client import ServingClient
 from pipeline.settings import Paths, get_paths
 from pipeline.util.net import free_port, free_ports
 
+pytestmark = pytest.mark.slow  # real embedded servers and the capture service: seconds each, not the fast suite's kind
+
 MODEL = "digits"
 SOLO = "solo"  # stable label only: its canary side is down
 _DEADLINE_S = 120.0  # the 2 shared cores may be busy

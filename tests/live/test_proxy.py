@@ -34,6 +34,8 @@ from pipeline.util.net import free_port
 from pipeline.wire import model_config
 from pipeline.wire.reload_rpc import reload_call, reload_request
 
+pytestmark = pytest.mark.slow  # real nginx and embedded servers: seconds each, not the fast suite's kind
+
 MODEL = "hp"
 STABLE_Y, CANARY_Y = 2.5, 3.5  # y for x=1 from version 1 and version 2
 _DEADLINE_S = 60.0  # nginx starts in milliseconds, but the 2 shared cores may be busy
