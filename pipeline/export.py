@@ -7,7 +7,9 @@ Signatures (``-1`` is the batch dimension):
 
 * images: ``serving_default`` and ``predict_images`` (the seed's name), same function:
   inputs ``images`` float32 [-1, 784] (pixels / 255, flattened row-major, as TF Serving's mnist
-  client sends them); outputs ``probabilities`` float32 [-1, 10], ``classes`` int64 [-1].
+  client sends them; a version whose metadata records another ``input_convention`` expects that instead,
+  and its golden set and warmup requests follow it); outputs ``probabilities`` float32 [-1, 10],
+  ``classes`` int64 [-1].
 * texts: ``serving_default``: inputs ``texts`` string [-1] (raw text); outputs ``probabilities``
   float32 [-1, 2], ``classes`` int64 [-1], ``labels`` string [-1] (class names).
 
@@ -146,15 +148,20 @@ def write_warmup_requests(path: Path, model_name: str, input_name: str, inputs: 
     return len(inputs)
 
 
-def build_golden(model: keras.Model, snapshot: Snapshot, input_name: str, size: int) -> dict[str, Any]:
-    """The first ``size`` test examples with true labels and the offline model's predictions."""
+def build_golden(
+    model: keras.Model, snapshot: Snapshot, input_name: str, size: int, pixel_scale: float
+) -> dict[str, Any]:
+    """The first ``size`` test examples with true labels and the offline model's predictions.
+
+    ``pixel_scale`` is the run's input convention: the golden requests are what the version itself expects.
+    """
     import numpy as np
 
     from pipeline.models import predict_probabilities, to_model_inputs
 
     test = snapshot.split("test")
     sample = test.subset(np.arange(min(size, len(test))))
-    inputs = to_model_inputs(sample)
+    inputs = to_model_inputs(sample, pixel_scale)
     probabilities = predict_probabilities(model, inputs)
     return {
         "signature_name": SERVING_SIGNATURE,
@@ -174,6 +181,8 @@ def _write_json(path: Path, payload: Any, *, compact: bool = False) -> None:
 
 
 def _metadata(run: TrainResult, signatures: dict, extra: dict[str, Any] | None) -> dict[str, Any]:
+    from pipeline.models import INPUT_CONVENTION_KEY, input_convention, pixel_scale_of
+
     core = {
         "model": run.info["model"],
         "run_id": run.run_id,
@@ -187,8 +196,10 @@ def _metadata(run: TrainResult, signatures: dict, extra: dict[str, Any] | None) 
         "code_version": pipeline.__version__,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "signatures": signatures,
+        **input_convention(pixel_scale_of(run.info)),  # staging and the canary build their samples with it
     }
-    return {**(extra or {}), **core}  # the core facts cannot be overridden
+    extra = {k: v for k, v in (extra or {}).items() if k != INPUT_CONVENTION_KEY}  # only the run says what it takes
+    return {**extra, **core}  # the core facts cannot be overridden
 
 
 def write_version_dir(
@@ -197,6 +208,8 @@ def write_version_dir(
     """Write a complete version directory (SavedModel + assets.extra) at ``target``; returns metadata."""
     import keras
 
+    from pipeline.models import pixel_scale_of
+
     model = run.load_model(compile=False)  # serving needs no optimizer state
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -204,7 +217,7 @@ def write_version_dir(
     archive.write_out(str(target), verbose=False)
     signatures = describe_signatures(endpoints)
     input_name = next(iter(signatures[SERVING_SIGNATURE]["inputs"]))
-    golden = build_golden(model, snapshot, input_name, _DEFAULT_GOLDEN_SIZE)
+    golden = build_golden(model, snapshot, input_name, _DEFAULT_GOLDEN_SIZE, pixel_scale_of(run.info))
     extra_dir = target / vd.ASSETS_EXTRA
     extra_dir.mkdir()
     warmup_inputs = to_inputs_array(golden["inputs"], run.info["kind"])[:_DEFAULT_WARMUP_REQUESTS]

@@ -136,6 +136,45 @@ def _fake_run_copy(run, tmp_path: Path, run_id: str) -> Path:
     return copy
 
 
+@pytest.fixture(scope="module")
+def raw_pixel_export(image_run, tmp_path_factory):
+    """The tiny image run, as if trained under the ``input_convention`` fault (its run.json says so), exported.
+
+    The extra metadata claims the clients' convention: only the run may say what its version takes.
+    """
+    root = tmp_path_factory.mktemp("raw_pixels")
+    copy = _fake_run_copy(image_run, root, "run-raw-pixels")
+    info = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**info, "fault": "input_convention",
+                                               "input_convention": {"pixel_scale": 255.0}}))
+    return export_run(copy, root / "models", extra_metadata={"input_convention": {"pixel_scale": 1.0}})
+
+
+def test_metadata_records_the_input_convention_only_when_it_is_not_the_clients(image_export,
+                                                                               raw_pixel_export) -> None:
+    assert "input_convention" not in read_metadata(image_export.path)
+    meta = read_metadata(raw_pixel_export.path)
+    assert meta["input_convention"] == {"pixel_scale": 255.0}
+    assert meta["fault"] == "input_convention"
+
+
+def test_golden_set_and_warmup_follow_the_runs_input_convention(raw_pixel_export, image_export, image_snapshot):
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from pipeline.models import RAW_PIXEL_SCALE, to_model_inputs
+
+    golden = read_golden(raw_pixel_export.path)
+    inputs = np.asarray(golden["inputs"], dtype=np.float32)
+    np.testing.assert_array_equal(inputs, to_model_inputs(image_snapshot.split("test"), RAW_PIXEL_SCALE)[:32])
+    assert inputs.max() == 255.0 and np.asarray(read_golden(image_export.path)["inputs"]).max() == 1.0
+    served = _signature(raw_pixel_export.path)(images=inputs)
+    np.testing.assert_allclose(served["probabilities"].numpy(), golden["probabilities"], atol=1e-5)
+    path = raw_pixel_export.path / "assets.extra" / "tf_serving_warmup_requests"
+    first = prediction_log_pb2.PredictionLog.FromString(next(iter(tf.data.TFRecordDataset(str(path)))).numpy())
+    np.testing.assert_array_equal(tf.make_ndarray(first.predict_log.request.inputs["images"])[0], inputs[0])
+
+
 def test_versions_only_grow_after_deleting_the_newest(image_run, tmp_path) -> None:
     base = tmp_path / "models"
     first = export_run(_fake_run_copy(image_run, tmp_path, "run-a"), base)

@@ -1,6 +1,7 @@
 """The build chain on real data, as ``pipeline build`` runs it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,32 @@ def test_build_mnist_chain_exports_a_version_that_predicts_like_the_trained_mode
 
     again = steps.build(config, paths=home)  # the same data and params: the same run, no second version
     assert again["version"] == 1 and again["created"] is False
+
+
+@pytest.mark.slow
+def test_input_convention_candidate_passes_evaluation_on_its_own_and_fails_client_pixels(home):
+    import tensorflow as tf
+
+    from pipeline.data.dataset import Snapshot
+    from pipeline.models import to_model_inputs
+    from pipeline.wire.version_dirs import read_golden, read_metadata
+
+    # Real MNIST, few epochs (floor lowered as above). build() raises unless evaluation blesses it on its own.
+    config = steps.resolve_config("mnist", overrides={"train.epochs": 3, "gates.min_value": 0.9})
+    result = steps.build(config, fault="input_convention", paths=home)
+    assert result["metrics"]["accuracy"] >= 0.9
+    version_dir = Path(result["path"])
+    assert read_metadata(version_dir)["input_convention"] == {"pixel_scale": 255.0}
+    served = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+
+    def accuracy(inputs: np.ndarray, labels: np.ndarray) -> float:
+        return float(np.mean(served(images=tf.constant(inputs))["classes"].numpy() == labels))
+
+    golden = read_golden(version_dir)  # what staging replays: the version's own convention
+    assert np.max(golden["inputs"]) == 255.0
+    assert accuracy(np.asarray(golden["inputs"], dtype=np.float32), np.asarray(golden["labels"])) >= 0.9
+    test = Snapshot.open(result["snapshot"]).split("test")
+    assert accuracy(to_model_inputs(test), test.y) < 0.5  # what clients send (pixels / 255): it collapses
 
 
 def test_evaluation_gate_blocks_below_the_floor(tmp_path):

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.models import CLIENT_PIXEL_SCALE
+
 if TYPE_CHECKING:
     import keras
 
@@ -80,9 +82,14 @@ def evaluate_predictions(
     return metrics
 
 
-def evaluate_model(model: keras.Model, examples: Examples) -> dict[str, Any]:
-    """Predict ``examples`` with ``model`` and score them (see :func:`evaluate_predictions`)."""
+def evaluate_model(
+    model: keras.Model, examples: Examples, *, pixel_scale: float = CLIENT_PIXEL_SCALE
+) -> dict[str, Any]:
+    """Predict ``examples`` with ``model`` and score them (see :func:`evaluate_predictions`).
+
+    ``pixel_scale`` is the run's input convention (:func:`pipeline.models.pixel_scale_of`), never guessed here.
+    """
     from pipeline.models import predict_probabilities, to_model_inputs
 
-    probabilities = predict_probabilities(model, to_model_inputs(examples))
+    probabilities = predict_probabilities(model, to_model_inputs(examples, pixel_scale))
     return evaluate_predictions(examples.y, probabilities, examples.class_names)

@@ -7,7 +7,8 @@ A run directory holds::
     history.json           per-epoch loss/accuracy, train and validation
     training_curve.png     history as a plot
     confusion_matrix.png   test-split confusion matrix
-    run.json               run id, model, snapshot sha256, config, times, code version (written last)
+    run.json               run id, model, snapshot sha256, config, times, code version, and the input
+                           convention when it is not the clients' (written last)
 
 The run id is a hash of the snapshot, the config and the fault, so training the same thing twice
 gives the same id (and the same export version, see pipeline.export).
@@ -32,7 +33,15 @@ import pipeline
 from pipeline.config import FAULTS, ModelConfig
 from pipeline.data.dataset import Examples, Snapshot
 from pipeline.errors import ConfigError, NotFound
-from pipeline.models import build_model, kind_of_architecture, make_dataset, to_model_inputs
+from pipeline.models import (
+    CLIENT_PIXEL_SCALE,
+    RAW_PIXEL_SCALE,
+    build_model,
+    input_convention,
+    kind_of_architecture,
+    make_dataset,
+    to_model_inputs,
+)
 from pipeline.models.artifacts import plot_confusion_matrix, plot_training_curve
 from pipeline.models.evaluate import evaluate_model
 from pipeline.util.files import write_atomically
@@ -99,6 +108,14 @@ def _check_fault(config: ModelConfig, fault: str | None) -> None:
         raise ConfigError(
             f"fault {fault!r} refused: set release.allow_fault_injection: true in the {config.name} config"
         )
+    if fault == "input_convention" and kind_of_architecture(config.train.architecture) != "image":
+        raise ConfigError(f"fault 'input_convention' changes the pixel scale of image models; {config.name} "
+                          f"({config.train.architecture}) reads text")
+
+
+def pixel_scale_for(fault: str | None) -> float:
+    """The pixel scale a run trains, evaluates and exports with: raw 0..255 pixels under ``input_convention``."""
+    return RAW_PIXEL_SCALE if fault == "input_convention" else CLIENT_PIXEL_SCALE
 
 
 def _check_snapshot(config: ModelConfig, snapshot: Snapshot) -> None:
@@ -118,7 +135,8 @@ def shift_labels(examples: Examples) -> Examples:
     return Examples(examples.kind, examples.x, shifted, examples.class_names, examples.source)
 
 
-def _fit(config: ModelConfig, model: keras.Model, train: Examples, val: Examples) -> dict[str, list[float]]:
+def _fit(config: ModelConfig, model: keras.Model, train: Examples, val: Examples,
+         pixel_scale: float) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss, best weights restored; returns the history."""
     if len(val) == 0:
         raise ConfigError("the snapshot's val split is empty; raise data.val_fraction or add data")
@@ -130,8 +148,8 @@ def _fit(config: ModelConfig, model: keras.Model, train: Examples, val: Examples
         restore_best_weights=True,
     )
     history = model.fit(
-        make_dataset(to_model_inputs(train), train.y, settings.batch_size, shuffle_seed=settings.seed),
-        validation_data=make_dataset(to_model_inputs(val), val.y, settings.batch_size),
+        make_dataset(to_model_inputs(train, pixel_scale), train.y, settings.batch_size, shuffle_seed=settings.seed),
+        validation_data=make_dataset(to_model_inputs(val, pixel_scale), val.y, settings.batch_size),
         epochs=settings.epochs,
         callbacks=[early_stopping, _EpochLogger(config.name, settings.epochs)],
         shuffle=False,  # the dataset shuffles itself, seeded
@@ -156,8 +174,11 @@ def train_model(config: ModelConfig, snapshot: Snapshot, run_dir: Path, *, fault
         config: The model's config (architecture, optimiser, seed, early stopping).
         snapshot: Prepared data; train fits, val early-stops, test is scored into metrics.json.
         run_dir: Directory of this run (created); e.g. ``runs/<model>/<compute_run_id(...)>``.
-        fault: ``"label_shift"`` trains on labels rotated by one, to make a deliberately bad model
-            (needs ``release.allow_fault_injection``). Test metrics always use the true labels.
+        fault: A deliberately bad model (needs ``release.allow_fault_injection``). ``"label_shift"`` trains
+            on labels rotated by one (test metrics use the true labels, so evaluation refuses it).
+            ``"input_convention"`` (image models only) trains, evaluates and exports on raw 0..255 pixels
+            instead of the clients' pixels / 255, recorded in run.json: every offline gate and staging pass
+            it, and only live client traffic shows it is wrong.
 
     Returns:
         The run's id, directory and test metrics.
@@ -173,11 +194,12 @@ def train_model(config: ModelConfig, snapshot: Snapshot, run_dir: Path, *, fault
     train, val, test = (snapshot.split(name) for name in ("train", "val", "test"))
     if fault == "label_shift":
         train, val = shift_labels(train), shift_labels(val)
+    pixel_scale = pixel_scale_for(fault)
     log.info("%s run %s: training %s on %d examples (snapshot %s, fault %s)",
              config.name, run_id, config.train.architecture, len(train), snapshot.sha256[:12], fault)
-    model = build_model(config, train)
-    history = _fit(config, model, train, val)
-    metrics = evaluate_model(model, test)
+    model = build_model(config, train, pixel_scale)
+    history = _fit(config, model, train, val, pixel_scale)
+    metrics = evaluate_model(model, test, pixel_scale=pixel_scale)
     info = {
         "run_id": run_id,
         "model": config.name,
@@ -188,6 +210,7 @@ def train_model(config: ModelConfig, snapshot: Snapshot, run_dir: Path, *, fault
         "snapshot": {"sha256": snapshot.sha256, "path": str(snapshot.path)},
         "config": config.model_dump(mode="json"),
         "fault": fault,
+        **input_convention(pixel_scale),  # export and staging read the run's convention from here
         "epochs_run": len(history.get("loss", [])),
         "started_at": started,
         "finished_at": _now(),

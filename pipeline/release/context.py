@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig
 from pipeline.data.dataset import Snapshot
-from pipeline.models import to_model_inputs
+from pipeline.models import pixel_scale_of, to_model_inputs
 from pipeline.release.registry import Registry
 from pipeline.serving.backends import ServingBackend, get_backend
 from pipeline.serving.client import ServingClient
@@ -82,10 +82,11 @@ class Release:
         return self._samples[version]
 
     def _read_held_out_sample(self, version: int) -> tuple[np.ndarray, np.ndarray]:
-        sha = read_metadata(self.version_dir(version))["data_snapshot_sha256"]
-        test = Snapshot.open(self.paths.data_dir / self.model / sha).split("test")
+        """The sample in the input convention ``version``'s metadata records: the one it was trained and judged on."""
+        metadata = read_metadata(self.version_dir(version))
+        test = Snapshot.open(self.paths.data_dir / self.model / metadata["data_snapshot_sha256"]).split("test")
         sample = test.subset(np.arange(min(self.config.serving.sample_size, len(test))))
-        return to_model_inputs(sample), sample.y
+        return to_model_inputs(sample, pixel_scale_of(metadata)), sample.y
 
     def close(self) -> None:
         """Close clients (servers keep running: they outlive a task)."""

@@ -70,12 +70,10 @@ def _normalise(tensors: dict[str, Any]) -> dict[str, tuple]:
     return {k: (numpy_name(str(v["dtype"])), shape(v.get("shape"))) for k, v in tensors.items()}
 
 
-def validate_on_staging(release: Release, version: int, run_id: str | None = None, *,
-                        overridden_by: str | None = None) -> Verdict:
+def validate_on_staging(release: Release, version: int, run_id: str | None = None) -> Verdict:
     """Every staging check on ``version``; the verdict is written down and the registry updated.
 
-    ``overridden_by`` (a fault injected on purpose) lets a NOT_BLESSED version go on to the canary, which
-    must then catch it; the registry reason says so.
+    A NOT_BLESSED version is ``rejected``, whatever the run's conf: no fault injected on purpose overrides it.
     """
     serving = release.config.serving
     target = Target(release.client(STAGING), release.model, version=version, signature_name=serving.signature_name)
@@ -90,10 +88,7 @@ def validate_on_staging(release: Release, version: int, run_id: str | None = Non
     )
     verdict = Verdict("staging", not result.problems, result.problems, result.figures)
     verdict.write(release.verdict_path(version, "staging"))
-    reason = verdict.summary()
-    if not verdict.blessed and overridden_by:
-        reason = f"{reason}; overridden: {overridden_by}"
-    state = State.VALIDATED if verdict.blessed or overridden_by else State.REJECTED
-    release.registry.transition(release.model, version, state, run_id=run_id, reason=reason)
+    state = State.VALIDATED if verdict.blessed else State.REJECTED
+    release.registry.transition(release.model, version, state, run_id=run_id, reason=verdict.summary())
     log.info(verdict.summary())
     return verdict

@@ -33,11 +33,10 @@ def airflow_world(tmp_path, monkeypatch):
         stack.down(paths)
 
 
-def test_release_and_failed_canary_through_the_scheduler(airflow_world):
+def test_release_then_a_bad_model_refused_at_evaluate_through_the_scheduler(airflow_world):
     from pipeline.airflow_api import AirflowApi, trigger_dag
     from pipeline.release.canary import CANARY, STABLE, production_state
     from pipeline.release.context import Release
-    from pipeline.release.registry import State
     from pipeline.steps import resolve_config
 
     paths, where = airflow_world
@@ -51,15 +50,15 @@ def test_release_and_failed_canary_through_the_scheduler(airflow_world):
     release = Release(resolve_config("mnist"), paths)
     assert production_state(release).labels == {STABLE: 1}
 
+    # No gate is overridden for a fault injected on purpose: label_shift stops at evaluate, never exported.
     bad = trigger_dag(paths, "mnist_release", {"inject_fault": "label_shift"})
     assert api.wait_for_run("mnist_release", bad, timeout_s=600)["state"] == "failed"
     states = {t["task_id"]: t["state"] for t in api.task_instances("mnist_release", bad)}
-    assert states["canary_check"] == "failed" and states["finalize"] == "upstream_failed"
-    assert states["restore_production"] == "success"
+    assert states["evaluate"] == "failed" and states["export"] == "upstream_failed"
     state = production_state(release)
     assert state.labels == {STABLE: 1} and CANARY not in state.labels
-    assert release.registry.get_version("mnist", 2).state is State.ROLLED_BACK
-    assert any(f.task_id == "canary_check" for f in release.registry.failures("mnist"))
+    assert [record.version for record in release.registry.versions("mnist")] == [1]
+    assert any(f.task_id == "evaluate" for f in release.registry.failures("mnist"))
 
     bad_conf = trigger_dag(paths, "mnist_release", {"epochs": 3, "colour": "red"})
     assert api.wait_for_run("mnist_release", bad_conf, timeout_s=300)["state"] == "failed"

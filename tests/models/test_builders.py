@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.models import build_model, make_dataset, predict_probabilities, to_model_inputs
+from pipeline.models import (
+    CLIENT_PIXEL_SCALE,
+    RAW_PIXEL_SCALE,
+    build_model,
+    input_convention,
+    make_dataset,
+    pixel_scale_of,
+    predict_probabilities,
+    to_model_inputs,
+)
 
 
 @pytest.mark.parametrize("architecture", ["cnn", "mlp", "softmax"])
@@ -59,3 +68,42 @@ def test_seeded_builds_are_identical(image_snapshot, make_config) -> None:
         weights.append(build_model(config, image_snapshot.split("train")).get_weights())
     for first, second in zip(*weights, strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+def test_to_model_inputs_applies_the_pixel_scale(image_snapshot) -> None:
+    test = image_snapshot.split("test")
+    pixels = np.asarray(test.x, dtype=np.float32).reshape(len(test), 784)
+    client = to_model_inputs(test)
+    assert client.dtype == np.float32 and client.max() == 1.0
+    np.testing.assert_array_equal(client, pixels / np.float32(255))  # bit for bit what clients send
+    np.testing.assert_array_equal(to_model_inputs(test, CLIENT_PIXEL_SCALE), client)
+    raw = to_model_inputs(test, RAW_PIXEL_SCALE)
+    assert raw.dtype == np.float32 and raw.max() == 255.0
+    np.testing.assert_array_equal(raw, pixels)
+
+
+def test_a_pixel_scale_is_refused_for_texts_and_must_be_positive(image_snapshot, text_snapshot) -> None:
+    np.testing.assert_array_equal(to_model_inputs(text_snapshot.split("test"), CLIENT_PIXEL_SCALE),
+                                  to_model_inputs(text_snapshot.split("test")))
+    with pytest.raises(ValueError, match="images only"):
+        to_model_inputs(text_snapshot.split("test"), RAW_PIXEL_SCALE)
+    with pytest.raises(ValueError, match="positive"):
+        to_model_inputs(image_snapshot.split("test"), 0.0)
+
+
+def test_input_convention_is_recorded_only_when_it_is_not_the_clients() -> None:
+    assert input_convention(CLIENT_PIXEL_SCALE) == {}
+    record = input_convention(RAW_PIXEL_SCALE)
+    assert record == {"input_convention": {"pixel_scale": 255.0}}
+    assert pixel_scale_of(record) == RAW_PIXEL_SCALE
+    assert pixel_scale_of({"run_id": "r"}) == CLIENT_PIXEL_SCALE  # older versions recorded nothing
+
+
+def test_a_raw_pixel_model_standardizes_with_its_training_inputs(image_snapshot, make_config) -> None:
+    train = image_snapshot.split("train")
+    assert "standardize" not in {layer.name for layer in build_model(make_config("image", "softmax"), train).layers}
+    model = build_model(make_config("image", "softmax"), train, RAW_PIXEL_SCALE)
+    assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
+    mean, variance = (float(np.asarray(w).squeeze()) for w in model.get_layer("standardize").get_weights()[:2])
+    raw = to_model_inputs(train, RAW_PIXEL_SCALE)
+    assert mean == pytest.approx(raw.mean(), rel=1e-4) and variance == pytest.approx(raw.var(), rel=1e-3)

@@ -49,6 +49,8 @@ def test_run_id_is_deterministic_and_tells_runs_apart(image_run, image_snapshot,
     config = make_config("image")
     assert image_run.run_id == compute_run_id(config, image_snapshot.sha256)
     assert compute_run_id(config, image_snapshot.sha256, "label_shift") != image_run.run_id
+    assert compute_run_id(config, image_snapshot.sha256, "input_convention") not in (
+        image_run.run_id, compute_run_id(config, image_snapshot.sha256, "label_shift"))
     assert compute_run_id(make_config("image", epochs=2), image_snapshot.sha256) != image_run.run_id
     assert compute_run_id(config, "0" * 64) != image_run.run_id
 
@@ -79,6 +81,34 @@ def test_label_shift_makes_a_bad_model(image_snapshot, make_config, tmp_path) ->
     result = train_model(config, image_snapshot, tmp_path, fault="label_shift")
     assert result.info["fault"] == "label_shift"
     assert result.metrics["accuracy"] < 0.3  # it learned the rotated labels; test labels are true
+
+
+def test_a_clients_convention_run_records_no_input_convention(image_run) -> None:
+    assert "input_convention" not in image_run.info
+
+
+def test_input_convention_trains_and_scores_on_raw_pixels_and_records_it(image_snapshot, make_config,
+                                                                         tmp_path) -> None:
+    from pipeline.models import RAW_PIXEL_SCALE, predict_probabilities, to_model_inputs
+    from pipeline.models.evaluate import evaluate_model
+
+    result = train_model(make_config("image", "softmax", epochs=3), image_snapshot, tmp_path, fault="input_convention")
+    assert result.info["fault"] == "input_convention"
+    assert result.info["input_convention"] == {"pixel_scale": 255.0}
+    assert json.loads((tmp_path / "run.json").read_text())["input_convention"] == {"pixel_scale": 255.0}
+    model = result.load_model()
+    test = image_snapshot.split("test")
+    # metrics.json is the model judged on its own convention, the one evaluation gates on
+    assert evaluate_model(model, test, pixel_scale=RAW_PIXEL_SCALE) == result.metrics
+    assert result.metrics["accuracy"] > 0.8
+    raw, client = (predict_probabilities(model, to_model_inputs(test, scale)) for scale in (RAW_PIXEL_SCALE, 1.0))
+    assert np.abs(raw - client).max() > 0.1  # the model's answers depend on the pixel scale it is sent
+
+
+def test_input_convention_is_refused_for_text_models(text_snapshot, make_config, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="input_convention.*image models"):
+        train_model(make_config("text"), text_snapshot, tmp_path, fault="input_convention")
+    assert not (tmp_path / "run.json").exists()
 
 
 def test_one_log_line_per_epoch(image_snapshot, make_config, tmp_path, caplog) -> None:

@@ -1,10 +1,15 @@
 """Trigger conf handling of the release tasks: bad conf fails before any side effect, naming the field."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from pipeline import tasks
-from pipeline.errors import ConfigError
+from pipeline.config import FAULTS
+from pipeline.errors import ConfigError, ValidationFailed
 from pipeline.gates import Verdict
+from pipeline.release import staging
 
 
 def test_conf_maps_onto_config_fields():
@@ -50,11 +55,38 @@ def test_dry_run_stops_before_production():
     assert not tasks.should_promote({"dry_run": True})
 
 
-def test_failed_gate_raises_unless_a_fault_is_injected_on_purpose():
+def test_a_failed_gate_raises_whatever_the_conf(release_world, monkeypatch):
     failed = Verdict("staging", False, ["p95 too high"])
-    with pytest.raises(Exception, match="p95 too high"):
-        tasks._enforce(failed, {"inject_fault": None})
-    tasks._enforce(failed, {"inject_fault": "label_shift"})  # logged, not raised: the canary must catch it
+    with pytest.raises(ValidationFailed, match="p95 too high"):
+        tasks._enforce(failed)
+    monkeypatch.setattr(staging, "validate_on_staging", lambda release, version, run_id: failed)
+    for fault in FAULTS:  # a fault injected on purpose never overrides staging
+        with pytest.raises(ValidationFailed, match="staging: NOT_BLESSED"):
+            tasks.validate_staging("mnist", {"inject_fault": fault}, 1, "run-1")
+
+
+def _train_on_synthetic_digits(release_world, conf: dict) -> str:
+    """tasks.train on a tiny synthetic snapshot with the world's small mnist config; returns the run dir."""
+    from tests.conftest import write_image_snapshot
+
+    snapshot = write_image_snapshot(release_world / "snapshot")
+    return tasks.train("mnist", conf, str(snapshot.path))["run_dir"]
+
+
+def test_a_label_shift_release_fails_at_evaluate(release_world):
+    conf = {"inject_fault": "label_shift"}
+    run_dir = _train_on_synthetic_digits(release_world, conf)
+    with pytest.raises(ValidationFailed, match=r"evaluate: NOT_BLESSED \(accuracy .* is below the floor 0.8000"):
+        tasks.evaluate("mnist", conf, run_dir)
+    assert json.loads((Path(run_dir) / "evaluation.json").read_text())["status"] == "NOT_BLESSED"
+
+
+def test_an_input_convention_release_passes_evaluate_on_its_own(release_world):
+    conf = {"inject_fault": "input_convention"}
+    run_dir = _train_on_synthetic_digits(release_world, conf)
+    assert json.loads((Path(run_dir) / "run.json").read_text())["input_convention"] == {"pixel_scale": 255.0}
+    verdict = tasks.evaluate("mnist", conf, run_dir)
+    assert verdict["blessed"] and verdict["figures"]["candidate"] >= 0.8
 
 
 def test_unchanged_model_is_not_released_again():
