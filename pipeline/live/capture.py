@@ -40,6 +40,17 @@ HTTP contract (JSON bodies; an error is ``{"error": "..."}``, never a traceback)
 
 ``GET /healthz`` → ``200 {"status": "ok", "models": [...]}``; ``GET /stats`` → this process's counters.
 
+``GET /metrics`` → the same counts in Prometheus' text format (a registry per service, never the global one):
+
+- ``pipeline_capture_mirrored_total{model,status}``: mirrors by the answer they got (``queued``, ``not_sampled``,
+  ``ignored``, ``dropped``); ``model`` is empty for the gRPC methods that are not captured (not read).
+- ``pipeline_capture_dropped_total{model}``: mirrors not recorded for lack of room (the queue was full, or they
+  were still queued when the service stopped).
+- ``pipeline_capture_processed_total{model,outcome}``: queued mirrors a worker finished (``captured``,
+  ``duplicates``: the request id was recorded already, ``failed``).
+- ``pipeline_capture_feedback_total{model,answer}``: feedback items by answer (:class:`~pipeline.live.feedback.Answer`).
+- ``pipeline_capture_rejected_total``: requests refused with a 4xx; ``pipeline_capture_queue_depth``: queued now.
+
 What a row holds, and how the store stays bounded: :mod:`pipeline.live.store`.
 """
 
@@ -62,9 +73,18 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import prometheus_client
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound
-from pipeline.live.feedback import DEFAULT_FEEDBACK_WINDOW_S, LabelSpace, label_space, submit_feedback
+from pipeline.live.feedback import (
+    DEFAULT_FEEDBACK_WINDOW_S,
+    Answer,
+    FeedbackResult,
+    LabelSpace,
+    label_space,
+    submit_feedback,
+)
 from pipeline.live.store import (
     CANARY,
     SAMPLE_META_KEY,
@@ -96,6 +116,9 @@ _GRPC_FRAME_HEADER_BYTES = 5  # compressed flag (1 byte) + message length (4 byt
 _IDLE_FLUSH_S = 0.5  # a worker with nothing to do writes the drop count this often
 _MAX_LINE_BYTES = 1024  # a chunk-size or trailer line
 _DRAIN_LIMIT = 1024 * 1024  # of a refused body read before closing (beyond: close at once, the client may see a reset)
+METRICS_PATH = "/metrics"
+_MIRROR_ANSWERS = ("queued", "not_sampled", "ignored", "dropped")
+_OUTCOMES = ("captured", "duplicates", "failed")
 
 
 @dataclass(frozen=True)
@@ -147,6 +170,42 @@ class _Job:
     request: dict[str, Any] | None  # None: a gRPC PredictRequest, decoded by the worker
 
 
+class _Metrics:
+    """The service's counts for Prometheus, in a registry of its own: two services in one process (tests) keep
+    separate counts, and nothing else in the process leaks onto the page."""
+
+    def __init__(self, models: Sequence[str], queue_depth: Callable[[], int]):
+        self.registry = prometheus_client.CollectorRegistry()
+        self.mirrored = prometheus_client.Counter(
+            "pipeline_capture_mirrored", "Mirrored inference requests, by the answer they got.", ["model", "status"],
+            registry=self.registry)
+        self.dropped = prometheus_client.Counter(
+            "pipeline_capture_dropped", "Mirrored requests not recorded for lack of room (queue full, or still "
+            "queued at stop).", ["model"], registry=self.registry)
+        self.processed = prometheus_client.Counter(
+            "pipeline_capture_processed", "Queued mirrors a worker finished, by outcome.", ["model", "outcome"],
+            registry=self.registry)
+        self.feedback = prometheus_client.Counter(
+            "pipeline_capture_feedback", "Feedback items, by answer.", ["model", "answer"], registry=self.registry)
+        self.rejected = prometheus_client.Counter(
+            "pipeline_capture_rejected", "Requests refused with a 4xx.", registry=self.registry)
+        depth = prometheus_client.Gauge("pipeline_capture_queue_depth", "Mirrored requests waiting for a worker.",
+                                        registry=self.registry)
+        depth.set_function(queue_depth)
+        for model in models:  # every series exists from the start at 0, so that rate() sees the first event
+            for status in _MIRROR_ANSWERS:
+                self.mirrored.labels(model, status)
+            for outcome in _OUTCOMES:
+                self.processed.labels(model, outcome)
+            for answer in Answer:
+                self.feedback.labels(model, str(answer))
+            self.dropped.labels(model)
+
+    def count_feedback(self, model: str, results: Sequence[FeedbackResult]) -> None:
+        for result in results:
+            self.feedback.labels(model, str(result.answer)).inc()
+
+
 class _BadRequest(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -182,6 +241,7 @@ class CaptureService:
                               for model, names in (class_names or {}).items()}
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=options.queue_size)
         self._counts: Counter[str] = Counter()
+        self._metrics = _Metrics(self.models, self._queue.qsize)
         self._pending_drops = dict.fromkeys(self.models, 0)  # dropped, not yet written to the store
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -257,6 +317,10 @@ class CaptureService:
             counts = dict(self._counts)
         return {**counts, "queue_depth": self._queue.qsize()}
 
+    def metrics_page(self) -> bytes:
+        """This process's counts in Prometheus' text format (the module docstring lists them)."""
+        return prometheus_client.generate_latest(self._metrics.registry)
+
     def wait_idle(self, timeout_s: float) -> None:
         """Wait until every queued request has been recorded (tests, shutdown).
 
@@ -277,7 +341,8 @@ class CaptureService:
             return 200, {"status": "ok", "models": list(self.models)}
         if route == "/stats":
             return 200, self.stats()
-        return 404, {"error": f"no such resource: GET {route or '/'} (try POST ...:predict, /feedback, GET /stats)"}
+        return 404, {"error": f"no such resource: GET {route or '/'} (try POST ...:predict, /feedback, GET /stats, "
+                              f"GET {METRICS_PATH})"}
 
     def handle_post(self, path: str, body: bytes, headers: Mapping[str, str]) -> Reply:
         """Route a POST: feedback, or the mirror of an inference request.
@@ -294,7 +359,7 @@ class CaptureService:
                 return self.feedback(route, body)
             return self.mirror(route, body, headers)
         except _BadRequest as exc:
-            self.count_event("rejected")
+            self.count_rejected()
             return exc.status, {"error": str(exc)}
 
     def mirror(self, route: str, body: bytes, headers: Mapping[str, str]) -> Reply:
@@ -303,33 +368,39 @@ class CaptureService:
         if (grpc_match := _GRPC_PATH.fullmatch(route)) is not None:
             request_id, variant = _mirror_headers(headers)
             if grpc_match["method"] != "Predict":
-                return self._ignored(request_id, f"gRPC {grpc_match['method']} is not captured (Predict only)")
+                return self._ignored("", request_id, f"gRPC {grpc_match['method']} is not captured (Predict only)")
             model, request = self._captured_model(_grpc_model_name(body)), None
         elif (rest_match := _REST_PATH.fullmatch(route)) is not None:
             model = self._captured_model(rest_match["model"])
             request_id, variant = _mirror_headers(headers)
             if rest_match["verb"] != "predict":
-                return self._ignored(request_id, f":{rest_match['verb']} is not captured (:predict only)")
+                return self._ignored(model, request_id, f":{rest_match['verb']} is not captured (:predict only)")
             request = _predict_request(body)
         else:
             raise _BadRequest(404, f"not an inference path: {route} (expected /v1/models/<model>[...]:predict or "
                                    "/tensorflow.serving.PredictionService/Predict)")
         self.count_event("received")
         if not in_sample(request_id, self.options.sample):
-            self.count_event("not_sampled")
+            self._answered(model, "not_sampled")
             return 200, {"status": "not_sampled", "request_id": request_id}
         try:
             self._queue.put_nowait(_Job(model, request_id, variant, route, time.time(), body, request))
         except queue.Full:
-            self.count_event("dropped")
+            self._answered(model, "dropped")
+            self._metrics.dropped.labels(model).inc()
             with self._lock:
                 self._pending_drops[model] += 1
             return 503, {"status": "dropped", "request_id": request_id, "reason": "the capture queue is full"}
-        self.count_event("queued")
+        self._answered(model, "queued")
         return 202, {"status": "queued", "request_id": request_id}
 
-    def _ignored(self, request_id: str, reason: str) -> Reply:
-        self.count_event("ignored")
+    def _answered(self, model: str, status: str) -> None:
+        """Count the answer a mirror got, in :meth:`stats` and in Prometheus."""
+        self.count_event(status)
+        self._metrics.mirrored.labels(model, status).inc()
+
+    def _ignored(self, model: str, request_id: str, reason: str) -> Reply:
+        self._answered(model, "ignored")
         return 200, {"status": "ignored", "request_id": request_id, "reason": reason}
 
     def feedback(self, route: str, body: bytes) -> Reply:
@@ -352,6 +423,7 @@ class CaptureService:
                                       window_s=self.options.feedback_window_s)
         except CaptureStoreError as exc:  # e.g. locked past the busy timeout: nothing was recorded, send again
             return 503, {"error": f"feedback not recorded: {exc}"}
+        self._metrics.count_feedback(model, results)
         counts = Counter(str(result.answer) for result in results)
         return 200, {"model": model, "counts": dict(counts), "results": [result.as_dict() for result in results]}
 
@@ -381,7 +453,7 @@ class CaptureService:
             try:
                 self._capture(job)
             except Exception:
-                self.count_event("failed")
+                self._processed(job.model, "failed")
                 log.exception("capture of request %s (%s) failed", job.request_id, job.model)
             finally:
                 self._queue.task_done()
@@ -401,7 +473,7 @@ class CaptureService:
         except BaseException:
             self._return_drops(job.model, dropped)
             raise
-        self.count_event("captured" if stored else "duplicates")
+        self._processed(job.model, "captured" if stored else "duplicates")
 
     def _ask(self, model: str, request: Mapping[str, Any], label: str) -> VariantAnswer:
         """One version's classes for the request, or the error it answered."""
@@ -437,6 +509,7 @@ class CaptureService:
             except queue.Empty:
                 return
             self.count_event("dropped")
+            self._metrics.dropped.labels(job.model).inc()
             self._return_drops(job.model, 1)
             self._queue.task_done()
 
@@ -446,6 +519,15 @@ class CaptureService:
         """Add one to a counter of :meth:`stats`."""
         with self._lock:
             self._counts[name] += 1
+
+    def count_rejected(self) -> None:
+        """Count a request refused with a 4xx, in :meth:`stats` and in Prometheus."""
+        self.count_event("rejected")
+        self._metrics.rejected.inc()
+
+    def _processed(self, model: str, outcome: str) -> None:
+        self.count_event(outcome)
+        self._metrics.processed.labels(model, outcome).inc()
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -651,7 +733,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        self._respond(lambda: self.service.handle_get(self.path))
+        if urlsplit(self.path).path.rstrip("/") == METRICS_PATH:
+            self._respond_metrics()
+        else:
+            self._respond(lambda: self.service.handle_get(self.path))
+
+    def _respond_metrics(self) -> None:
+        try:
+            page = self.service.metrics_page()
+        except Exception:
+            log.exception("capture service: GET %s failed", self.path)
+            self._send(500, {"error": "internal error in the capture service; see its log"})
+            return
+        # The 0.0.4 text format is what generate_latest writes; every Prometheus reads it.
+        self._write(200, CONTENT_TYPE_PLAIN_0_0_4, page)
 
     def do_POST(self) -> None:  # noqa: N802
         body = self._read_body()
@@ -733,17 +828,19 @@ class _Handler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
 
     def _reject(self, status: int, message: str) -> None:
-        self.service.count_event("rejected")
+        self.service.count_rejected()
         self._send(status, {"error": message}, close=True)
 
     def _send(self, status: int, payload: dict[str, Any], close: bool = False) -> None:
-        data = json.dumps(payload).encode("utf-8")
+        self._write(status, "application/json", json.dumps(payload).encode("utf-8"), close)
+
+    def _write(self, status: int, content_type: str, data: bytes, close: bool = False) -> None:
         headers = getattr(self, "headers", None)  # None when the request line itself was malformed
         asked_close = headers is not None and headers.get("Connection", "").lower() == "close"
         close = close or self.close_connection or asked_close
         # Written by hand, in one write: the stdlib would send no status line to a garbled (HTTP/0.9) request.
         head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                f"Content-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
                 f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n")
         self.wfile.write(head.encode("latin-1") + data)
         self.close_connection = close

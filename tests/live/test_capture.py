@@ -345,3 +345,29 @@ def test_the_service_sample_is_deterministic_on_the_request_id(start_capture: Ca
         assert answer.json()["status"] == ("queued" if request_id in sampled else "not_sampled")
     service.wait_idle(_DEADLINE_S)
     assert set(rows(MODEL, paths)) == sampled
+
+
+# ---- Prometheus -----------------------------------------------------------------------------------------------
+
+
+def test_metrics_count_mirrors_in_prometheus_format(start_capture: Callable[..., CaptureService]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    service = start_capture(dead_url())  # both sides down: the row is captured with their errors all the same
+    assert mirror(service, _GOOD_BODY, "metered").status_code == 202
+    assert mirror(service, _GOOD_BODY, request_id=None).status_code == 400
+    service.wait_idle(_DEADLINE_S)
+
+    answer = requests.get(f"{service.url}/metrics", timeout=_HTTP_TIMEOUT_S)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/plain")
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(answer.text) for sample in family.samples}
+    assert samples[("pipeline_capture_mirrored_total", (("model", MODEL), ("status", "queued")))] == 1
+    assert samples[("pipeline_capture_mirrored_total", (("model", SOLO), ("status", "queued")))] == 0
+    assert samples[("pipeline_capture_processed_total", (("model", MODEL), ("outcome", "captured")))] == 1
+    assert samples[("pipeline_capture_dropped_total", (("model", MODEL),))] == 0
+    assert samples[("pipeline_capture_feedback_total", (("answer", "accepted"), ("model", MODEL)))] == 0
+    assert samples[("pipeline_capture_rejected_total", ())] == 1
+    assert samples[("pipeline_capture_queue_depth", ())] == 0
+    other = start_capture(dead_url())  # a registry per service: nothing counted there
+    assert "pipeline_capture_rejected_total 0.0" in requests.get(f"{other.url}/metrics", timeout=_HTTP_TIMEOUT_S).text
