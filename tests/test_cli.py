@@ -60,3 +60,19 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, check=True)
     for command in ("build", "release", "rollback", "status", "serve", "demo"):
         assert command in out.stdout
+
+
+def test_traffic_argument_errors_fail_before_anything_is_sent(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    local = ["--api", "rest", "--endpoint-rest", "http://127.0.0.1:1", "--no-feedback"]
+    assert main(["traffic", "mnist", "--rps", "0", "--duration", "1", *local]) == 2
+    assert "error: traffic rps must be more than 0 and at most 500" in capsys.readouterr().err
+    assert main(["traffic", "mnist", "--rps", "501", "--duration", "1", *local]) == 2
+    assert "traffic rps" in capsys.readouterr().err
+    assert main(["traffic", "mnist", "--rps", "1", "--duration", "1", "--label-share", "2", *local]) == 2
+    assert "traffic label_share" in capsys.readouterr().err
+    remote = ["--api", "rest", "--endpoint-rest", "http://10.20.30.40:8501", "--no-feedback"]
+    assert main(["traffic", "mnist", "--rps", "1", "--duration", "1", *remote]) == 2
+    assert "traffic rest_url 'http://10.20.30.40:8501' is not allowed: point it at a loopback address" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "registry.db").exists()  # refused before the registry or the data were read

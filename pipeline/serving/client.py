@@ -43,6 +43,9 @@ _DEFAULT_TIMEOUT_S = 10.0
 _DEFAULT_POLL_S = 0.1
 _MAX_GRPC_MESSAGE_BYTES = 256 * 1024 * 1024
 _READY_PROBE_MODEL = "__ready_probe__"  # any name: a running server answers 404, which is all we need
+# A request's id, which the production endpoint (pipeline.live.proxy) keeps when sent and answers with either way.
+REQUEST_ID_HEADER = "X-Request-Id"
+REQUEST_ID_METADATA = "x-request-id"  # gRPC metadata keys are lower case
 
 # For finite float32 arrays: tolist() widens each to the float64 of the same value, whose shortest repr (what
 # msgspec writes) reads back as that float32. msgspec would write NaN as null, hence "finite".
@@ -85,6 +88,21 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+
+
+@dataclass(frozen=True)
+class PredictAnswer:
+    """A predict call's outputs and the request id its answer carried.
+
+    Attributes:
+        outputs: each output name mapped to its numpy array.
+        request_id: the answer's ``X-Request-Id`` header (REST) or ``x-request-id`` initial metadata (gRPC); None
+            when it carried none, or when the REST session keeps no headers (the default keep-alive transport
+            keeps none: pass a ``requests.Session`` to read it over REST).
+    """
+
+    outputs: dict[str, np.ndarray]
+    request_id: str | None = None
 
 
 def call_with_retries(attempt: Callable[[float], T], timeout_s: float, policy: RetryPolicy, what: str) -> T:
@@ -268,7 +286,28 @@ class ServingClient:
         signature_name: str | None = None,
         protocol: Protocol = "rest",
         timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> dict[str, np.ndarray]:
+        """Run the model's signature on a batch (:meth:`predict_answer` without the answer's request id).
+
+        Returns:
+            Each output name mapped to its numpy array (dtypes as the signature declares).
+        """
+        return self.predict_answer(model, instances, inputs, version, label, signature_name, protocol, timeout_s,
+                                   request_id).outputs
+
+    def predict_answer(
+        self,
+        model: str,
+        instances: Any = None,
+        inputs: Any = None,
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str | None = None,
+        protocol: Protocol = "rest",
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> PredictAnswer:
         """Run the model's signature on a batch.
 
         Args:
@@ -281,9 +320,11 @@ class ServingClient:
             signature_name: default ``serving_default``.
             protocol: ``"rest"`` or ``"grpc"``.
             timeout_s: the deadline of this call.
+            request_id: sent as the ``X-Request-Id`` header (REST) or ``x-request-id`` metadata (gRPC); retries
+                send the same id.
 
         Returns:
-            Each output name mapped to its numpy array (dtypes as the signature declares).
+            The outputs (dtypes as the signature declares) and the request id the answer carried.
         """
         if (instances is None) == (inputs is None):
             raise ValueError("give either instances (row format) or inputs (columnar format)")
@@ -291,13 +332,14 @@ class ServingClient:
         key = (model, version, label, signature_name or "serving_default")
         try:
             if self._protocol(protocol) == "grpc":
-                return self._grpc_predict(key, instances, inputs, timeout_s)
-            return self._rest_predict(key, instances, inputs, timeout_s)
+                return self._grpc_predict(key, instances, inputs, timeout_s, request_id)
+            return self._rest_predict(key, instances, inputs, timeout_s, request_id)
         except ServingError:
             self._signatures.pop(key, None)  # a label may have moved to a version with another signature
             raise
 
-    def _rest_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float) -> dict[str, np.ndarray]:
+    def _rest_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float,
+                      request_id: str | None) -> PredictAnswer:
         model, version, label, signature_name = key
         body: dict[str, Any] = {"signature_name": signature_name}
         key_name, payload = ("instances", instances) if instances is not None else ("inputs", inputs)
@@ -310,11 +352,13 @@ class ServingClient:
                 body["inputs"] = dict(inputs) if isinstance(inputs, Mapping) else inputs
             data = json.dumps(body, default=_json_default).encode()  # bytes: http.client sends it without copying
         path = _model_path(model, version, label) + ":predict"
-        payload = self._rest("POST", path, data, timeout_s, self.retry, f"predict on {model}")
+        payload, answered_id = self._rest_answer("POST", path, data, timeout_s, self.retry, f"predict on {model}",
+                                                 request_id)
         signature = self._signature(key, timeout_s)
-        return _outputs_from_json(payload, signature["outputs"])
+        return PredictAnswer(_outputs_from_json(payload, signature["outputs"]), answered_id)
 
-    def _grpc_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float) -> dict[str, np.ndarray]:
+    def _grpc_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float,
+                      request_id: str | None) -> PredictAnswer:
         from tensorflow_serving.apis import predict_pb2
 
         from pipeline.wire import tensors
@@ -329,8 +373,9 @@ class ServingClient:
             # An input the signature lacks goes as it is: the server's error says what is wrong.
             dtype = signature["inputs"].get(name, {}).get("dtype")
             tensors.fill_tensor_proto(request.inputs[name], _in_dtype(value, dtype))
-        response = self._grpc("prediction", "Predict", request, timeout_s, self.retry, f"predict on {model}")
-        return {name: tensors.to_ndarray(proto) for name, proto in response.outputs.items()}
+        response, answered_id = self._grpc_answer("prediction", "Predict", request, timeout_s, self.retry,
+                                                  f"predict on {model}", request_id)
+        return PredictAnswer({name: tensors.to_ndarray(proto) for name, proto in response.outputs.items()}, answered_id)
 
     def _signature(self, key: tuple, timeout_s: float) -> dict[str, Any]:
         """The signature a predict targets (cached): names a lone input or output and gives dtypes."""
@@ -388,17 +433,26 @@ class ServingClient:
     def _rest(
         self, method: str, path: str, data: bytes | None, timeout_s: float, policy: RetryPolicy, what: str
     ) -> dict[str, Any]:
+        return self._rest_answer(method, path, data, timeout_s, policy, what)[0]
+
+    def _rest_answer(
+        self, method: str, path: str, data: bytes | None, timeout_s: float, policy: RetryPolicy, what: str,
+        request_id: str | None = None,
+    ) -> tuple[dict[str, Any], str | None]:
+        """The JSON answer and its ``X-Request-Id`` (None when absent or the session keeps no headers)."""
         url = f"{self._rest_base()}{path}"
         headers = {"Content-Type": "application/json"} if data is not None else None
+        if request_id is not None:
+            headers = {**(headers or {}), REQUEST_ID_HEADER: request_id}
 
-        def attempt(remaining_s: float) -> dict[str, Any]:
+        def attempt(remaining_s: float) -> tuple[dict[str, Any], str | None]:
             try:
                 response = self._http().request(method, url, data=data, headers=headers, timeout=remaining_s)
             except requests.Timeout as exc:  # before ConnectionError: ConnectTimeout is both
                 raise DeadlineExceeded(f"{what}: no answer from {url} within {timeout_s:g}s") from exc
             except requests.ConnectionError as exc:
                 raise ServingError("UNAVAILABLE", f"{what}: cannot reach {url}: {exc}", None) from exc
-            return _json_or_error(response)
+            return _json_or_error(response), _header(response, REQUEST_ID_HEADER)
 
         return call_with_retries(attempt, timeout_s, policy, what)
 
@@ -440,6 +494,22 @@ class ServingClient:
                 return call(request, timeout=remaining_s)
             except grpc.RpcError as exc:
                 raise _error_from_rpc(exc, what, timeout_s) from None
+
+        return call_with_retries(attempt, timeout_s, policy, what)
+
+    def _grpc_answer(self, service: str, method: str, request: Any, timeout_s: float, policy: RetryPolicy, what: str,
+                     request_id: str | None) -> tuple[Any, str | None]:
+        """The response and its ``x-request-id`` initial metadata (None when absent)."""
+        call = getattr(self._stub(service), method)
+        metadata = [(REQUEST_ID_METADATA, request_id)] if request_id is not None else None
+
+        def attempt(remaining_s: float) -> tuple[Any, str | None]:
+            try:
+                response, rpc = call.with_call(request, timeout=remaining_s, metadata=metadata)
+            except grpc.RpcError as exc:
+                raise _error_from_rpc(exc, what, timeout_s) from None
+            answered = dict(rpc.initial_metadata() or ()).get(REQUEST_ID_METADATA)
+            return response, answered if isinstance(answered, str) else None
 
         return call_with_retries(attempt, timeout_s, policy, what)
 
@@ -501,6 +571,15 @@ def _fill_model_spec(spec: Any, model: str, version: int | None, label: str | No
         spec.version.value = int(version)
     elif label is not None:
         spec.version_label = label
+
+
+def _header(response: Any, name: str) -> str | None:
+    """A response header by case-insensitive name; None when absent or the transport keeps no headers."""
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    wanted = name.lower()
+    return next((str(value) for key, value in headers.items() if key.lower() == wanted), None)
 
 
 def _json_or_error(response: requests.Response) -> dict[str, Any]:
