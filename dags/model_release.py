@@ -11,11 +11,11 @@ import logging
 import os
 
 import pendulum
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, teardown
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, PokeReturnValue, task, teardown
 
-from pipeline.config import FAULTS, SOURCES_BY_TASK
+from pipeline.config import FAULTS, SOURCES_BY_TASK, LiveCanaryConfig
 from pipeline.dag_specs import ReleaseSpec, release_specs
-from pipeline.flow import RELEASE_STEPS, RESTORE, Step, StepInput
+from pipeline.flow import Step, StepInput, release_steps, restore_step
 from pipeline.wire.grpc_io import prefer_classic_io
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,9 @@ run is left on production and frees the release lock, whatever happened.
 
 Trigger with the form, or `airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
 Conf: `epochs`, `learning_rate`, `batch_size`, `data_source`, `data_path`, `force` (skip the baseline gate),
-`dry_run` (stop after staging), `inject_fault` (`label_shift`; only where the config allows it).
+`dry_run` (stop after staging), `inject_fault` (only where the config allows it; no gate is ever overridden for
+it: `label_shift` is refused by evaluate, `input_convention` (image models: trained on raw 0..255 pixels while
+clients send pixels / 255) passes evaluation and staging on its own and is left to the live canary).
 On-call: the `model_rollback` DAG or `pipeline rollback {model}`; state: `pipeline status {model}`.
 """
 
@@ -60,7 +62,9 @@ def _params(spec: ReleaseSpec) -> dict[str, Param]:
         "force": Param(False, type="boolean", description="skip the no-regression gate against production"),
         "dry_run": Param(False, type="boolean", description="stop after staging validation"),
         "inject_fault": Param(None, type=["null", "string"], enum=faults,
-                              description="a deliberately bad model, to exercise the canary rollback"),
+                              description="a deliberately bad model, caught by the gates, never overridden: "
+                                          "label_shift fails evaluate; input_convention (images on raw 0..255 "
+                                          "pixels) passes evaluation and staging, the live canary catches it"),
     }
 
 
@@ -102,7 +106,19 @@ def _conf(context) -> dict:
     return {**raw, **{k: v for k, v in context["params"].items()}}
 
 
-def _step_task(model: str, step: Step):
+def _phase_sensor(task_id: str, run, poke_interval_s: float, timeout_s: float):
+    """A live phase: each poke looks for a while (``pipeline.tasks.LIVE_LOOK_BUDGET_S``), then frees its worker slot
+    until the next poke (reschedule mode); it fails at once when the phase fails (the rollback is done by then)."""
+
+    def poke(upstream: dict, **context) -> PokeReturnValue:
+        result = run(upstream, **context)
+        return PokeReturnValue(is_done=bool(result["done"]), xcom_value=result)
+
+    poke.__name__ = task_id
+    return task.sensor(task_id=task_id, mode="reschedule", poke_interval=poke_interval_s, timeout=timeout_s)(poke)
+
+
+def _step_task(model: str, step: Step, canary: LiveCanaryConfig | None = None):
     """The Airflow task of one flow step: pull what it needs from its upstream tasks, call :mod:`pipeline.tasks`."""
 
     def run(upstream: dict, **context) -> object:
@@ -114,18 +130,25 @@ def _step_task(model: str, step: Step):
 
     run.__name__ = step.task_id
     retries = _IDEMPOTENT if step.idempotent else {}
+    if step.waits:
+        canary = canary or LiveCanaryConfig()
+        # The analysis calls a phase undecided at bake_s; the sensor's own timeout is only a backstop for a
+        # stalled scheduler (the teardown then rolls the canary back).
+        return _phase_sensor(step.task_id, run, canary.poll_s, timeout_s=2 * canary.bake_s + 300)
     if step.short_circuit:
         return task.short_circuit(task_id=step.task_id, **retries)(run)
     return task(task_id=step.task_id, **retries)(run)
 
 
 # The teardown reads export's result without depending on it (a teardown must run whatever happened upstream).
-_PULLED = {RESTORE.task_id: ("export",)}
+_PULLED = {"restore_production": ("export",)}
 
 
 def build_release_dag(spec: ReleaseSpec) -> DAG:
-    """The release DAG of one model: the tasks and order of :data:`pipeline.flow.RELEASE_STEPS`."""
+    """The release DAG of one model: the tasks and order of :func:`pipeline.flow.release_steps`."""
     model = spec.model
+    steps = release_steps(spec.canary)
+    restore_spec = restore_step(steps)
     raw_data = Asset(name=f"{model}_raw_data", uri=f"pipeline://raw-data/{model}")
     with DAG(
         dag_id=f"{model}_release",
@@ -139,13 +162,14 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
         default_args={"on_failure_callback": _on_failure, "retries": 0},
     ) as dag:
         outputs: dict = {}
-        for step in RELEASE_STEPS:
-            outputs[step.task_id] = _step_task(model, step)(upstream={name: outputs[name] for name in step.needs})
+        for step in steps:
+            outputs[step.task_id] = _step_task(model, step, spec.canary)(
+                upstream={name: outputs[name] for name in step.needs})
         container = _container_training(spec)
         if container is not None:
             outputs["validate_data"] >> container >> outputs["train"]
-        restore = teardown(_step_task(model, RESTORE))(upstream={})
-        [outputs[name] for name in RESTORE.needs] >> restore
+        restore = teardown(_step_task(model, restore_spec))(upstream={})
+        [outputs[name] for name in restore_spec.needs] >> restore
     return dag
 
 

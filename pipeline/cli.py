@@ -135,6 +135,41 @@ def _feedback(args: argparse.Namespace) -> Any:
     return summary.as_dict() if args.json else summary.describe()
 
 
+@command("traffic")
+def _traffic(args: argparse.Namespace) -> Any:
+    import signal
+    import threading
+    from dataclasses import replace
+
+    from pipeline.config import load_model_config
+    from pipeline.live.traffic import APIS, TrafficSpec, check_endpoints, configured_endpoints, run_traffic
+    from pipeline.release.registry import Registry
+
+    apis = APIS if args.api == "both" else (args.api,)
+    rest_url, grpc_target = args.endpoint_rest, args.endpoint_grpc
+    feedback_url = None if args.no_feedback else args.feedback_url
+    if ("rest" in apis and not rest_url) or ("grpc" in apis and not grpc_target) or \
+            (not args.no_feedback and not feedback_url):
+        from pipeline.live.endpoints import live_endpoints
+
+        defaults = live_endpoints()  # only for what was left out: it needs the profile's traffic: section
+        rest_url, grpc_target = rest_url or defaults.rest_url, grpc_target or defaults.grpc_target
+        feedback_url = None if args.no_feedback else feedback_url or defaults.capture_url
+    spec = TrafficSpec(args.model, rest_url=rest_url, grpc_target=grpc_target, feedback_url=feedback_url,
+                       rps=args.rps, duration_s=args.duration, apis=apis,
+                       label_delay_s=args.label_delay, label_share=args.label_share, signature_name=args.signature,
+                       seed=args.seed, max_in_flight=args.max_in_flight, timeout_s=args.timeout)
+    check_endpoints(spec, configured_endpoints())  # before anything is read or sent
+    load_model_config(args.model)  # an unknown model fails here, naming the known ones
+    paths = _paths(args)
+    spec = replace(spec, stable_version=Registry(paths.registry_url).stable_version(args.model))
+    stop = threading.Event()  # SIGTERM/SIGINT end the run early; the report still prints (the demo stops it so)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    report = run_traffic(spec, paths=paths, stop=stop)
+    return report.as_dict() if args.json else "\n".join(report.summary_lines())
+
+
 @command("up")
 def _up(args: argparse.Namespace) -> Any:
     from pipeline import stack
@@ -147,7 +182,15 @@ def _down(args: argparse.Namespace) -> Any:
     from pipeline import stack
 
     stack.down()
-    return "stopped Airflow and both TF Serving instances"
+    return "stopped Airflow, the live traffic path (if any) and the TF Serving instances"
+
+
+@command("capture-serve")
+def _capture_serve(args: argparse.Namespace) -> Any:
+    from pipeline.live.services import serve_capture
+
+    serve_capture(args.host, args.port, args.serving_url, args.model or ())
+    return "capture service stopped"
 
 
 @command("demo")
@@ -204,12 +247,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="recorded with each label (default: file:<name>)")
     p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
     p.add_argument("--json", action="store_true", help="print the counts and every problem as JSON")
+    p = sub.add_parser("traffic", help="replay held-out examples through the production endpoint at a steady rate, "
+                                       "their true labels as delayed feedback")
+    p.add_argument("model", help="model name (its newest or stable-version data snapshot gives the examples)")
+    p.add_argument("--rps", type=float, required=True, help="requests per second (at most 500)")
+    p.add_argument("--duration", type=float, required=True, help="seconds of traffic (at most 3600)")
+    p.add_argument("--api", choices=("rest", "grpc", "both"), default="both", help="both alternates (default)")
+    p.add_argument("--label-delay", type=float, default=2.0, help="seconds from an answer to its label (default 2)")
+    p.add_argument("--label-share", type=float, default=1.0, help="share of answers whose label is sent (default 1)")
+    p.add_argument("--no-feedback", action="store_true", help="send no labels")
+    p.add_argument("--endpoint-rest", metavar="URL", help="default: the serving profile's production endpoint")
+    p.add_argument("--endpoint-grpc", metavar="HOST:PORT", help="default: the serving profile's production endpoint")
+    p.add_argument("--feedback-url", metavar="URL", help="default: the serving profile's capture service")
+    p.add_argument("--signature", default="serving_default", help="the signature asked (default serving_default)")
+    p.add_argument("--seed", type=int, default=0, help="the shuffle of the examples (default 0)")
+    p.add_argument("--max-in-flight", type=int, default=16, help="requests in flight at most (default 16)")
+    p.add_argument("--timeout", type=float, default=10.0, help="each request's deadline in seconds (default 10)")
+    p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("up", help="start the embedded staging/production servers and Airflow standalone")
     sub.add_parser("down", help="stop Airflow and both servers (the whole process groups)")
     p = sub.add_parser("demo", help="the main job: the MNIST release through Airflow, then a failing canary")
     p.add_argument("--skip-fault", action="store_true", help="only the good release")
     sub.add_parser("serve", help="run the embedded TF-Serving-compatible server (tensorflow_model_server flags)",
                    add_help=False)
+    p = sub.add_parser("capture-serve", help="run the capture service (the proxy's mirror target, POST /feedback) "
+                                             "in the foreground; `pipeline up` runs it under supervisord")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8701)
+    p.add_argument("--serving-url", required=True, help="the canary instance's REST API (labels stable, canary)")
+    p.add_argument("--model", action="append", help="a captured model (repeatable; default: every configured one)")
     return parser
 
 

@@ -6,9 +6,9 @@ else is read inside the tasks at run time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pipeline.config import list_models, load_model_config
+from pipeline.config import LiveCanaryConfig, list_models, load_model_config
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class ReleaseSpec:
     epochs: int
     learning_rate: float
     train_runner: str = "in_process"
+    canary: LiveCanaryConfig = field(default_factory=LiveCanaryConfig)  # the live phases: one task each
 
 
 def release_specs() -> list[ReleaseSpec]:
@@ -34,6 +35,6 @@ def release_specs() -> list[ReleaseSpec]:
             model=config.name, task=config.task, schedule=config.release.schedule,
             allow_fault_injection=config.release.allow_fault_injection, data_source=config.data.source,
             epochs=config.train.epochs, learning_rate=config.train.learning_rate,
-            train_runner=config.train.runner,
+            train_runner=config.train.runner, canary=config.canary,
         ))
     return specs

@@ -1,14 +1,23 @@
-"""``make demo``: the MNIST release through Airflow on the embedded servers, then a bad model caught by the canary.
+"""``make demo``: the MNIST release through Airflow on the embedded stack, judged on live traffic.
 
-1. start the stack (embedded staging + production TF Serving, ``airflow standalone``);
-2. ``airflow dags trigger mnist_release`` and wait: production serves the new version as ``stable``;
-3. ``airflow dags trigger mnist_release --conf '{"inject_fault": "label_shift"}'``: the canary fails,
-   production is rolled back automatically, and the run fails with the canary's reasons.
+1. start the stack: embedded staging, production and canary TF Serving, the nginx production endpoint, the
+   capture service, Prometheus, ``airflow standalone``;
+2. release 1 (``airflow dags trigger mnist_release``): the first version becomes ``stable`` (nothing live to
+   compare a first release with: the golden and held-out probes judge it);
+3. live traffic starts: ``pipeline traffic mnist`` replays held-out digits through the production endpoint
+   (REST and gRPC) and sends their true labels back as delayed feedback;
+4. release 2, a retrained model (``--conf '{"epochs": 10}'``): shadow, then 5 -> 25 -> 50 % of live traffic,
+   each step judged on live predictions, then ``stable`` -> 2;
+5. release 3, a model whose input convention silently changed (``--conf '{"inject_fault": "input_convention"}'``):
+   it passes evaluation and staging on its own convention, with no gate overridden, and only the live canary
+   catches it: split 0, rollback, and the live figures that triggered it are printed.
 The stack keeps running afterwards so the UI can be explored; ``make down`` stops it.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -20,7 +29,10 @@ from pipeline.settings import get_paths
 from pipeline.steps import resolve_config
 
 _DAG = "mnist_release"
-_FAULT_CONF = {"inject_fault": "label_shift"}
+_GOOD_CONF = {"epochs": 10}
+_BAD_CONF = {"inject_fault": "input_convention"}
+_TRAFFIC_RPS = 50
+_TRAFFIC_MAX_S = 1800  # bounded; stopped as soon as the releases are done
 
 
 def _say(text: str) -> None:
@@ -44,6 +56,38 @@ def _task_summary(api: AirflowApi, run_id: str) -> str:
     return "\n".join(lines)
 
 
+def _start_traffic() -> subprocess.Popen[bytes]:
+    """``pipeline traffic mnist`` in the background: live clients for the canary to be judged on."""
+    command = [sys.executable, "-m", "pipeline", "traffic", "mnist", "--rps", str(_TRAFFIC_RPS),
+               "--duration", str(_TRAFFIC_MAX_S), "--api", "both"]
+    print(f"   {' '.join(command[2:])}  (log: var/live/traffic.log)", flush=True)
+    log_path = get_paths().home / "live" / "traffic.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _stop_traffic(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()  # it prints its report (sent, failed, latency, feedback) on the way out
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _live_figures(run_id: str) -> str:
+    """The live phases of a run with the figures each decided on (the failed one's root cause included)."""
+    release = Release(resolve_config("mnist"))
+    phases = sorted(release.registry.live_phases("mnist", run_id=run_id), key=lambda p: p.id)
+    lines = []
+    for phase in phases:
+        lines.append(f"   {phase.phase:<7} {phase.decision:<9} (canary {phase.canary_percent:g} %, mirror "
+                     f"{phase.mirror_percent:g} %)")
+        if phase.decision != "pass":
+            lines.extend(f"     {line.strip()}" for line in phase.summary.splitlines())
+    return "\n".join(lines) or "   (no live phase ran)"
+
+
 def _production_summary() -> dict[str, Any]:
     status = model_status(Release(resolve_config("mnist")))
     production = status["servers"]["production"]
@@ -56,7 +100,7 @@ def _production_summary() -> dict[str, Any]:
 def run_demo(skip_fault: bool = False) -> str:
     """Run the demo; returns where to look."""
     paths = get_paths()
-    _say("starting embedded TF Serving (staging, production) and Airflow standalone")
+    _say("starting the stack: TF Serving (staging, production, canary), nginx endpoint, capture, Prometheus, Airflow")
     where = stack.up(paths)
     api = AirflowApi(where["airflow_ui"], paths)
     api.wait_for_dag(_DAG)
@@ -64,16 +108,33 @@ def run_demo(skip_fault: bool = False) -> str:
     run_id, run, seconds = _run(api, {})
     print(_task_summary(api, run_id))
     print(f"   run {run['state']} in {seconds:.0f} s; production: {_production_summary()}")
-    if not skip_fault:
-        _say(f"release 2, a deliberately bad model: airflow dags trigger {_DAG} --conf '{{\"inject_fault\": \"label_shift\"}}'")
-        run_id, run, seconds = _run(api, _FAULT_CONF)
+    _say(f"live traffic: {_TRAFFIC_RPS} requests/s of held-out digits through {where.get('production_endpoint_rest')}")
+    traffic = _start_traffic()
+    try:
+        _say(f"release 2, retrained: airflow dags trigger {_DAG} --conf '{{\"epochs\": 10}}'")
+        run_id, run, seconds = _run(api, _GOOD_CONF)
         print(_task_summary(api, run_id))
-        print(f"   run {run['state']} in {seconds:.0f} s (expected: failed, canary rolled back); "
-              f"production: {_production_summary()}")
+        print(_live_figures(run_id))
+        print(f"   run {run['state']} in {seconds:.0f} s; production: {_production_summary()}")
+        if not skip_fault:
+            _say(f"release 3, input convention silently changed: airflow dags trigger {_DAG} "
+                 f"--conf '{{\"inject_fault\": \"input_convention\"}}'")
+            run_id, run, seconds = _run(api, _BAD_CONF)
+            print(_task_summary(api, run_id))
+            print("   live figures that decided:")
+            print(_live_figures(run_id))
+            print(f"   run {run['state']} in {seconds:.0f} s (expected: failed, rolled back by the live canary); "
+                  f"production: {_production_summary()}")
+    finally:
+        _stop_traffic(traffic)
     lines = [f"Airflow UI   {where['airflow_ui']}   login {where['login']}",
              f"Task logs    {where['logs']}",
+             f"Endpoint     REST {where.get('production_endpoint_rest')}   gRPC {where.get('production_endpoint_grpc')}"
+             f"   (clients; feedback: POST {where.get('capture')}/feedback/mnist)",
              f"Servers      staging {where['staging_rest']}   production {where['production_rest']}",
+             f"Prometheus   {where.get('prometheus')}",
              f"Shell        {where['shell']}   (then: airflow dags trigger mnist_release --conf '{{\"epochs\": 3}}')",
-             "State        .venv/bin/pipeline status mnist",
+             "State        .venv/bin/pipeline status mnist   (live split, phases and their figures)",
+             "Traffic      .venv/bin/pipeline traffic mnist --rps 20 --duration 60",
              "Stop         make down"]
     return "\n".join(lines)

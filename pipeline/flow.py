@@ -1,9 +1,11 @@
 """The release flow as data: the one place that says which task runs after which, and what each reads.
 
-The ``<model>_release`` DAG is built from :data:`RELEASE_STEPS` and :data:`RESTORE` (``dags/model_release.py``),
+The ``<model>_release`` DAG is built from :func:`release_steps` and :func:`restore_step` (``dags/model_release.py``),
 and :func:`run_release` walks the same steps in one process (``pipeline release``, tests, debugging). Each
 step is one call into :mod:`pipeline.tasks`, which is handed in at run time, so this module stays light enough
-for a DAG file to import at parse time.
+for a DAG file to import at parse time. The live canary's phases (shadow, then each weighted step of the model's
+``canary.steps``) are one waiting step each: a sensor in the DAG (reschedule mode: no worker slot is held
+between looks), a loop here.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
+
+from pipeline.config import LiveCanaryConfig
+from pipeline.live.phases import PhaseSpec, live_phases
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ class Step:
         needs: steps whose results this one reads; each is also its upstream task.
         short_circuit: a False result skips everything after it (the run still succeeds).
         idempotent: safe to retry (the DAG gives it one retry).
+        waits: a phase that waits on live traffic: ``call`` looks for a while and returns ``{"done": bool, ...}``;
+            it is called again until done (it raises on a failure).
     """
 
     task_id: str
@@ -49,9 +56,10 @@ class Step:
     needs: tuple[str, ...] = ()
     short_circuit: bool = False
     idempotent: bool = False
+    waits: bool = False
 
 
-RELEASE_STEPS: tuple[Step, ...] = (
+_BUILD_AND_STAGE: tuple[Step, ...] = (
     Step("check_conf", lambda t, s: t.check_conf(s.model, s.conf)),
     Step("prepare_data", lambda t, s: t.prepare_data(s.model, s.conf), ("check_conf",), idempotent=True),
     Step("validate_data", lambda t, s: t.validate_data(s.model, s.conf, s["prepare_data"]["snapshot"]),
@@ -71,15 +79,43 @@ RELEASE_STEPS: tuple[Step, ...] = (
          ("export", "unless_dry_run")),
     Step("canary_check", lambda t, s: t.canary_check(s.model, s["export"]["version"], s.run_id),
          ("export", "promote_canary")),
-    Step("finalize", lambda t, s: t.finalize(s.model, s["export"]["version"], s.run_id),
-         ("export", "canary_check")),
 )
+_SERVER_STEPS = ("deploy_staging", "validate_staging", "promote_canary", "canary_check")
 
-# Runs after the steps that touch servers, whatever happened to them (an Airflow teardown): no canary of this run
-# is left on production and the release lock is free. It reads export's result if there is one.
-RESTORE = Step("restore_production",
-               lambda t, s: t.restore_production(s.model, (s.results.get("export") or {}).get("version"), s.run_id),
-               needs=("deploy_staging", "validate_staging", "promote_canary", "canary_check", "finalize"))
+
+def _phase_step(phase: PhaseSpec, after: str) -> Step:
+    return Step(phase.task_id, lambda t, s: t.live_phase(s.model, s["export"]["version"], s.run_id, phase.name),
+                ("export", after), idempotent=True, waits=True)
+
+
+def release_steps(canary: LiveCanaryConfig | None = None) -> tuple[Step, ...]:
+    """Every step of a model's release in order, its live phases from ``canary`` (default: the default config)."""
+    steps = list(_BUILD_AND_STAGE)
+    for phase in live_phases(canary or LiveCanaryConfig()):
+        steps.append(_phase_step(phase, after=steps[-1].task_id))
+    steps.append(Step("finalize", lambda t, s: t.finalize(s.model, s["export"]["version"], s.run_id),
+                      ("export", steps[-1].task_id)))
+    return tuple(steps)
+
+
+def restore_step(steps: Sequence[Step]) -> Step:
+    """Runs after the steps that touch servers, whatever happened to them (an Airflow teardown): no canary of this
+    run is left serving, the split routes nothing to it, and the locks are free. It reads export's result if any."""
+    touching = [s.task_id for s in steps if s.task_id in _SERVER_STEPS or s.waits or s.task_id == "finalize"]
+    return Step("restore_production",
+                lambda t, s: t.restore_production(s.model, (s.results.get("export") or {}).get("version"), s.run_id),
+                needs=tuple(touching))
+
+
+def steps_for_model(model: str) -> tuple[Step, ...]:
+    """The release steps of ``model``, its live phases from its config."""
+    from pipeline.steps import resolve_config
+
+    return release_steps(resolve_config(model).canary)
+
+
+RELEASE_STEPS: tuple[Step, ...] = release_steps()  # with the default live phases (tests, docs)
+RESTORE: Step = restore_step(RELEASE_STEPS)
 
 
 def new_run_id(prefix: str = "manual") -> str:
@@ -89,36 +125,40 @@ def new_run_id(prefix: str = "manual") -> str:
 
 def run_release(model: str, conf: dict[str, Any] | None = None, run_id: str | None = None,
                 on_task: Callable[[str, float], None] | None = None) -> dict[str, Any]:
-    """Every release step in order, in this process, then :data:`RESTORE` once a server-touching step ran.
+    """Every release step in order, in this process, then the restore step once a server-touching step ran.
 
     Returns each step's result by task id (and ``run_id``). A failing step is recorded as the DAG's failure
-    callback records it, then the error propagates.
+    callback records it, then the error propagates. A waiting step is called again until it is done.
     """
     from pipeline import tasks
 
     run_id = run_id or new_run_id()
     conf = conf or {}
     results: dict[str, Any] = {"run_id": run_id}
+    release = steps_for_model(model)
+    restore = restore_step(release)
 
     def run(step: Step) -> Any:
         start = time.perf_counter()
         results[step.task_id] = step.call(tasks, StepInput(model, conf, run_id, results))
+        while step.waits and not results[step.task_id]["done"]:
+            results[step.task_id] = step.call(tasks, StepInput(model, conf, run_id, results))
         if on_task:
             on_task(step.task_id, time.perf_counter() - start)
         return results[step.task_id]
 
     failure: Exception | None = None
     try:
-        for step in RELEASE_STEPS:
+        for step in release:
             if not run(step) and step.short_circuit:
                 break
     except Exception as exc:  # noqa: BLE001 - recorded, restored after, then raised again
         failure = exc
         log.error(tasks.record_task_failure(model, run_id, step.task_id, str(exc)))
-    touched = step.task_id in RESTORE.needs or any(name in results for name in RESTORE.needs)
+    touched = step.task_id in restore.needs or any(name in results for name in restore.needs)
     if touched:  # a step that touches servers ran (or failed): restore, as the DAG's teardown does
         try:
-            run(RESTORE)
+            run(restore)
         except Exception:
             if failure is None:
                 raise

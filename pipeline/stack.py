@@ -1,4 +1,6 @@
-"""The local stack the demo and ``make up`` run: embedded staging/production TF Serving + ``airflow standalone``.
+"""The local stack the demo and ``make up`` run: embedded staging/production TF Serving + ``airflow standalone``,
+and, where the serving profile has a live traffic path, the canary instance, the nginx proxy in front of
+production, the capture service and Prometheus (:mod:`pipeline.live.services`).
 
 Airflow runs with SQLite and the LocalExecutor, sized for a 2-core machine, in its own process group
 (its children outlive a plain SIGTERM of the parent, so the whole group is stopped). Everything lives
@@ -19,6 +21,7 @@ from pathlib import Path
 import requests
 
 from pipeline.errors import PipelineError
+from pipeline.live.services import live_path_in_profile, start_live_path, stop_live_path
 from pipeline.serving.backends import get_backend
 from pipeline.settings import REPO_ROOT, Paths, config_dir, get_paths
 from pipeline.util.polling import poll_until
@@ -180,19 +183,21 @@ def up(paths: Paths | None = None) -> dict[str, str]:
     """Start the whole stack; returns where to look."""
     paths = paths or get_paths()
     servers = start_servers(paths)
+    live = start_live_path(paths) if live_path_in_profile() else {}
     url = start_airflow(paths)
     env_file = write_env_file(paths)
     return {"airflow_ui": url, "login": f"admin / {admin_password(paths) or '(see standalone.log)'}",
-            **{f"{k}_rest": v for k, v in servers.items()},
+            **{f"{k}_rest": v for k, v in servers.items()}, **live,
             "logs": str(airflow_home(paths) / "logs"), "standalone_log": str(airflow_home(paths) / "standalone.log"),
             "shell": f"source {env_file}"}
 
 
 def down(paths: Paths | None = None) -> None:
-    """Stop Airflow and both servers; leaves nothing running."""
+    """Stop Airflow, the live traffic path and the servers; leaves nothing running."""
     paths = paths or get_paths()
     errors = []
-    for stop in (stop_airflow, stop_servers):
+    stops = (stop_airflow, stop_live_path, stop_servers) if live_path_in_profile() else (stop_airflow, stop_servers)
+    for stop in stops:
         try:
             stop(paths)
         except PipelineError as exc:

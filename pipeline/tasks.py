@@ -17,11 +17,12 @@ from pipeline import steps
 from pipeline.config import FAULTS, ModelConfig
 from pipeline.errors import ConfigError, NotFound, ValidationFailed
 from pipeline.gates import Verdict
-from pipeline.release import canary, staging
+from pipeline.live.phases import phase_named
+from pipeline.release import canary, live_canary, staging
 from pipeline.release import rollback as rollback_module
 from pipeline.release.context import Release
-from pipeline.release.production import CANARY, production_state
-from pipeline.release.registry import Registry
+from pipeline.release.production import CANARY, STABLE, production_state
+from pipeline.release.registry import Registry, State
 from pipeline.settings import get_paths
 
 log = logging.getLogger(__name__)
@@ -89,21 +90,16 @@ def production_baseline(release: Release) -> dict[str, float] | None:
 
 
 def evaluate(model: str, conf: dict[str, Any] | None, run_dir: str) -> dict[str, Any]:
-    """Floor + no regression against production; ``force`` skips the baseline, a fault makes it advisory."""
+    """Floor + no regression against production; ``force`` skips the baseline (only that: the floor holds)."""
     config, flags = parse_conf(model, conf)
     baseline = None if flags["force"] else production_baseline(Release(config))
     verdict = steps.evaluate(config, run_dir, baseline)
-    _enforce(verdict, flags)
+    _enforce(verdict)
     return verdict.to_dict()
 
 
-def _enforce(verdict: Verdict, flags: dict[str, Any]) -> None:
-    """Raise on a failed gate, unless a fault is injected on purpose (the canary must then catch it)."""
-    if verdict.blessed:
-        return
-    if flags.get("inject_fault"):
-        log.warning("%s: overridden because fault %r is injected on purpose", verdict.summary(), flags["inject_fault"])
-        return
+def _enforce(verdict: Verdict) -> None:
+    """Raise on a failed gate. No gate is ever bypassed: a fault injected on purpose must pass on its own."""
     verdict.raise_if_failed()
 
 
@@ -152,11 +148,9 @@ def deploy_staging(model: str, version: int, run_id: str) -> dict[str, Any]:
 
 
 def validate_staging(model: str, conf: dict[str, Any] | None, version: int, run_id: str) -> dict[str, Any]:
-    config, flags = parse_conf(model, conf)
-    fault = flags["inject_fault"]
-    verdict = staging.validate_on_staging(Release(config), version, run_id,
-                                  overridden_by=f"fault {fault!r} injected on purpose" if fault else None)
-    _enforce(verdict, flags)
+    config, _ = parse_conf(model, conf)
+    verdict = staging.validate_on_staging(Release(config), version, run_id)
+    _enforce(verdict)
     return verdict.to_dict()
 
 
@@ -166,30 +160,68 @@ def should_promote(conf: dict[str, Any] | None) -> bool:
 
 
 def promote_canary(model: str, version: int, run_id: str) -> dict[str, Any]:
-    return canary.promote_canary(Release(steps.resolve_config(model)), version, run_id)
+    """Live where the profile has a traffic path and production has a stable to compare with; else the label."""
+    release = Release(steps.resolve_config(model))
+    if live_canary.live_path_configured(release) and production_state(release).label(STABLE) is not None:
+        return live_canary.promote_live(release, version, run_id)
+    return {**canary.promote_canary(release, version, run_id), "live": False, "why_not_live": _why_not_live(release)}
+
+
+def _why_not_live(release: Release) -> str:
+    if not live_canary.live_path_configured(release):
+        return "the serving profile has no live traffic path (traffic: section and canary instance)"
+    return "first release of the model: no stable version and no live traffic to judge it against"
 
 
 def canary_check(model: str, version: int, run_id: str) -> dict[str, Any]:
-    return canary.canary_gate(Release(steps.resolve_config(model)), version, run_id).to_dict()
+    """The golden and held-out probes through the canary label, before any live request reaches it."""
+    release = Release(steps.resolve_config(model))
+    if live_canary.is_live(release, version):
+        return canary.canary_gate(release, version, run_id, live=True).to_dict()
+    return canary.canary_gate(release, version, run_id).to_dict()
+
+
+# How long one look of a live phase may hold a worker slot (a sensor in reschedule mode frees it in between).
+LIVE_LOOK_BUDGET_S = 20.0
+
+
+def live_phase(model: str, version: int, run_id: str, phase: str, budget_s: float = LIVE_LOOK_BUDGET_S
+               ) -> dict[str, Any]:
+    """Watch one live phase for up to ``budget_s``: ``done`` once it passed; raises (after the rollback) when it
+    failed or could not decide. A release that did not go live has nothing to watch (``done``, and why)."""
+    release = Release(steps.resolve_config(model))
+    spec = phase_named(release.config.canary, phase)
+    if not live_canary.is_live(release, version):
+        if release.registry.get_version(model, version).state is not State.CANARY:
+            raise ValidationFailed(f"{model} {version} is no longer the canary (rolled back or replaced)")
+        return {"done": True, "phase": spec.name, "live": False, "why_not_live": _why_not_live(release)}
+    look = live_canary.watch_phase(release, version, run_id, spec, budget_s)
+    return {"done": look.analysis.decision == "pass", "phase": spec.name, "live": True,
+            "decision": look.analysis.decision, "progress": look.progress}
 
 
 def finalize(model: str, version: int, run_id: str) -> dict[str, Any]:
     release = Release(steps.resolve_config(model))
     try:
+        if live_canary.is_live(release, version):
+            return live_canary.finalize_live(release, version, run_id)
         return canary.finalize_release(release, version, run_id)
     finally:
         release.registry.release_lock(model, run_id)
 
 
 def restore_production(model: str, version: int | None, run_id: str) -> dict[str, Any]:
-    """After any failure past staging: make sure the canary is gone and stable untouched; free the lock."""
+    """After any failure past staging: make sure the canary is gone and stable untouched; free the locks."""
     release = Release(steps.resolve_config(model))
     try:
+        if version is not None and live_canary.is_live(release, version):
+            return live_canary.rollback_live(release, version, run_id, ["the release failed after promotion"])
         if version is not None and production_state(release).label(CANARY) == version:
             return canary.rollback_canary(release, version, ["the release failed after promotion"], run_id)
         return {"restored": False, "reason": "no canary of this run on production"}
     finally:
         release.registry.release_lock(model, run_id)
+        release.registry.release_lock(live_canary.TRAFFIC_LOCK, run_id)
 
 
 def rollback(model: str, to_version: int | None, run_id: str | None, reason: str = "on-call rollback") -> dict[str, Any]:

@@ -10,7 +10,9 @@ from pipeline import flow, tasks
 from pipeline.flow import RELEASE_STEPS, RESTORE, new_run_id, run_release
 
 _ORDER = ["check_conf", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
-          "deploy_staging", "validate_staging", "unless_dry_run", "promote_canary", "canary_check", "finalize"]
+          "deploy_staging", "validate_staging", "unless_dry_run", "promote_canary", "canary_check",
+          "shadow", "canary_5pct", "canary_25pct", "canary_50pct", "finalize"]
+_PHASES = {"shadow": "shadow", "canary_5pct": "5%", "canary_25pct": "25%", "canary_50pct": "50%"}
 # Each step's task function in pipeline.tasks, and what a fake of it returns.
 _FAKES: dict[str, tuple[str, Any]] = {
     "check_conf": ("check_conf", {"model": "m"}),
@@ -25,6 +27,7 @@ _FAKES: dict[str, tuple[str, Any]] = {
     "unless_dry_run": ("should_promote", True),
     "promote_canary": ("promote_canary", {"version": 7}),
     "canary_check": ("canary_check", {"status": "BLESSED"}),
+    **{task_id: ("live_phase", {"done": True}) for task_id in _PHASES},
     "finalize": ("finalize", {"stable": 7}),
     "restore_production": ("restore_production", {"restored": False}),
 }
@@ -40,6 +43,7 @@ def calls(monkeypatch) -> list[tuple[str, tuple]]:
             return _result
         monkeypatch.setattr(tasks, function, fake)
     monkeypatch.setattr(tasks, "record_task_failure", lambda *args: seen.append(("record_task_failure", args)) or "x")
+    monkeypatch.setattr(flow, "steps_for_model", lambda model: RELEASE_STEPS)
     return seen
 
 
@@ -47,7 +51,31 @@ def test_the_order_is_the_dags():
     assert [step.task_id for step in RELEASE_STEPS] == _ORDER
     for step in RELEASE_STEPS:  # every step reads only steps that come before it
         assert set(step.needs) <= set(_ORDER[:_ORDER.index(step.task_id)]), step.task_id
-    assert set(RESTORE.needs) == {"deploy_staging", "validate_staging", "promote_canary", "canary_check", "finalize"}
+    assert set(RESTORE.needs) == {"deploy_staging", "validate_staging", "promote_canary", "canary_check", "finalize",
+                                  *_PHASES}
+    assert all(step.waits == (step.task_id in _PHASES) for step in RELEASE_STEPS)
+
+
+def test_the_live_phases_follow_the_models_canary_steps():
+    from pipeline.config import LiveCanaryConfig
+
+    steps = flow.release_steps(LiveCanaryConfig(steps=(10, 60)))
+    ids = [step.task_id for step in steps]
+    assert ids[ids.index("canary_check") + 1:] == ["shadow", "canary_10pct", "canary_60pct", "finalize"]
+    assert dict((s.task_id, s.needs) for s in steps)["finalize"] == ("export", "canary_60pct")
+    assert {"shadow", "canary_10pct", "canary_60pct"} <= set(flow.restore_step(steps).needs)
+
+
+def test_a_waiting_phase_is_called_until_it_is_done(calls, monkeypatch):
+    looks: list[str] = []
+
+    def live_phase(model: str, version: int, run_id: str, phase: str) -> dict:
+        looks.append(phase)
+        return {"done": looks.count(phase) >= 3}
+
+    monkeypatch.setattr(tasks, "live_phase", live_phase)
+    run_release("m", {}, run_id="r-wait")
+    assert looks == [phase for phase in _PHASES.values() for _ in range(3)]
 
 
 def test_a_release_calls_every_task_with_what_the_earlier_ones_returned(calls):

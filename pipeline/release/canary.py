@@ -11,6 +11,8 @@ from typing import Any
 
 from pipeline.errors import ValidationFailed
 from pipeline.gates import Verdict
+from pipeline.live.endpoints import CANARY_INSTANCE
+from pipeline.release import live_canary
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.probes import Target, accuracy_probe, agreement_probe, golden_probe, latency_probe, merge
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
@@ -33,9 +35,11 @@ def promote_canary(release: Release, version: int, run_id: str | None = None) ->
     return {"version": version, "stable": stable}
 
 
-def check_canary(release: Release, version: int) -> Verdict:
-    """Canary predictions through the ``canary`` label: golden correctness, agreement with stable, errors, latency."""
-    serving, client = release.config.serving, release.client(PRODUCTION)
+def check_canary(release: Release, version: int, instance: str = PRODUCTION) -> Verdict:
+    """Canary predictions through the ``canary`` label of ``instance``: golden correctness, held-out accuracy,
+    agreement with stable, latency. Before any live request reaches the candidate (it runs on the canary
+    instance when the release goes live, on production otherwise)."""
+    serving, client = release.config.serving, release.client(instance)
     canary = Target(client, release.model, label=CANARY, signature_name=serving.signature_name)
     inputs, labels = release.held_out_sample(version)
     probes = [
@@ -43,7 +47,7 @@ def check_canary(release: Release, version: int) -> Verdict:
         accuracy_probe(canary, inputs, labels, release.config.gates.min_value),
         latency_probe(canary, inputs, serving.latency_budget_p95_ms),
     ]
-    if production_state(release).label(STABLE) is not None:
+    if production_state(release).label(STABLE) is not None:  # the instance names stable as production does
         stable = Target(client, release.model, label=STABLE, signature_name=serving.signature_name)
         probes.append(agreement_probe(canary, stable, inputs, release.config.release.canary_min_agreement))
     result = merge(*probes)
@@ -89,14 +93,20 @@ def rollback_canary(release: Release, version: int, reasons: list[str], run_id: 
     return {"rolled_back": version, "stable": stable}
 
 
-def canary_gate(release: Release, version: int, run_id: str | None = None) -> Verdict:
-    """Check the canary; on failure roll back at once (the decision and the rollback in one step) and raise."""
+def canary_gate(release: Release, version: int, run_id: str | None = None, live: bool = False) -> Verdict:
+    """Check the canary; on failure roll back at once (the decision and the rollback in one step) and raise.
+
+    ``live``: the canary is on the canary instance (:mod:`pipeline.release.live_canary`), not yet routed to.
+    """
     try:
-        verdict = check_canary(release, version)
+        verdict = check_canary(release, version, instance=CANARY_INSTANCE if live else PRODUCTION)
     except Exception as exc:  # noqa: BLE001 - a crashed check must not leave a canary serving
         verdict = Verdict("canary", False, [f"canary check crashed: {exc}"])
     if not verdict.blessed:
-        rollback_canary(release, version, verdict.reasons, run_id)
+        if live:
+            live_canary.rollback_live(release, version, run_id, verdict.reasons)
+        else:
+            rollback_canary(release, version, verdict.reasons, run_id)
         raise ValidationFailed(f"{verdict.summary()}; rolled back: production serves stable "
                                f"{production_state(release).label(STABLE)}")
     return verdict

@@ -10,6 +10,8 @@ Tables, created on first use:
 - ``transitions``: one row per state change (from, to, when, Airflow run id, reason).
 - ``events``: task failures reported by Airflow's ``on_failure_callback``.
 - ``locks``: one row per locked model; cross-process mutual exclusion for releases and rollbacks.
+- ``live_phases``: one row per phase of a live canary (shadow, each weighted step): its split, when it started,
+  its decision and every figure of its analysis, updated at each look.
 
 The life of a version (``_ALLOWED`` is the full table)::
 
@@ -180,6 +182,26 @@ locks = sa.Table(
     sa.Column("expires_at", _UTCDateTime, nullable=False),
 )
 
+live_phases = sa.Table(
+    "live_phases",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("phase", sa.String(32), nullable=False),
+    sa.Column("canary_percent", sa.Float, nullable=False),
+    sa.Column("mirror_percent", sa.Float, nullable=False),
+    sa.Column("started_at", _UTCDateTime, nullable=False),
+    sa.Column("updated_at", _UTCDateTime, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # running | pass | fail | undecided
+    sa.Column("figures", sa.JSON),
+    sa.Column("summary", sa.Text, nullable=False, default=""),
+    sa.Column("window", sa.JSON),  # where the phase's window starts in the proxy's log (path, offset)
+    sa.UniqueConstraint("model", "run_id", "phase", name="uq_live_phases_run_phase"),
+    sa.Index("ix_live_phases_model_id", "model", "id"),
+)
+
 
 @dataclass(frozen=True)
 class VersionRecord:
@@ -222,6 +244,29 @@ class FailureEvent:
     task_id: str | None
     reason: str
     at: datetime
+
+
+@dataclass(frozen=True)
+class LivePhase:
+    """One phase of a live canary as recorded: its split, start, decision and the figures of its last look."""
+
+    id: int
+    model: str
+    version: int
+    run_id: str
+    phase: str
+    canary_percent: float
+    mirror_percent: float
+    started_at: datetime
+    updated_at: datetime
+    decision: str
+    figures: dict[str, Any]
+    summary: str
+    window: dict[str, Any]
+
+    @property
+    def running(self) -> bool:
+        return self.decision == "running"
 
 
 @dataclass(frozen=True)
@@ -509,6 +554,40 @@ class Registry:
                 for r in rows
             ]
 
+    # -------------------------------------------------------------- live phases
+
+    def start_live_phase(self, model: str, version: int, run_id: str, phase: str, canary_percent: float,
+                         mirror_percent: float, window: Mapping[str, Any]) -> LivePhase:
+        """Record that a live phase starts now; idempotent: a phase this run already started is returned as is
+        (a sensor's later look, or a retry, keeps the phase's window)."""
+        now = _utcnow()
+        values = dict(model=model, version=version, run_id=run_id, phase=phase, canary_percent=canary_percent,
+                      mirror_percent=mirror_percent, started_at=now, updated_at=now, decision="running",
+                      figures={}, summary="", window=dict(window))
+        with self._write() as conn:
+            existing = _select_live_phase(conn, model, run_id, phase)
+            if existing is not None:
+                return existing
+            conn.execute(live_phases.insert().values(**values))
+            started = _select_live_phase(conn, model, run_id, phase)
+        assert started is not None
+        return started
+
+    def update_live_phase(self, phase_id: int, decision: str, figures: Mapping[str, Any], summary: str) -> None:
+        """Record a look at a phase: its decision so far and the figures behind it."""
+        with self._write() as conn:
+            conn.execute(live_phases.update().where(live_phases.c.id == phase_id).values(
+                decision=decision, figures=dict(figures), summary=summary, updated_at=_utcnow()))
+
+    def live_phases(self, model: str, run_id: str | None = None, limit: int | None = None) -> list[LivePhase]:
+        """Live phases of ``model`` (of one run when given), newest first."""
+        query = sa.select(live_phases).where(live_phases.c.model == model)
+        if run_id is not None:
+            query = query.where(live_phases.c.run_id == run_id)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(live_phases.c.id.desc()).limit(limit)).mappings()
+            return [_live_phase(row) for row in rows]
+
     # -------------------------------------------------------------------- locks
 
     @contextlib.contextmanager
@@ -732,6 +811,18 @@ def _version_record(row: Mapping[Any, Any]) -> VersionRecord:
         export_path=row["export_path"],
         extra=row["extra"] or {},
     )
+
+
+def _select_live_phase(conn: Connection, model: str, run_id: str, phase: str) -> LivePhase | None:
+    row = conn.execute(sa.select(live_phases).where(
+        live_phases.c.model == model, live_phases.c.run_id == run_id, live_phases.c.phase == phase)).mappings().first()
+    return None if row is None else _live_phase(row)
+
+
+def _live_phase(row: Mapping[Any, Any]) -> LivePhase:
+    return LivePhase(row["id"], row["model"], row["version"], row["run_id"], row["phase"], row["canary_percent"],
+                     row["mirror_percent"], row["started_at"], row["updated_at"], row["decision"],
+                     dict(row["figures"] or {}), row["summary"] or "", dict(row["window"] or {}))
 
 
 def _transition_record(row: Mapping[Any, Any]) -> TransitionRecord:

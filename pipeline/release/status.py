@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.errors import NotFound, PipelineError
+from pipeline.live.endpoints import CANARY_INSTANCE
 from pipeline.release.context import PRODUCTION, STAGING, Release
 from pipeline.release.serving_state import served_state
 from pipeline.serving.client import ServingClient
@@ -26,6 +28,35 @@ def _server_view(release: Release, instance: str) -> dict[str, Any]:
     return view
 
 
+def _instances(release: Release) -> list[str]:
+    """Staging, production, and the canary instance where the profile has one."""
+    try:
+        release.backend(CANARY_INSTANCE)
+    except NotFound:
+        return [STAGING, PRODUCTION]
+    return [STAGING, PRODUCTION, CANARY_INSTANCE]
+
+
+def _live_view(release: Release, limit: int) -> dict[str, Any]:
+    """The production endpoint's split now and the model's latest live phases with their figures."""
+    from pipeline.live.routing import router_for
+
+    view: dict[str, Any] = {}
+    try:
+        view["split"] = router_for(release.paths).current_split().describe()
+    except NotFound:
+        view["split"] = "no live traffic path (endpoint not running or not configured)"
+    except PipelineError as exc:
+        view["split"] = f"unknown ({exc})"
+    view["phases"] = [
+        {"run": p.run_id, "version": p.version, "phase": p.phase, "split": f"{p.canary_percent:g}/{p.mirror_percent:g}",
+         "started": f"{p.started_at:%H:%M:%SZ}", "updated": f"{p.updated_at:%H:%M:%SZ}", "decision": p.decision,
+         "summary": p.summary}
+        for p in release.registry.live_phases(release.model, limit=limit)
+    ]
+    return view
+
+
 def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str, Any]:
     """Everything on-call needs to know about one model, as a dict."""
     registry = release.registry
@@ -38,7 +69,8 @@ def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str,
         "stable": stable,
         "last_good_before_stable": registry.last_good_version(release.model, before=stable),
         "lock": None if holder is None else f"{holder.owner} until {holder.expires_at:%H:%M:%SZ}",
-        "servers": {name: _server_view(release, name) for name in (STAGING, PRODUCTION)},
+        "servers": {name: _server_view(release, name) for name in _instances(release)},
+        "live": _live_view(release, limit=history),
         "versions": [
             {"version": r.version, "state": str(r.state), "created": f"{r.created_at:%Y-%m-%d %H:%MZ}",
              "data": (r.data_sha256 or "")[:10], "run": r.airflow_run_id,
@@ -63,6 +95,12 @@ def format_status(status: dict[str, Any]) -> str:
         states = " ".join(f"{v}:{s}" for v, s in sorted(view.get("states", {}).items())) or "-"
         running = "up" if view["running"] else "down"
         lines.append(f"  {name:<11} {running:<5} versions {view['versions'] or '-'}  labels {labels}  [{states}]")
+    live = status.get("live") or {}
+    lines.append(f"  live split  {live.get('split', '-')}")
+    for phase in live.get("phases", [])[:4]:
+        lines.append(f"    v{phase['version']} {phase['phase']:<7} {phase['decision']:<9} split {phase['split']}  "
+                     f"{phase['started']}-{phase['updated']}  run {phase['run']}")
+        lines.extend(f"      {line.strip()}" for line in phase["summary"].splitlines()[:4])
     lines.append("  versions")
     for v in status["versions"]:
         metrics = " ".join(f"{k}={val}" for k, val in sorted(v["metrics"].items())[:3])

@@ -52,6 +52,7 @@ class ServingProfile(BaseModel):
     name: str = _DEFAULT_PROFILE
     description: str = ""
     instances: dict[str, InstanceConfig] = Field(min_length=1)
+    traffic: dict[str, Any] | None = None  # the live traffic path; checked by pipeline.live.endpoints
 
     def instance(self, instance_name: str) -> InstanceConfig:
         """The entry of one instance.

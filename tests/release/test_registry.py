@@ -552,3 +552,17 @@ def test_check_transition_refuses_like_transition_without_changing_anything(regi
     registry.check_transition(_MODEL, 2, State.VALIDATED)  # already there: fine
     assert len(registry.history(_MODEL)) == count
     assert registry.stable_version(_MODEL) is None
+
+
+def test_a_live_phase_is_started_once_and_keeps_its_window(registry: Registry) -> None:
+    first = registry.start_live_phase(_MODEL, 2, "run-a", "shadow", 0.0, 20.0, {"offset": 10})
+    again = registry.start_live_phase(_MODEL, 2, "run-a", "shadow", 0.0, 20.0, {"offset": 99})
+    assert again == first and first.running and first.window == {"offset": 10}
+    registry.update_live_phase(first.id, "pass", {"paired": {"requests": 80}}, "PASS")
+    registry.start_live_phase(_MODEL, 2, "run-a", "5%", 5.0, 20.0, {"offset": 50})
+    registry.start_live_phase(_MODEL, 3, "run-b", "shadow", 0.0, 20.0, {})
+    phases = registry.live_phases(_MODEL, run_id="run-a")
+    assert [p.phase for p in phases] == ["5%", "shadow"]  # newest first
+    assert phases[1].decision == "pass" and phases[1].figures == {"paired": {"requests": 80}}
+    assert phases[1].summary == "PASS" and phases[1].updated_at >= phases[1].started_at
+    assert len(registry.live_phases(_MODEL)) == 3 and registry.live_phases("other") == []

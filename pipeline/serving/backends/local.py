@@ -38,6 +38,7 @@ _SERVER_MODULE = "pipeline.embedded_server"
 
 # Servers this process started, so that it reaps them (an unreaped child stays a zombie).
 _CHILDREN: dict[int, subprocess.Popen] = {}
+PROMETHEUS_METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's documented path
 
 
 class LocalSpec(BaseModel):
@@ -57,6 +58,8 @@ class LocalSpec(BaseModel):
     # versions that are still loading (FAILED_PRECONDITION "... not currently available for inference").
     # Our release code only moves a label to a version after it is AVAILABLE, so this only matters at start.
     allow_version_labels_for_unavailable_models: bool = True
+    # TF Serving's Prometheus endpoint on the REST port (--monitoring_config_file), for the stack's Prometheus.
+    prometheus_metrics: bool = True
     extra_args: tuple[str, ...] = ()
 
 
@@ -196,6 +199,18 @@ class LocalBackend(ServingBackend):
         write_atomically(self.state_path, json.dumps(asdict(state), indent=2))
         return state
 
+    @property
+    def monitoring_config_path(self) -> Path:
+        return self.instance_dir / "monitoring.config"
+
+    def _monitoring_args(self) -> list[str]:
+        """``--monitoring_config_file`` with TF Serving's Prometheus path, written next to models.config."""
+        if not self.spec.prometheus_metrics:
+            return []
+        text = f'prometheus_config {{\n  enable: true\n  path: "{PROMETHEUS_METRICS_PATH}"\n}}\n'
+        write_atomically(self.monitoring_config_path, text.encode())
+        return [f"--monitoring_config_file={self.monitoring_config_path}"]
+
     def _command(self, rest_port: int, grpc_port: int) -> list[str]:
         spec = self.spec
         allow_labels = str(spec.allow_version_labels_for_unavailable_models).lower()
@@ -208,6 +223,7 @@ class LocalBackend(ServingBackend):
             f"--model_config_file_poll_wait_seconds={spec.model_config_file_poll_wait_seconds}",
             f"--file_system_poll_wait_seconds={spec.file_system_poll_wait_seconds}",
             f"--allow_version_labels_for_unavailable_models={allow_labels}",
+            *self._monitoring_args(),
             *spec.extra_args,
         ]  # fmt: skip
 
