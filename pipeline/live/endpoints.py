@@ -39,6 +39,7 @@ class TrafficConfig(BaseModel):
     grpc_port: int = Field(8500, ge=1, le=65535)
     capture_host: str | None = None  # where the capture service listens (default: host)
     capture_port: int = Field(8701, ge=1, le=65535)
+    prometheus_host: str | None = None  # where Prometheus listens (default: host)
     prometheus_port: int = Field(9490, ge=1, le=65535)
     # gateway_api only: the routes whose backend weights and mirror filter the pipeline patches.
     namespace: str = "mlops"
@@ -110,5 +111,5 @@ def live_endpoints(profile: str | None = None) -> LiveEndpoints:
         rest_url=f"http://{config.host}:{config.rest_port}",
         grpc_target=f"{config.host}:{config.grpc_port}",
         capture_url=f"http://{capture_host}:{config.capture_port}",
-        prometheus_url=f"http://{config.host}:{config.prometheus_port}",
+        prometheus_url=f"http://{config.prometheus_host or config.host}:{config.prometheus_port}",
     )

@@ -72,7 +72,9 @@ def test_compose_images_are_pinned():
 @pytest.mark.parametrize("overlay", ["local", "production"])
 def test_kubernetes_images_are_pinned(overlay):
     images = images_in(_kustomize(overlay))
-    assert images and set(images) == {_TF_SERVING}
+    # TF Serving, the pipeline image (capture service) and Prometheus; each pinned
+    assert images and set(images) == {_TF_SERVING, "mlops-pipeline:0.1.0", "prom/prometheus:v3.5.0"}
+    assert all(is_pinned(image) for image in images)
 
 
 def test_training_pod_and_helm_values_images_are_pinned():
