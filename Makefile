@@ -39,13 +39,13 @@ test: install system-deps lint  ## the README's test command: installs what it n
 test-fast: install  ## skip the slow tests (the release core runs here too, against tiny models)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-demo: install system-deps data  ## the main job: the MNIST release through Airflow, then a failing canary rolled back
+demo: install system-deps data  ## the main job: MNIST releases through Airflow under live traffic; a bad one caught by the live canary
 	$(BIN)/python -m pipeline demo
 
-up: install data  ## start the embedded staging/production TF Serving and Airflow standalone (UI on :8080)
+up: install system-deps data  ## start the stack: TF Serving (staging, production, canary), nginx endpoint, capture, Prometheus, Airflow (UI on :8080)
 	$(BIN)/python -m pipeline up
 
-down:  ## stop Airflow and both servers; leaves nothing running
+down:  ## stop Airflow, the live path and the servers; leaves nothing running
 	@test -x $(BIN)/python && $(BIN)/python -m pipeline down || true
 
 bench: install data  ## every benchmark; each prints JSON and a table
@@ -54,6 +54,7 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/release.py
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/canary_analysis.py
+	$(BIN)/python bench/canary.py
 
 clean:
 	rm -rf var

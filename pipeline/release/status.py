@@ -100,7 +100,10 @@ def format_status(status: dict[str, Any]) -> str:
     for phase in live.get("phases", [])[:4]:
         lines.append(f"    v{phase['version']} {phase['phase']:<7} {phase['decision']:<9} split {phase['split']}  "
                      f"{phase['started']}-{phase['updated']}  run {phase['run']}")
-        lines.extend(f"      {line.strip()}" for line in phase["summary"].splitlines()[:4])
+        summary = [line.strip() for line in phase["summary"].splitlines()]
+        if phase["decision"] in ("fail", "undecided"):  # why, and what moved: the figures against their limits
+            summary = summary[:4] + [line for line in summary if line.startswith(("reason:", "root cause:"))]
+        lines.extend(f"      {line}" for line in summary[:4 + 6])
     lines.append("  versions")
     for v in status["versions"]:
         metrics = " ".join(f"{k}={val}" for k, val in sorted(v["metrics"].items())[:3])
