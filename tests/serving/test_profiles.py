@@ -31,16 +31,21 @@ def _write_profile(config_dir: Path, name: str, text: str) -> None:
     (config_dir / "serving" / f"{name}.yaml").write_text(textwrap.dedent(text))
 
 
-def test_embedded_profile_is_the_default_and_runs_both_instances_locally(monkeypatch):
+def test_embedded_profile_is_the_default_and_runs_every_instance_locally_behind_the_endpoint(monkeypatch):
+    from pipeline.live.endpoints import live_endpoints
+
     monkeypatch.delenv("PIPELINE_SERVING_PROFILE", raising=False)
     monkeypatch.delenv("PIPELINE_CONFIG_DIR", raising=False)
     profile = load_profile()
     assert profile.name == "embedded"
-    assert set(profile.instances) == {"staging", "production"}
+    assert set(profile.instances) == {"staging", "production", "canary"}
     assert profile.instance("production").spec() == {
-        "backend": "local", "host": "127.0.0.1", "rest_port": 8501, "grpc_port": 8500,
+        "backend": "local", "host": "127.0.0.1", "rest_port": 8511, "grpc_port": 8510,
         "extra_args": ["--tensorflow_intra_op_parallelism=1"],
     }  # fmt: skip
+    # Clients keep TF Serving's ports: the proxy holds them, in front of production and canary.
+    endpoints = live_endpoints()
+    assert (endpoints.rest_url, endpoints.grpc_target) == ("http://127.0.0.1:8501", "127.0.0.1:8500")
 
 
 def test_environment_selects_the_profile(config_dir, monkeypatch, tmp_path):
