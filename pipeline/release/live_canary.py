@@ -132,7 +132,15 @@ class Look:
 
 
 def look_at_phase(release: Release, version: int, run_id: str, phase: PhaseSpec) -> Look:
-    """Put the phase's split in effect (once), then judge its window so far and record the figures."""
+    """Put the phase's split in effect (once), then judge its window so far and record the figures.
+
+    Raises:
+        ValidationFailed: the canary instance no longer serves ``version`` as canary (an on-call rollback or the
+            monitor aborted it): the phase is over.
+    """
+    if canary_state(release).label(CANARY) != version:
+        raise ValidationFailed(f"{release.model}: the canary instance no longer serves {version} as canary "
+                               f"(aborted or rolled back meanwhile); phase {phase.name} ends here")
     record = _phase_record(release, version, run_id, phase)
     elapsed = (datetime.now(UTC) - record.started_at).total_seconds()
     window = LogPosition.from_dict(record.window) if record.window else None
@@ -155,9 +163,6 @@ def _phase_record(release: Release, version: int, run_id: str, phase: PhaseSpec)
     existing = [p for p in release.registry.live_phases(release.model, run_id=run_id) if p.phase == phase.name]
     if existing:
         return existing[0]
-    if canary_state(release).label(CANARY) != version:
-        raise ValidationFailed(f"{release.model}: the canary instance does not serve {version} as canary any more "
-                               f"(rolled back or replaced meanwhile); not starting phase {phase.name}")
     traffic = router(release)
     traffic.set_split(TrafficSplit(phase.canary_percent, phase.mirror_percent), _SPLIT_TIMEOUT_S)
     # The window starts once the split is in effect: every request in it was routed by this phase's split.

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.errors import NotFound, ValidationFailed
 from pipeline.gates import Verdict
+from pipeline.release import live_canary
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.probes import Target, golden_probe
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
@@ -22,7 +23,7 @@ from pipeline.wire.version_dirs import has_saved_model, read_golden
 
 log = logging.getLogger(__name__)
 
-_DEFAULT_LOCK_TIMEOUT_S = 30.0
+_DEFAULT_LOCK_TIMEOUT_S = 90.0  # a release whose live canary was just aborted frees it at its next look
 
 
 def choose_rollback_target(release: Release, current: int | None, to_version: int | None) -> int:
@@ -41,10 +42,32 @@ def choose_rollback_target(release: Release, current: int | None, to_version: in
     return target
 
 
+def abort_live_canary(release: Release, reason: str) -> int | None:
+    """Route nothing to a live canary of the model and roll it back; returns its version (None: none ran).
+
+    Needs no lock: split 0 is always safe, and the release that routed it finds its canary gone at its next look,
+    fails, and frees the model's lock.
+    """
+    if not live_canary.live_path_configured(release):
+        return None
+    version = live_canary.canary_state(release).label(CANARY)
+    if version is None:
+        return None
+    live_canary.rollback_live(release, version, None, [f"aborted by {reason}"])
+    return version
+
+
 def rollback(release: Release, to_version: int | None = None, *, run_id: str | None = None,
              reason: str = "on-call rollback") -> dict[str, Any]:
-    """Point production's ``stable`` at a known-good version; the bad one is unloaded and recorded."""
+    """Point production's ``stable`` at a known-good version; the bad one is unloaded and recorded.
+
+    A live canary of the model is aborted first (split 0 at once), then the release lock is waited for: the
+    release that ran the canary fails at its next look and frees it.
+    """
     owner = run_id or f"rollback-{int(time.time())}"
+    aborted = abort_live_canary(release, reason)
+    if aborted is not None:
+        log.warning("%s: live canary %s aborted (split 0) before the rollback", release.model, aborted)
     with release.registry.lock(release.model, owner, timeout_s=_DEFAULT_LOCK_TIMEOUT_S):
         # Choose and check the target before touching any server: a refused rollback changes nothing.
         target = choose_rollback_target(release, release.registry.stable_version(release.model), to_version)
@@ -62,7 +85,7 @@ def rollback(release: Release, to_version: int | None = None, *, run_id: str | N
         _record_rollback(release, current, target, dropped, run_id, reason)
     log.info("%s: stable %s -> %s in %.2f s (%s)", release.model, current, target, seconds, reason)
     return {"model": release.model, "from": current, "to": target, "seconds": round(seconds, 3),
-            "dropped_canary": before.label(CANARY)}
+            "dropped_canary": before.label(CANARY), "aborted_live_canary": aborted}
 
 
 def _record_rollback(release: Release, current: int | None, target: int, dropped: int | None,

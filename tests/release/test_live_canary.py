@@ -49,7 +49,7 @@ from tests.release.core_world import (
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 _INSTANCES = ("staging", "production", CANARY_INSTANCE)
-_MODELS = ("core_1", "core_2")  # CoreWorld names models core_<n> in order: the capture service knows them up front
+_MODELS = ("core_1", "core_2", "core_3")  # CoreWorld names models core_<n> in order: the capture service knows them up front
 _START_TIMEOUT_S = 180.0
 _PHASE_LOOK_S = 5.0
 _PHASE_LIMIT_S = 240.0
@@ -220,3 +220,28 @@ def test_a_bad_candidate_is_rolled_back_by_the_live_analysis_and_no_client_reque
     assert shadow.decision == "fail" and shadow.figures["paired"]["agreement"] < 0.5
     assert "stable said" in shadow.summary
     assert shadow.figures["canary"]["served"] == 0  # shadow: no client ever got the bad answers
+
+
+def test_an_on_call_rollback_aborts_a_live_canary_first_and_the_phase_ends_there(live_world):
+    from pipeline.release.rollback import rollback
+    from tests.release.core_world import advance
+
+    release = live_world.world.new_release({1: GOOD, 2: GOOD_ALT, 3: GOOD_ALT})
+    assert release.model in _MODELS
+    release.config = release.config.model_copy(update={"canary": _CANARY})
+    as_if_released(release, 1, 2)
+    advance(release, 3, State.STAGED, State.VALIDATED)
+    shadow = live_phases(_CANARY)[0]
+    live_canary.promote_live(release, 3, "run-abort")
+    live_canary.look_at_phase(release, 3, "run-abort", shadow)  # the shadow phase routes its mirror now
+    assert router_for(release.paths).current_split() == TrafficSplit(0, _CANARY.mirror_share * 100)
+
+    done = rollback(release, reason="on-call: bad canary")
+    assert done["aborted_live_canary"] == 3 and (done["from"], done["to"]) == (2, 1)
+    assert router_for(release.paths).current_split() == TrafficSplit(0, 0)
+    assert live_canary.canary_state(release).versions == ()
+    assert release.registry.get_version(release.model, 3).state is State.ROLLED_BACK
+    assert production_state(release).labels == {STABLE: 1}
+    with pytest.raises(ValidationFailed, match="no longer serves 3 as canary"):
+        live_canary.look_at_phase(release, 3, "run-abort", shadow)
+    release.registry.release_lock(live_canary.TRAFFIC_LOCK, "run-abort")  # the release's teardown would
