@@ -33,7 +33,7 @@ class TrafficConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    router: Literal["nginx", "gateway_api"] = "nginx"
+    router: Literal["nginx", "nginx_watched", "gateway_api"] = "nginx"
     host: str = "127.0.0.1"
     rest_port: int = Field(8501, ge=1, le=65535)
     grpc_port: int = Field(8500, ge=1, le=65535)
@@ -41,6 +41,8 @@ class TrafficConfig(BaseModel):
     capture_port: int = Field(8701, ge=1, le=65535)
     prometheus_host: str | None = None  # where Prometheus listens (default: host)
     prometheus_port: int = Field(9490, ge=1, le=65535)
+    # nginx_watched only: the runtime directory shared with the proxy container, at the same path in both.
+    proxy_dir: str | None = None
     # gateway_api only: the routes whose backend weights and mirror filter the pipeline patches.
     namespace: str = "mlops"
     http_route: str = "tfserving-production"

@@ -33,7 +33,7 @@ from pipeline.live.analysis import Analysis, analyze
 from pipeline.live.endpoints import CANARY_INSTANCE, TrafficRouter, TrafficSplit, traffic_config
 from pipeline.live.observations import LogPosition, join, log_position, read_entries
 from pipeline.live.phases import PhaseSpec
-from pipeline.live.routing import NginxRouter, router_for
+from pipeline.live.routing import HasAccessLog, router_for
 from pipeline.live.store import captured
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
@@ -171,8 +171,8 @@ def _phase_record(release: Release, version: int, run_id: str, phase: PhaseSpec)
 
 
 def _window_start(traffic: TrafficRouter) -> dict[str, Any]:
-    if isinstance(traffic, NginxRouter):
-        return log_position(traffic.proxy.access_log_path).as_dict()
+    if isinstance(traffic, HasAccessLog):  # nginx, here or in the compose proxy container: its log's end now
+        return log_position(traffic.access_log_path).as_dict()
     return {}  # Gateway API: no access log here; the window is the captured (mirrored) requests
 
 

@@ -91,7 +91,7 @@ def _published(service: dict[str, Any]) -> dict[int, str]:
 def test_clients_reach_production_only_through_the_proxy(resolved):
     services = _services(resolved)
     traffic = traffic_config("compose")
-    assert traffic.router == "nginx" and traffic.host == "proxy" and "proxy" in services
+    assert traffic.router == "nginx_watched" and traffic.host == "proxy" and "proxy" in services
     assert "ports" not in services["tfserving-production"]
     published = _published(services["proxy"])
     # Production's former ports, now the proxy's, on the container ports the profile says clients use.
@@ -184,7 +184,7 @@ def test_promtool_accepts_the_compose_prometheus_config():
 def _init_proxy_snippet(resolved: dict[str, Any]) -> str:
     script = resolved["services"]["airflow-init"]["command"][-1]
     blocks = re.findall(r"python - <<'PY'\n(.*?)\nPY\n", script, flags=re.S)
-    (snippet,) = [block for block in blocks if "render_config" in block]
+    (snippet,) = [block for block in blocks if "write_initial_config" in block]
     return str(snippet)
 
 
@@ -224,7 +224,8 @@ def test_init_renders_a_first_config_that_sends_everything_to_production(resolve
         check = subprocess.run([nginx, "-t", "-q", "-p", f"{runtime}/", "-c", str(local), "-e",
                                 str(runtime / "error.log")], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
-    # Never over a config the pipeline wrote since.
+    # Never over a config the pipeline wrote since (its router keeps router.json beside nginx.conf).
+    assert (runtime / "router.json").is_file()
     (runtime / "nginx.conf").write_text("# the pipeline's\n")
     assert _run_snippet(snippet, runtime).returncode == 0
     assert (runtime / "nginx.conf").read_text() == "# the pipeline's\n"
