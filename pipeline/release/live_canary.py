@@ -88,7 +88,12 @@ def promote_live(release: Release, version: int, run_id: str) -> dict[str, Any]:
         raise ValidationFailed(f"{release.model}: no stable version on production to judge a live canary against")
     release.registry.acquire_lock(TRAFFIC_LOCK, run_id, timeout_s=_TRAFFIC_LOCK_WAIT_S, ttl_s=_PHASE_TTL_S)
     traffic = router(release)
-    traffic.set_split(TrafficSplit(0, 0), _SPLIT_TIMEOUT_S)  # a split left over by a crashed run routes nothing now
+    try:
+        traffic.set_split(TrafficSplit(0, 0), _SPLIT_TIMEOUT_S)  # a split left over by a crashed run routes nothing
+    except NotFound as exc:
+        release.registry.release_lock(TRAFFIC_LOCK, run_id)
+        raise NotFound(f"{release.model}: the production endpoint is not running ({exc}); `pipeline up` starts it. "
+                       "A release of a model with a stable version is judged on live traffic") from None
     canary_backend = release.backend(CANARY_INSTANCE)
     _sync_other_models(release)
     change_served_state(canary_backend, release.model, release.base_path, sorted({stable, version}),
