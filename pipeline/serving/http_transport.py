@@ -25,10 +25,11 @@ _DECODER = msgspec.json.Decoder()
 class Response:
     """What the client reads of an HTTP answer."""
 
-    def __init__(self, status_code: int, reason: str, content: bytes):
+    def __init__(self, status_code: int, reason: str, content: bytes, headers: dict[str, str] | None = None):
         self.status_code = status_code
         self.reason = reason
         self.content = content
+        self.headers = headers or {}  # e.g. the proxy's X-Request-Id
 
     @property
     def text(self) -> str:
@@ -65,7 +66,7 @@ class KeepAliveSession:
                     conn.sock.settimeout(timeout)
                 conn.request(method, path, body=body, headers=headers or {})
                 answer = conn.getresponse()
-                return Response(answer.status, answer.reason, answer.read())
+                return Response(answer.status, answer.reason, answer.read(), dict(answer.getheaders()))
             except TimeoutError as exc:
                 self._drop(conn)
                 raise requests.Timeout(f"no answer from {self._host}:{self._port} within {timeout}s") from exc

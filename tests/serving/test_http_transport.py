@@ -20,6 +20,7 @@ class _Echo(BaseHTTPRequestHandler):
         reply = b'{"echo": ' + body + b"}"
         self.send_response(200 if self.path != "/missing" else 404)
         self.send_header("Content-Length", str(len(reply)))
+        self.send_header("X-Request-Id", self.headers.get("X-Request-Id", "none"))
         if self.path == "/close":
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -55,6 +56,13 @@ def test_a_closed_connection_is_reopened(server):
     assert session.request("POST", f"{server}/close", data="1", timeout=5).json() == {"echo": 1}
     assert session.request("POST", f"{server}/x", data="2", timeout=5).json() == {"echo": 2}
     assert len(_Echo.connections) == 2
+
+
+def test_answer_headers_are_kept(server):
+    session = KeepAliveSession(server)
+    answer = session.request("POST", f"{server}/x", data="1", headers={"X-Request-Id": "abc-1"}, timeout=5)
+    assert answer.headers["X-Request-Id"] == "abc-1"
+    session.close()
 
 
 def test_error_status_is_returned_not_raised(server):
