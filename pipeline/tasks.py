@@ -231,8 +231,8 @@ def rollback(model: str, to_version: int | None, run_id: str | None, reason: str
 def monitor(model: str, run_id: str | None) -> dict[str, Any]:
     result = rollback_module.monitor(Release(steps.resolve_config(model)), run_id)
     if not result["healthy"]:
-        raise ValidationFailed(f"{model}: stable failed its probe ({'; '.join(result['reasons'])}); "
-                               f"rolled back to {result['rollback']['to']}")
+        raise ValidationFailed(f"{model}: stable {result['rollback']['from']} failed its probe "
+                               f"({'; '.join(result['reasons'])}); rolled back to {result['rollback']['to']}")
     return result
 
 

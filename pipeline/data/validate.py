@@ -141,6 +141,7 @@ def validate_splits(
     """
     from pipeline.data.tidy import class_balance_table, example_table
 
+    quiet_gx_logging()  # before great_expectations is imported: its import alone logs 214 lines at INFO
     kind, class_names = _kind_and_classes(splits)
     examples = example_table(splits)
     balance = class_balance_table(examples, class_names, list(splits))
@@ -262,6 +263,7 @@ def _between(column: str, rule: str, **bounds: Any) -> Any:
 
 
 def _gx_expectations() -> Any:
+    quiet_gx_logging()
     import great_expectations as gx
 
     return gx.expectations
@@ -278,6 +280,26 @@ def _rule(text: str) -> dict[str, str]:
 
 
 # --- running GX ------------------------------------------------------------------------------
+
+# What great_expectations logs below WARNING is its own bookkeeping, not news about the data: importing it logs
+# "Skipping registering function ..." once per public-API closure (214 lines), then "Multiple declarations of
+# metric ..." and "Created temporary directory ...". Our verdict is logged by this module; GX's warnings stay.
+_GX_LOGGER = "great_expectations"
+_GX_LOG_LEVEL = logging.WARNING
+
+
+def quiet_gx_logging() -> None:
+    """Keep great_expectations' loggers at WARNING and above.
+
+    Call it before GX is imported (most of the noise is logged while its modules load) and again after (one of
+    its modules sets its own logger to INFO on import). Only GX's logger tree is touched; the root logger and
+    ours are left alone.
+    """
+    names = [_GX_LOGGER, *(name for name in logging.Logger.manager.loggerDict if name.startswith(f"{_GX_LOGGER}."))]
+    for name in names:
+        gx_logger = logging.getLogger(name)
+        if name == _GX_LOGGER or gx_logger.level != logging.NOTSET:  # the others inherit the top one's level
+            gx_logger.setLevel(max(gx_logger.level, _GX_LOG_LEVEL))
 
 
 def _run_checkpoints(batches: list[_Batch], docs_dir: Path | None, run_name: str) -> ValidationReport:
@@ -309,7 +331,7 @@ def _ephemeral_context(docs_dir: Path | None) -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    quiet_gx_logging()  # data_context.types.base set its logger to INFO when it loaded
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     for site in list(context.list_data_docs_sites()):

@@ -18,6 +18,7 @@ from pipeline.release.probes import Target, accuracy_probe, agreement_probe, gol
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.release.registry import State
 from pipeline.release.retention import apply_retention
+from pipeline.release.served_events import record_served_change
 from pipeline.wire.version_dirs import read_golden
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ def promote_canary(release: Release, version: int, run_id: str | None = None) ->
     change_production(release, sorted(set(before.versions) | {version}), labels)
     release.registry.transition(release.model, version, State.CANARY, run_id=run_id,
                                 reason=f"canary on production beside stable {stable}")
+    record_served_change(release, PRODUCTION, f"canary {version} on production beside stable {stable}", run_id,
+                         change="promote")
     return {"version": version, "stable": stable}
 
 
@@ -73,6 +76,8 @@ def finalize_release(release: Release, version: int, run_id: str | None = None) 
     retired = apply_retention(release.base_path, release.model, release.registry,
                               keep=release.config.release.keep_versions,
                               protected=release.registry.protected_versions(release.model) | set(versions))
+    record_served_change(release, PRODUCTION, f"canary passed; stable {previous} -> {version}", run_id,
+                         change="finalize")
     return {"stable": version, "previous": previous, "retired": retired}
 
 
@@ -90,6 +95,8 @@ def rollback_canary(release: Release, version: int, reasons: list[str], run_id: 
     record = release.registry.get_version(release.model, version)
     if record.state is State.CANARY:
         release.registry.record_rollback(release.model, version, run_id=run_id, reason="; ".join(reasons))
+    record_served_change(release, PRODUCTION, f"canary {version} rolled back ({'; '.join(reasons)}); stable {stable}",
+                         run_id, change="canary_rollback")
     return {"rolled_back": version, "stable": stable}
 
 

@@ -39,6 +39,7 @@ from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.release.registry import LivePhase, State
 from pipeline.release.retention import apply_retention
+from pipeline.release.served_events import record_served_change
 from pipeline.release.serving_state import ServedState, change_served_state, served_state
 from pipeline.wire import model_config as mc
 
@@ -231,6 +232,8 @@ def finalize_live(release: Release, version: int, run_id: str | None) -> dict[st
     retired = apply_retention(release.base_path, release.model, release.registry,
                               keep=release.config.release.keep_versions,
                               protected=release.registry.protected_versions(release.model) | set(versions))
+    record_served_change(release, PRODUCTION, f"live canary passed every phase; stable {previous} -> {version}",
+                         run_id, change="finalize")
     return {"stable": version, "previous": previous, "retired": retired, "live": True}
 
 
@@ -251,6 +254,9 @@ def rollback_live(release: Release, version: int, run_id: str | None, reasons: l
     seconds = time.perf_counter() - started
     log.warning("%s: live canary %s rolled back: split 0 in %.2f s, done in %.2f s; stable %s", release.model,
                 version, split_0, seconds, stable)
+    # Production's models never moved, but what its users get did: the share the canary answered is back on stable.
+    record_served_change(release, PRODUCTION, f"live canary {version} rolled back ({'; '.join(reasons)}); "
+                         f"production serves stable {stable}", run_id, change="live_canary_rollback")
     return {"rolled_back": version, "stable": stable, "seconds_to_split_0": round(split_0, 3),
             "seconds": round(seconds, 3), "live": True}
 

@@ -19,6 +19,7 @@ from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.probes import Target, golden_probe
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.release.registry import State
+from pipeline.release.served_events import record_served_change
 from pipeline.wire.version_dirs import has_saved_model, read_golden
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def rollback(release: Release, to_version: int | None = None, *, run_id: str | N
         seconds = time.perf_counter() - started
         _record_rollback(release, current, target, dropped, run_id, reason)
     log.info("%s: stable %s -> %s in %.2f s (%s)", release.model, current, target, seconds, reason)
+    record_served_change(release, PRODUCTION, f"{reason}: stable {current} -> {target}", run_id, change="rollback")
     return {"model": release.model, "from": current, "to": target, "seconds": round(seconds, 3),
             "dropped_canary": before.label(CANARY), "aborted_live_canary": aborted}
 

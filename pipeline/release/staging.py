@@ -25,6 +25,7 @@ from pipeline.release.probes import (
     merge,
 )
 from pipeline.release.registry import State
+from pipeline.release.served_events import record_served_change
 from pipeline.release.serving_state import change_served_state
 from pipeline.wire.dtypes import numpy_name
 from pipeline.wire.version_dirs import read_golden, read_metadata
@@ -43,6 +44,7 @@ def deploy_to_staging(release: Release, version: int, run_id: str | None = None)
                                     reason=f"staging could not load it: {exc}")
         raise
     release.registry.transition(release.model, version, State.STAGED, run_id=run_id, reason="AVAILABLE on staging")
+    record_served_change(release, STAGING, f"version {version} deployed for validation", run_id, change="deploy")
     return {"version": version, "endpoint": backend.endpoint().rest_url}
 
 

@@ -1,0 +1,58 @@
+"""What each environment serves, as Airflow Assets: one per model and environment.
+
+``Asset(name="mnist_production", uri="pipeline://serving/production/mnist")`` and ``mnist_staging``: every change of
+what an environment serves for the model (staging deploy, a first release's canary label, finalize, any rollback:
+automatic, on-call, the monitor's, ``pipeline rollback`` from a shell) posts an event of its asset whose ``extra``
+names the version, labels, accuracy, run and reason (:mod:`pipeline.release.served_events`). Airflow's Assets view
+is then the history of each environment.
+
+Airflow knows an asset once a parsed DAG declares it: the DAGs name these as the inlets of the tasks that read
+what is served (:func:`served_inlets`). Light: names are plain strings; Airflow is imported only to build Assets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset
+
+STAGING = "staging"
+PRODUCTION = "production"
+ENVIRONMENTS = (STAGING, PRODUCTION)
+GROUP = "serving"  # the assets' group in Airflow's Assets view
+
+# Release tasks that read what an environment serves: validate_staging judges what staging serves, evaluate
+# compares against production's stable version.
+_RELEASE_INLETS = {"validate_staging": STAGING, "evaluate": PRODUCTION}
+
+
+def asset_name(model: str, environment: str) -> str:
+    """``<model>_<environment>``, e.g. ``mnist_production``."""
+    _check(environment)
+    return f"{model}_{environment}"
+
+
+def asset_uri(model: str, environment: str) -> str:
+    """``pipeline://serving/<environment>/<model>``."""
+    _check(environment)
+    return f"pipeline://serving/{environment}/{model}"
+
+
+def served_asset(model: str, environment: str) -> Asset:
+    """The Airflow Asset of what ``environment`` serves for ``model``."""
+    from airflow.sdk import Asset
+
+    return Asset(name=asset_name(model, environment), uri=asset_uri(model, environment), group=GROUP,
+                 extra={"model": model, "environment": environment})
+
+
+def served_inlets(model: str, task_id: str) -> list[Asset]:
+    """The served assets a release task reads (its ``inlets``; none for most tasks)."""
+    environment = _RELEASE_INLETS.get(task_id)
+    return [served_asset(model, environment)] if environment else []
+
+
+def _check(environment: str) -> None:
+    if environment not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment {environment!r} (known: {list(ENVIRONMENTS)})")
