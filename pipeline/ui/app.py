@@ -81,15 +81,19 @@ def create_app(paths: Paths | None = None, airflow: Airflow | None = None, *, ap
                   dependencies=[Depends(current_user)])
     app.state.pages = pages
 
-    def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
-        prefix = request.scope.get("root_path", "")
+    def path_for(request: Request, name: str, query: dict[str, Any] | None = None, **params: Any) -> str:
+        """A route's path under the mount point, from its template.
 
+        Not ``request.url_for``: Airflow mounts the app behind :class:`LazyApp`, so the API server's router, which
+        ``url_for`` asks, cannot see these routes (and a model's page has hundreds of links to make).
+        """
+        path = request.scope.get("root_path", "") + route_paths[name].format(
+            **{k: quote(str(v), safe="/" if k == "path" else "") for k, v in params.items()})
+        return f"{path}?{urlencode(query)}" if query else path
+
+    def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
         def url(name: str, query: dict[str, Any] | None = None, **params: Any) -> str:
-            # A route's path from its template (what url_for does, without matching every route: a model's page
-            # has hundreds of links).
-            path = prefix + route_paths[name].format(**{k: quote(str(v), safe="/" if k == "path" else "")
-                                                        for k, v in params.items()})
-            return f"{path}?{urlencode(query)}" if query else path
+            return path_for(request, name, query, **params)
 
         def airflow_ui(path: str) -> str:
             return f"{root.rstrip('/')}/{path.lstrip('/')}"
@@ -118,7 +122,7 @@ def create_app(paths: Paths | None = None, airflow: Airflow | None = None, *, ap
 
     @app.get("/", include_in_schema=False)
     def home(request: Request) -> Response:
-        return RedirectResponse(request.url_for("models").path, status_code=303)
+        return RedirectResponse(path_for(request, "models"), status_code=303)
 
     @app.get("/icon.svg", name="icon")
     def icon() -> Response:
@@ -164,9 +168,8 @@ def create_app(paths: Paths | None = None, airflow: Airflow | None = None, *, ap
         except PipelineError as exc:
             return message(request, 502, "Airflow unreachable", str(exc))
         log.info("%s triggered %s run %s: %s", user_name(who), links.ROLLBACK_DAG, run_id, conf)
-        target = request.url_for("model", model=model).path
-        return RedirectResponse(f"{target}?{urlencode({'rollback_run': run_id, 'rollback_to': to_version})}",
-                                status_code=303)
+        return RedirectResponse(path_for(request, "model", {"rollback_run": run_id, "rollback_to": to_version},
+                                         model=model), status_code=303)
 
     @app.get("/models/{model}/versions/{version}/verdicts/{gate}", name="verdict")
     def verdict(request: Request, model: str, version: int, gate: str) -> Response:
@@ -201,14 +204,17 @@ def create_app(paths: Paths | None = None, airflow: Airflow | None = None, *, ap
         token = request_token(request)
         if token is None:
             raise HTTPException(401, "Not authenticated")
-        target = _find_report(request, pages, client, token, dag_id, run_id, task_id, kind)
-        return RedirectResponse(target, status_code=303)
+        def to(name: str, **params: Any) -> str:
+            return path_for(request, name, **params)
+
+        return RedirectResponse(_find_report(to, pages, client, token, dag_id, run_id, task_id, kind),
+                                status_code=303)
 
     route_paths = {route.name: route.path_format for route in app.routes if isinstance(route, APIRoute)}
     return app
 
 
-def _find_report(request: Request, pages: Pages, client: Airflow, token: str, dag_id: str, run_id: str,
+def _find_report(to: Callable[..., str], pages: Pages, client: Airflow, token: str, dag_id: str, run_id: str,
                  task_id: str, kind: str) -> str:
     """The page of ``kind`` for a task of a run: the run's own results first (XCom), the registry's record of the
     version the run registered next.
@@ -222,11 +228,11 @@ def _find_report(request: Request, pages: Pages, client: Airflow, token: str, da
     if model is None:  # model_rollback / canary_monitor: the run's conf names the model, when it does
         conf_model = client.run_conf(token, dag_id, run_id).get("model")
         if isinstance(conf_model, str) and MODEL_NAME.fullmatch(conf_model):
-            return request.url_for("model", model=conf_model).path
-        return request.url_for("models").path
+            return to("model", model=conf_model)
+        return to("models")
     pages.config(model)
     if kind == links.MODEL_PAGE:
-        return request.url_for("model", model=model).path
+        return to("model", model=model)
     record = pages.version_of_run(model, run_id)
     if kind == links.DATA_DOCS:
         prepared = client.xcom_result(token, dag_id, run_id, "prepare_data") or {}
@@ -234,22 +240,21 @@ def _find_report(request: Request, pages: Pages, client: Airflow, token: str, da
         sha = sha or (record.data_sha256 if record else None)
         if not sha:
             raise NotFound(f"run {run_id} has no data snapshot yet (prepare_data has no result)")
-        return request.url_for("data_docs", model=model, sha256=sha, path="index.html").path
+        return to("data_docs", model=model, sha256=sha, path="index.html")
     if kind in links.TRAINING_FILES:
         trained = client.xcom_result(token, dag_id, run_id, "train") or {}
         training_run = trained.get("run_id") if isinstance(trained, dict) else None
         training_run = training_run or (record.training_run_id if record else None)
         if not training_run:
             raise NotFound(f"run {run_id} has no training run yet (train has no result)")
-        return request.url_for("run_file", model=model, run_id=training_run,
-                               file_name=links.TRAINING_FILES[kind]).path
+        return to("run_file", model=model, run_id=training_run, file_name=links.TRAINING_FILES[kind])
     exported = client.xcom_result(token, dag_id, run_id, "export") or {}
     version = exported.get("version") if isinstance(exported, dict) else None
     version = version if isinstance(version, int) else (record.version if record else None)
     gate = links.gate_of_task(task_id)
     if version is None or gate is None:
         raise NotFound(f"run {run_id} exported no version, so {task_id} judged none")
-    return request.url_for("verdict", model=model, version=version, gate=checked_name(gate, GATE, "gate")).path
+    return to("verdict", model=model, version=version, gate=checked_name(gate, GATE, "gate"))
 
 
 def _app_path(request: Request) -> str:

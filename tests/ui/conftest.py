@@ -58,10 +58,13 @@ def airflow() -> FakeAirflow:
 
 
 def mounted(app: Any) -> Any:
+    """The app as Airflow's API server serves it: behind the plugin's LazyApp, mounted at /pipeline."""
     from fastapi import FastAPI
 
+    from pipeline.ui.app import LazyApp
+
     parent = FastAPI()
-    parent.mount(PREFIX, app)
+    parent.mount(PREFIX, LazyApp(lambda: app))
     return parent
 
 

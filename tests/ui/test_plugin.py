@@ -58,7 +58,7 @@ def test_each_release_task_links_to_its_report_and_other_dags_get_none(plugin_mo
     assert all(link(name, "train", "someone_elses_dag") == "" for name in LINK_NAMES)
 
 
-def test_the_pages_are_built_on_first_use(plugin_module, world):
+def test_the_pages_are_built_on_first_use(plugin_module):
     from fastapi import FastAPI
 
     lazy = plugin_module.LazyApp(lambda: FastAPI(title="built"))
