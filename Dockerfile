@@ -26,3 +26,5 @@ RUN pip install -c /opt/pipeline/src/constraints.txt /opt/pipeline/src \
 COPY --chown=airflow:0 configs /opt/pipeline/configs
 COPY --chown=airflow:0 k8s/training-pod.yaml /opt/pipeline/k8s/training-pod.yaml
 COPY --chown=airflow:0 dags /opt/airflow/dags
+# The models pages and the reports' links (plugins/pipeline_ui.py): Airflow's default plugins folder.
+COPY --chown=airflow:0 plugins /opt/airflow/plugins

@@ -56,6 +56,7 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/canary_analysis.py
 	$(BIN)/python bench/canary.py
+	$(BIN)/python bench/ui.py
 
 clean:
 	rm -rf var

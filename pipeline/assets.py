@@ -12,7 +12,7 @@ what is served (:func:`served_inlets`). Light: names are plain strings; Airflow 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset
@@ -21,6 +21,13 @@ STAGING = "staging"
 PRODUCTION = "production"
 ENVIRONMENTS = (STAGING, PRODUCTION)
 GROUP = "serving"  # the assets' group in Airflow's Assets view
+
+# Where a change was made (an event's extra ``origin``): inside an Airflow task, or outside (CLI, scripts, tests).
+AIRFLOW = "airflow"
+SHELL = "shell"
+# Changes that take a version off production. Made in a DAG, its callbacks alert; made outside Airflow, the
+# production_changes DAG that every production event starts alerts (pipeline.notify).
+ROLLBACK_CHANGES = ("rollback", "canary_rollback", "live_canary_rollback")
 
 # Release tasks that read what an environment serves: validate_staging judges what staging serves, evaluate
 # compares against production's stable version.
@@ -51,6 +58,13 @@ def served_inlets(model: str, task_id: str) -> list[Asset]:
     """The served assets a release task reads (its ``inlets``; none for most tasks)."""
     environment = _RELEASE_INLETS.get(task_id)
     return [served_asset(model, environment)] if environment else []
+
+
+def rollbacks_made_outside_airflow(extras: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of served-change events' extras, the rollbacks made outside Airflow (``pipeline rollback`` from a shell, the
+    automatic rollback of ``pipeline release``): nothing in Airflow has alerted about those yet."""
+    return [extra for extra in extras
+            if extra.get("change") in ROLLBACK_CHANGES and extra.get("origin") == SHELL]
 
 
 def _check(environment: str) -> None:

@@ -7,6 +7,9 @@ and of ``canary_monitor``'s probes; ``on_success_callback`` of ``model_rollback`
 ``rollback``         ``model_rollback`` moved production's stable version
 ``rollback_failed``  ``model_rollback`` was refused or failed
 ``probe_failed``     ``canary_monitor``'s probe of production failed (it rolled back on its own, or tried to)
+``rollback_outside_airflow``  production was rolled back outside Airflow (``pipeline rollback`` from a shell, the
+                     automatic rollback of ``pipeline release``): ``production_changes``, which every event of a
+                     production asset starts, found it among its triggering events (one alert per rollback)
 
 :func:`describe` turns an Airflow callback context into an :class:`Alert`: model, version, what production serves
 now, the reason, and the run's URL in the Airflow UI (``[api] base_url``). The same alert becomes the run's note
@@ -45,7 +48,8 @@ RELEASE_FAILED = "release_failed"
 ROLLBACK = "rollback"
 ROLLBACK_FAILED = "rollback_failed"
 PROBE_FAILED = "probe_failed"
-EVENTS = (RELEASE_FAILED, ROLLBACK, ROLLBACK_FAILED, PROBE_FAILED)
+ROLLBACK_OUTSIDE = "rollback_outside_airflow"
+EVENTS = (RELEASE_FAILED, ROLLBACK, ROLLBACK_FAILED, PROBE_FAILED, ROLLBACK_OUTSIDE)
 
 _CONNECT_TIMEOUT_S = 5.0
 _SEND_TIMEOUT_S = 15.0
@@ -80,6 +84,8 @@ class Alert:
             return f"{self.model}{candidate} release failed at {self.task_id}{rolled}; {served}"
         if self.event == ROLLBACK:
             return f"{self.model} rolled back: stable {self.previous} -> {self.version}"
+        if self.event == ROLLBACK_OUTSIDE:
+            return f"{self.model} rolled back outside Airflow; {served}"
         if self.event == ROLLBACK_FAILED:
             target = f" to version {self.version}" if self.version is not None else ""
             return f"{self.model} rollback{target} failed; {served}"
@@ -123,10 +129,22 @@ class Alert:
         return {**asdict(self), "rolled_back": list(self.rolled_back), "title": self.title, "text": self.text()}
 
 
+def describe_all(context: Mapping[str, Any], event: str) -> list[Alert]:
+    """The alerts of ``event``: one, except for rollbacks made outside Airflow (one per rollback the task found)."""
+    if event != ROLLBACK_OUTSIDE:
+        return [describe(context, event)]
+    ti = context["ti"]
+    run_id = str(context.get("run_id") or ti.run_id)
+    url = run_url(ti.dag_id, run_id)
+    return [Alert(ROLLBACK_OUTSIDE, str(extra.get("model")), extra.get("version"), extra.get("version"),
+                  str(extra.get("reason") or "(no reason given)"), ti.dag_id, str(extra.get("run_id") or run_id), url)
+            for extra in _pull(ti, ti.task_id) or []]
+
+
 def describe(context: Mapping[str, Any], event: str) -> Alert:
     """The alert of ``event`` from an Airflow callback context (``ti``, ``run_id``, ``params``, ``exception``)."""
-    if event not in EVENTS:
-        raise ValueError(f"unknown event {event!r} (known: {list(EVENTS)})")
+    if event not in EVENTS or event == ROLLBACK_OUTSIDE:
+        raise ValueError(f"no single alert for event {event!r} (known: {list(EVENTS)}; see describe_all)")
     ti = context["ti"]
     dag_id, task_id = ti.dag_id, ti.task_id
     run_id = str(context.get("run_id") or ti.run_id)
@@ -206,8 +224,8 @@ class _AlertNotifier(BaseNotifier):
         if connection is None:
             return
         try:
-            alert = describe(context, self.event)
-            self.send(alert, connection, context)
+            for alert in describe_all(context, self.event):
+                self.send(alert, connection, context)
         except Exception as exc:  # noqa: BLE001 - one line; an alert that cannot go out must not hide the failure
             log.error("%s alert through connection %s not sent: %s: %s", self.event, self.conn_id,
                       type(exc).__name__, exc)

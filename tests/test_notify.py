@@ -21,6 +21,7 @@ from pipeline.notify import (
     RELEASE_FAILED,
     ROLLBACK,
     ROLLBACK_FAILED,
+    ROLLBACK_OUTSIDE,
     SmtpAlertNotifier,
     WebhookNotifier,
     alert_notifiers,
@@ -212,3 +213,30 @@ def test_a_rollback_note_says_what_is_stable_now_and_why(world):
     alert = describe(context("model_rollback", "rollback", params={"model": "mnist", "reason": "bad 7s"},
                              xcoms={"rollback": {"from": 2, "to": 1}}), ROLLBACK)
     assert alert.note == "stable 2 -> 1: bad 7s"
+
+
+def test_rollbacks_made_outside_airflow_are_alerted_one_each_by_production_changes(receivers):
+    sink, hook = receivers
+    found = [{"model": "mnist", "environment": "production", "version": 1, "run_id": None, "origin": "shell",
+              "reason": "on-call rollback (CLI): stable 2 -> 1", "change": "rollback"},
+             {"model": "spam", "environment": "production", "version": 4, "run_id": "cli-release-7",
+              "origin": "shell", "reason": "live canary 5 rolled back (shadow failed)", "change": "live_canary_rollback"}]
+    done = context("production_changes", "alert_rollbacks_made_outside_airflow",
+                   xcoms={"alert_rollbacks_made_outside_airflow": found})
+    for notifier in alert_notifiers(ROLLBACK_OUTSIDE):
+        notifier(done)
+
+    assert [m.subject for m in sink.mails] == ["mnist rolled back outside Airflow; production serves stable 1",
+                                              "spam rolled back outside Airflow; production serves stable 4"]
+    sent = [r.body for r in hook.requests]
+    assert [(b["model"], b["version"], b["stable"]) for b in sent] == [("mnist", 1, 1), ("spam", 4, 4)]
+    assert sent[0]["reason"] == "on-call rollback (CLI): stable 2 -> 1" and sent[1]["run_id"] == "cli-release-7"
+    assert sent[0]["run_url"] == f"{BASE_URL}/dags/production_changes/runs/{quote(RUN_ID, safe='')}"
+
+
+def test_production_changes_with_nothing_made_outside_airflow_alert_nothing(receivers):
+    sink, hook = receivers
+    for notifier in alert_notifiers(ROLLBACK_OUTSIDE):
+        notifier(context("production_changes", "alert_rollbacks_made_outside_airflow",
+                         xcoms={"alert_rollbacks_made_outside_airflow": []}))
+    assert sink.mails == [] and hook.requests == []

@@ -516,6 +516,13 @@ class Registry:
         with self._read() as conn:
             return bool(conn.execute(query).scalar())
 
+    def validated_versions(self, model: str) -> set[int]:
+        """Every version that reached ``validated`` at some point (one query; see :meth:`passed_validation`)."""
+        query = sa.select(transitions.c.version).distinct().where(
+            transitions.c.model == model, transitions.c.to_state == State.VALIDATED.value)
+        with self._read() as conn:
+            return {int(version) for version in conn.execute(query).scalars()}
+
     def protected_versions(self, model: str) -> set[int]:
         """Versions retention must keep: the stable one, the canary and the rollback target."""
         stable = self.stable_version(model)

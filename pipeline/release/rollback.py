@@ -24,23 +24,52 @@ from pipeline.wire.version_dirs import has_saved_model, read_golden
 
 log = logging.getLogger(__name__)
 
+# States a rollback may go to: stable before (superseded since) or validated and never promoted; never the canary
+# under test, a version rolled back, rejected or failed.
+TARGET_STATES = (State.SUPERSEDED, State.VALIDATED)
 _DEFAULT_LOCK_TIMEOUT_S = 90.0  # a release whose live canary was just aborted frees it at its next look
 
 
 def choose_rollback_target(release: Release, current: int | None, to_version: int | None) -> int:
-    """``to_version`` if given, else the last good version before ``current``; checked either way."""
+    """``to_version`` if given, else the last good version before ``current``; checked either way.
+
+    A refusal names the versions that are allowed and both ways to choose one: the ``model_rollback`` form's
+    ``to_version`` field and the CLI's ``--to``.
+    """
     target = to_version if to_version is not None else release.registry.last_good_version(release.model, before=current)
     if target is None:
         raise NotFound(f"{release.model}: no earlier good version to roll back to (stable is {current}); "
-                       "pass --to N with a version that passed validation")
+                       f"{_choose_one(release, current)}")
     if not has_saved_model(release.version_dir(target)):
-        raise NotFound(f"{release.model} version {target} is not on disk under {release.base_path}")
+        raise NotFound(f"{release.model} version {target} is not on disk under {release.base_path}; "
+                       f"{_choose_one(release, current)}")
     if not release.registry.passed_validation(release.model, target):
-        raise ValidationFailed(f"{release.model} version {target} never passed staging validation; "
-                               "refusing to roll back to it")
+        raise ValidationFailed(f"{release.model} version {target} never passed staging validation; refusing to roll "
+                               f"back to it; {_choose_one(release, current)}")
     if target == current:
         raise ValidationFailed(f"{release.model} version {target} is already stable")
+    state = release.registry.get_version(release.model, target).state
+    if state not in TARGET_STATES:
+        raise ValidationFailed(f"{release.model} version {target} is {state.value}; refusing to roll back to it; "
+                               f"{_choose_one(release, current)}")
     return target
+
+
+def rollback_targets(release: Release, current: int | None) -> list[int]:
+    """The versions a rollback may go to, newest first: on disk with a SavedModel, passed staging validation, in a
+    state that may become stable again, and not ``current`` (the rules :func:`choose_rollback_target` checks)."""
+    validated = release.registry.validated_versions(release.model)
+    return [r.version for r in reversed(release.registry.versions(release.model))
+            if r.version != current and r.version in validated and r.state in TARGET_STATES
+            and has_saved_model(release.version_dir(r.version))]
+
+
+def _choose_one(release: Release, current: int | None) -> str:
+    allowed = rollback_targets(release, current)
+    if not allowed:
+        return "no other version on disk passed validation"
+    listed = ", ".join(str(v) for v in allowed)
+    return f"choose one of {listed} (to_version in the model_rollback form, --to N from the CLI)"
 
 
 def abort_live_canary(release: Release, reason: str) -> int | None:

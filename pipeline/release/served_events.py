@@ -16,16 +16,23 @@ change stands: this record never fails or undoes what it describes.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from pipeline.airflow_rest import post_asset_event
-from pipeline.assets import asset_name, asset_uri
+from pipeline.assets import AIRFLOW, SHELL, asset_name, asset_uri
 from pipeline.errors import NotFound
 from pipeline.release.context import Release
 from pipeline.release.production import CANARY, STABLE
 from pipeline.release.serving_state import ServedState, served_state
 
 log = logging.getLogger(__name__)
+
+
+def change_origin() -> str:
+    """Where the change is made: ``airflow`` inside a task (Airflow exports its context to the task's environment
+    as ``AIRFLOW_CTX_DAG_ID``), else ``shell`` (the CLI, a script, a test)."""
+    return AIRFLOW if os.environ.get("AIRFLOW_CTX_DAG_ID") else SHELL
 
 
 def served_extra(release: Release, instance: str, reason: str, run_id: str | None,
@@ -44,6 +51,7 @@ def served_extra(release: Release, instance: str, reason: str, run_id: str | Non
         "accuracy": metrics.get("accuracy"),
         "run_id": run_id,
         "reason": reason,
+        "origin": change_origin(),
     }
     if metric != "accuracy":
         extra[metric] = metrics.get(metric)

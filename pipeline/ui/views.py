@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from pipeline.release.registry import Registry, VersionRecord
 
 DEFAULT_HISTORY = 50  # registry history rows on a model's page ("all" shows every one)
-# States a rollback can make stable again (the registry's allowed moves to ``promoted``, less the canary in flight).
-ROLLBACK_STATES = ("superseded", "validated")
 _GATE_ORDER = ("evaluate", "staging", "canary", "live_shadow")
 DATA_DOCS_SUBDIR = "validation"  # pipeline.data.validate writes the Data Docs site here, in the snapshot dir
 DATA_DOCS_INDEX = "index.html"
@@ -114,7 +112,6 @@ class Pages:
         release = self.release(model)
         status = model_status(release, history=history if history is not None else 10**9)
         transitions = self.registry.history(model)
-        validated = {t.version for t in transitions if str(t.to_state) == "validated"}
         records = self.registry.versions(model)
         on_disk = set(status["on_disk"])
         versions = [self._version_row(release, record, record.version in on_disk) for record in reversed(records)]
@@ -125,7 +122,7 @@ class Pages:
             "versions": versions,
             "phases": phases,
             "history_total": len(transitions),
-            "rollback": self._rollback_choices(release, records, validated, on_disk, status),
+            "rollback": self._rollback_choices(release, records, status),
         }
 
     def rollback_targets(self, model: str) -> list[int]:
@@ -240,19 +237,16 @@ class Pages:
             self._blessed[path] = (stamp, blessed)
         return blessed
 
-    def _rollback_choices(self, release: Release, records: list[VersionRecord], validated: set[int],
-                          on_disk: set[int], status: dict[str, Any]) -> dict[str, Any]:
-        """Versions a rollback may go to: on disk with a SavedModel, once validated, in a state that may become
-        stable again, and not stable now (:func:`pipeline.release.rollback.choose_rollback_target`'s rules)."""
-        from pipeline.wire.version_dirs import has_saved_model
+    def _rollback_choices(self, release: Release, records: list[VersionRecord], status: dict[str, Any]
+                          ) -> dict[str, Any]:
+        """Versions a rollback may go to (:func:`pipeline.release.rollback.rollback_targets`, the rules the
+        rollback itself checks), newest first, with their state and figures; the default is the CLI's."""
+        from pipeline.release.rollback import rollback_targets
 
         stable = status["stable"]
-        choices = [
-            {"version": r.version, "state": str(r.state), "metrics": r.metrics}
-            for r in reversed(records)
-            if r.version != stable and r.version in validated and r.version in on_disk
-            and str(r.state) in ROLLBACK_STATES and has_saved_model(release.version_dir(r.version))
-        ]
+        by_version = {r.version: r for r in records}
+        choices = [{"version": v, "state": str(by_version[v].state), "metrics": by_version[v].metrics}
+                   for v in rollback_targets(release, stable)]
         default = status["last_good_before_stable"]
         return {"choices": choices, "stable": stable,
                 "default": default if any(c["version"] == default for c in choices) else None}

@@ -20,7 +20,19 @@ def dagbag():
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert {"mnist_release", "spam_release", "model_rollback", "canary_monitor"} <= set(dagbag.dag_ids)
+    assert {"mnist_release", "spam_release", "model_rollback", "canary_monitor", "production_changes"} <= set(
+        dagbag.dag_ids)
+
+
+def test_production_changes_runs_on_every_production_asset_event(dagbag):
+    from pipeline.assets import asset_name
+    from pipeline.config import list_models
+
+    dag = dagbag.dags["production_changes"]
+    names = {asset.name for asset in dag.timetable.asset_condition.objects}
+    assert names == {asset_name(model, "production") for model in list_models()}
+    (task,) = dag.tasks
+    assert [type(n).__name__ for n in task.on_success_callback] == ["SmtpAlertNotifier", "WebhookNotifier"]
 
 
 def test_each_file_parses_fast_and_imports_nothing_heavy():

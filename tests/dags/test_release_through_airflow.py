@@ -22,6 +22,7 @@ def airflow_world(tmp_path, monkeypatch):
     (tmp_path / "configs" / "serving" / "embedded.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setenv("PIPELINE_HOME", str(home))
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("PIPELINE_MONITOR_MINUTES", "off")  # only this test's runs: no scheduled probe
     monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", str(next(ports)))
     from pipeline import stack
     from pipeline.settings import get_paths

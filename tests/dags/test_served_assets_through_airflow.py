@@ -1,5 +1,6 @@
-"""Against a real ``airflow standalone``: a rollback's asset event in the Assets API, and a refused on-call rollback
-explained in the run's note, alerted through the webhook connection, and logged as one line.
+"""Against a real ``airflow standalone``: a rollback's asset event in the Assets API (and, made outside Airflow,
+alerted by the run of ``production_changes`` it starts), and a refused on-call rollback explained in the run's
+note, alerted through the webhook connection, and logged as one line.
 
 No serving process is needed: the rollback in this process runs on paper servers (:mod:`tests.release.paper`),
 and the refused one is refused before any server is touched.
@@ -33,6 +34,7 @@ def airflow_only(tmp_path, monkeypatch):
     port = free_ports(1)[0]
     monkeypatch.setenv("PIPELINE_HOME", str(home))
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("PIPELINE_MONITOR_MINUTES", "off")  # only this test's runs: no scheduled probe
     monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", str(port))
     for name in ("PIPELINE_AIRFLOW_API_URL", "AIRFLOW__API__PORT", "AIRFLOW__API__BASE_URL", "PIPELINE_REGISTRY_URL",
                  "AIRFLOW_CONN_PIPELINE_SMTP"):
@@ -57,6 +59,7 @@ def test_a_rollback_is_an_asset_event_and_a_refused_one_is_noted_alerted_and_one
     paths, url, hook = airflow_only
     api = AirflowApi(url, paths)
     api.wait_for_dag("model_rollback", timeout_s=_DEADLINE_S)
+    api.wait_for_dag("production_changes", timeout_s=_DEADLINE_S)  # scheduled on production's events
 
     def production_asset() -> tuple[int | None, str]:
         found = [a for a in api.get("/assets?name_pattern=mnist_production")["assets"]
@@ -78,6 +81,18 @@ def test_a_rollback_is_an_asset_event_and_a_refused_one_is_noted_alerted_and_one
     extra = event["extra"]
     assert (extra["version"], extra["labels"], extra["accuracy"]) == (1, {"stable": 1}, 0.93)
     assert extra["reason"] == "7s answered as 1s: stable 2 -> 1" and extra["change"] == "rollback"
+    assert extra["origin"] == "shell"
+
+    # Made outside Airflow, so no DAG's callback alerted it: production_changes, started by the event, does.
+    def alerted_outside() -> tuple[dict | None, str]:
+        posts = [r.body for r in hook.requests if r.body and r.body.get("run_id") == "shell-rollback"]
+        return (posts[0] if posts else None), f"{len(hook.requests)} posts"
+
+    shell_alert = poll_until(alerted_outside, _DEADLINE_S, "no alert of the shell rollback", interval_s=1.0)
+    assert (shell_alert["event"], shell_alert["model"], shell_alert["version"]) == ("rollback_outside_airflow",
+                                                                                  "mnist", 1)
+    assert shell_alert["reason"] == "7s answered as 1s: stable 2 -> 1"
+    assert "/dags/production_changes/runs/" in shell_alert["run_url"]
 
     # Version 3 never passed staging validation: the on-call rollback to it is refused.
     run_id = trigger_dag(paths, "model_rollback", {"model": "mnist", "to_version": 3, "reason": "slow test"})

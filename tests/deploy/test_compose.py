@@ -87,6 +87,15 @@ def test_airflow_runs_the_local_executor_with_our_serving_profile(compose):
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
 
 
+def test_airflow_records_served_changes_through_the_api_server_and_links_to_the_ui(compose):
+    for name in _AIRFLOW_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["PIPELINE_AIRFLOW_API_URL"] == "http://airflow-apiserver:8080"
+        assert env["PIPELINE_AIRFLOW_API_USERNAME"] and env["PIPELINE_AIRFLOW_API_PASSWORD"]
+        assert env["AIRFLOW__API__BASE_URL"].startswith("${AIRFLOW_BASE_URL")
+    assert "airflow-apiserver" in compose["services"]
+
+
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
     """target path -> volume name."""
     return {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}

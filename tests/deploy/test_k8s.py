@@ -163,6 +163,18 @@ def test_the_helm_values_mount_our_dags_and_the_pipeline_volumes():
     env = {e["name"]: e["value"] for e in values["env"]}
     assert env["PIPELINE_SERVING_PROFILE"] == "k8s" and load_profile("k8s").instances
     assert env["PIPELINE_HOME"] == containers.CONTAINER_PIPELINE_HOME
+
+
+def test_the_image_and_the_helm_values_load_the_models_pages_plugin():
+    values = yaml.safe_load((_K8S / "airflow" / "values.yaml").read_text())
+    assert values["config"]["core"]["plugins_folder"] == "/opt/airflow/plugins"
+    assert "COPY --chown=airflow:0 plugins /opt/airflow/plugins" in (REPO_ROOT / "Dockerfile").read_text()
+    assert (REPO_ROOT / "plugins" / "pipeline_ui.py").is_file()
+    extra = yaml.safe_load(values["extraEnv"])
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in extra}
+    assert set(secrets) == {"PIPELINE_AIRFLOW_API_USERNAME", "PIPELINE_AIRFLOW_API_PASSWORD"}
+    env = {e["name"]: e["value"] for e in values["env"]}
+    assert env["PIPELINE_AIRFLOW_API_URL"].startswith("http://airflow-api-server")
     mounts = {m["mountPath"] for m in values["volumeMounts"]}
     assert {containers.CONTAINER_PIPELINE_HOME, containers.CONTAINER_MODELS_DIR} <= mounts
     assert values["airflowVersion"] == "3.3.2"

@@ -21,7 +21,7 @@ from pipeline.release.canary import canary_gate, check_canary, finalize_release,
 from pipeline.release.context import PRODUCTION, STAGING, Release
 from pipeline.release.production import CANARY, STABLE, production_state
 from pipeline.release.registry import RegistryConflict, State
-from pipeline.release.rollback import choose_rollback_target, monitor, probe_stable, rollback
+from pipeline.release.rollback import choose_rollback_target, monitor, probe_stable, rollback, rollback_targets
 from pipeline.release.serving_state import ServedState, change_served_state, served_state
 from pipeline.release.staging import deploy_to_staging, validate_on_staging
 from pipeline.release.status import model_status
@@ -447,6 +447,17 @@ def test_a_refused_rollback_leaves_production_unchanged(make_release, released, 
 
     assert snapshot_production(release) == before
     assert release.registry.lock_holder(release.model) is None
+
+
+def test_a_refused_rollback_names_the_versions_allowed_and_how_to_choose_one(make_release):
+    release = make_release({1: GOOD, 2: GOOD_ALT, 3: GOOD})
+    as_if_released(release, 1, 2)
+    release.registry.transition(release.model, 3, State.REJECTED, reason="failed staging")
+
+    assert rollback_targets(release, 2) == [1]
+    with pytest.raises(ValidationFailed) as refused:
+        choose_rollback_target(release, 2, 3)
+    assert "choose one of 1 (to_version in the model_rollback form, --to N from the CLI)" in str(refused.value)
 
 
 # ---- the scheduled probe of stable -------------------------------------------------------------------------------

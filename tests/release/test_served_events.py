@@ -78,7 +78,7 @@ def test_finalize_posts_what_production_serves_with_version_labels_accuracy_run_
     assert finalized == {
         "model": MODEL, "environment": PRODUCTION, "version": 2, "labels": {STABLE: 2}, "versions": [1, 2],
         "accuracy": ACCURACY[2], "run_id": "run-7", "reason": "canary passed; stable 1 -> 2", "change": "finalize",
-        "from_rest_api": True,
+        "origin": "shell", "from_rest_api": True,
     }
     # It logged in as the local stack's admin, with the password airflow standalone generated.
     assert any(r.path == "/auth/token" for r in api.requests)
@@ -106,6 +106,23 @@ def test_an_on_call_rollback_posts_the_new_stable_and_the_on_call_reason(release
     event = api.events_of("mnist_production")[-1]
     assert event["version"] == 1 and event["labels"] == {STABLE: 1} and event["accuracy"] == ACCURACY[1]
     assert event["reason"] == "wrong answers for 7s: stable 2 -> 1" and event["run_id"] == "manual__rollback"
+
+
+def test_the_origin_says_whether_an_airflow_task_made_the_change(release, api, monkeypatch):
+    from pipeline.assets import rollbacks_made_outside_airflow
+
+    pose_as_local_stack(release.paths.home, api, monkeypatch)
+    released(release, 1, 2, 3)
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "model_rollback")  # what Airflow exports in a task's environment
+    rollback(release, to_version=2, run_id="manual__in_airflow", reason="from the form")
+    monkeypatch.delenv("AIRFLOW_CTX_DAG_ID")
+    rollback(release, to_version=1, run_id=None, reason="from a shell")
+
+    in_airflow, in_shell = api.events_of("mnist_production")[-2:]
+    assert (in_airflow["origin"], in_shell["origin"]) == ("airflow", "shell")
+    assert rollbacks_made_outside_airflow([in_airflow, in_shell]) == [in_shell]
+    finalize = {**in_shell, "change": "finalize"}  # only rollbacks are alerted
+    assert rollbacks_made_outside_airflow([finalize]) == []
 
 
 def test_deploying_to_staging_posts_the_staging_asset(release, api, monkeypatch):

@@ -73,6 +73,7 @@ def stack_world(tmp_path, monkeypatch):
     (configs / "models" / f"{MODEL}.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(configs))
+    monkeypatch.setenv("PIPELINE_MONITOR_MINUTES", "off")  # only this test's runs: no scheduled probe
     monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", str(next(ports)))
     monkeypatch.delenv("PIPELINE_SERVING_PROFILE", raising=False)
     monkeypatch.delenv("PIPELINE_REGISTRY_URL", raising=False)

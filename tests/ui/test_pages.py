@@ -9,7 +9,7 @@ import pytest
 from pipeline.release.registry import State
 from pipeline.ui import links
 from tests.ui.conftest import PREFIX, TOKEN
-from tests.ui.html import read
+from tests.ui.page_parse import read
 from tests.ui.world import LATENCY_BUDGET_MS, MIN_ACCURACY, MODEL, PNG, SHA
 
 
