@@ -41,8 +41,10 @@ with DAG(
         "model": Param(_MODELS[0] if _MODELS else None, type="string", enum=_MODELS, title="Model",
                        description="Which model's production to roll back."),
         "to_version": Param(None, type=["null", "integer"], exclusiveMinimum=0, title="Version to make stable",
-                            description="A version on disk that once passed validation (`pipeline status <model>` "
-                                        "lists them). Empty: the last good version before the current stable."),
+                            description="A version on disk that once passed validation: the Models page (navigation "
+                                        "bar) shows the current stable and offers exactly those; so does `pipeline "
+                                        "status <model>`. Empty: the last good version before the current stable. "
+                                        "A refused version is named with the ones allowed."),
         "reason": Param("on-call rollback", type="string", minLength=1, title="Reason",
                         description="Why: recorded with the rollback in the registry and sent with its alert."),
     },
