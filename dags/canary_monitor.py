@@ -18,7 +18,7 @@ from pipeline.assets import PRODUCTION, served_asset
 from pipeline.config import list_models
 from pipeline.flow import OWNER
 from pipeline.notify import PROBE_FAILED, alert_notifiers, note_and_log
-from pipeline.refusals import refusals_end_quietly
+from pipeline.refusals import refusal_retry_policy, refusals_end_quietly
 from pipeline.util.native_stderr import route_native_startup
 from pipeline.wire.grpc_io import prefer_classic_io
 
@@ -58,8 +58,11 @@ with DAG(
 ) as dag:
     for _model in list_models():
 
+        # A failed probe (Refused) fails at once; a task that never ran (its process could not reach Airflow's API,
+        # as when the stack is still starting) is tried again before anyone is told.
         @task(task_id=f"probe_{_model}", on_failure_callback=[_on_failure, *alert_notifiers(PROBE_FAILED)],
-              inlets=[served_asset(_model, PRODUCTION)])  # it probes what production serves
+              inlets=[served_asset(_model, PRODUCTION)],  # it probes what production serves
+              retries=2, retry_delay=pendulum.duration(seconds=30), retry_policy=refusal_retry_policy())
         @refusals_end_quietly  # a failed probe (rolled back by then) is one ERROR line, no traceback
         def probe(model: str = _model, **context) -> dict:
             """Replays the stable version's golden requests through production's `stable` label (a dead production

@@ -55,6 +55,9 @@ _CONNECT_TIMEOUT_S = 5.0
 _SEND_TIMEOUT_S = 15.0
 _RELEASE_SUFFIX = "_release"
 _PROBE_PREFIX = "probe_"
+# A failure callback without an exception: the task's code never raised (it was killed, timed out, or its process
+# could not start or reach Airflow's API); its log says which.
+_NO_EXCEPTION = "the task ended without an error of its own (killed, timed out, or it never started): see its log"
 _missing_connections: set[str] = set()  # connection ids already reported missing by this process
 
 
@@ -166,7 +169,7 @@ def describe(context: Mapping[str, Any], event: str) -> Alert:
         version = params.get("to_version")
     else:  # PROBE_FAILED: the version that failed is the one this run rolled back, else the stable one it probed
         version = facts.rolled_back[0] if facts.rolled_back else facts.stable
-    return Alert(event, model, version, facts.stable, reason or "(no reason given)", dag_id, run_id,
+    return Alert(event, model, version, facts.stable, reason or _NO_EXCEPTION, dag_id, run_id,
                  run_url(dag_id, run_id), task_id if event != ROLLBACK else None, facts.rolled_back, previous)
 
 

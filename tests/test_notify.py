@@ -240,3 +240,9 @@ def test_production_changes_with_nothing_made_outside_airflow_alert_nothing(rece
         notifier(context("production_changes", "alert_rollbacks_made_outside_airflow",
                          xcoms={"alert_rollbacks_made_outside_airflow": []}))
     assert sink.mails == [] and hook.requests == []
+
+
+def test_a_task_that_failed_without_an_exception_says_so_and_where_to_look(world):
+    alert = describe(context("canary_monitor", "probe_mnist"), PROBE_FAILED)  # killed, or never started
+    assert "without an error of its own" in alert.reason and "see its log" in alert.reason
+    assert alert.note.startswith("probe_mnist failed: the task ended without an error of its own")

@@ -248,3 +248,12 @@ def test_training_in_a_container_when_configured(runner, operator, monkeypatch):
     assert container.task_group.group_id == "training" and container.doc_md
     command = getattr(container, "command", None) or [*container.cmds, *container.arguments]
     assert command[-4:] == ["pipeline", "train", "mnist", "--json"]
+
+
+def test_a_monitor_probe_is_retried_unless_refused(dagbag):
+    from pipeline.refusals import Refused
+
+    for task in dagbag.dags["canary_monitor"].tasks:
+        assert task.retries == 2, task.task_id  # a probe whose process never started is tried again
+        rule = task.retry_policy.rules[0]
+        assert rule.exception is Refused and rule.action.name == "FAIL"  # a failed probe is not
