@@ -5,8 +5,9 @@ Two local-backend servers (the embedded TF Serving, as production runs it) serve
 one with ``--enable_batching --batching_parameters_file`` (the file is ``--parameters``, by default
 ``configs/serving/batching.config``). Each way is called with batch-1 requests from 1 and from 8 client threads:
 ``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads: the floor),
-``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. Ways alternate in rounds
-so drift on a busy VM hits them alike. Each row also reports the CPU the server process and this (client) process
+``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. At concurrency 1 the
+ways take turns call by call (req/s there is 1 / mean latency); at 8 they alternate in rounds. Either way drift on
+a busy VM hits them alike. Each row also reports the CPU the server process and this (client) process
 used, in cores, which shows where the time goes.
 
 Targets (issue 13): at concurrency 8, REST and gRPC with batching >= 60 % of the floor's throughput; at concurrency
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -104,6 +106,41 @@ def measure(ways: dict[str, Callable[[], Any]], servers: dict[str, Any], concurr
     return rows
 
 
+def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, Any],
+                        seconds: float) -> list[dict[str, Any]]:
+    """Concurrency 1 with the ways taking turns call by call, so drift on a busy VM hits each p50 alike."""
+    import psutil
+
+    me = psutil.Process()
+    latencies: dict[str, list[float]] = {way: [] for way in ways}
+    busy: dict[str, float] = dict.fromkeys(ways, 0.0)
+    cpu: dict[str, list[float]] = {way: [0.0, 0.0] for way in ways}
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        for way, call in ways.items():
+            server = servers.get("batched" if way.endswith("_batched") else "plain") if way != "in_process" else None
+            server_before, client_before = (cpu_seconds(server) if server else 0.0), cpu_seconds(me)
+            started = time.perf_counter()
+            call()
+            latencies[way].append(time.perf_counter() - started)
+            busy[way] += latencies[way][-1]
+            cpu[way][0] += (cpu_seconds(server) - server_before) if server else 0.0
+            cpu[way][1] += cpu_seconds(me) - client_before
+    rows = []
+    for way in ways:
+        values = sorted(latencies[way])
+        plain = way.removesuffix("_batched")
+        paired = (sorted(b - a for a, b in zip(latencies[plain], latencies[way], strict=False))
+                  if way.endswith("_batched") else [])
+        rows.append({"way": way, "concurrency": 1, "requests": len(values), "errors": 0,
+                     "p50_ms": round(serving_bench._percentile(values, 50) * 1e3, 3),
+                     "p99_ms": round(serving_bench._percentile(values, 99) * 1e3, 3),
+                     "throughput_rps": round(len(values) / busy[way], 3),
+                     "server_cores": round(cpu[way][0] / busy[way], 2), "client_cores": round(cpu[way][1] / busy[way], 2),
+                     **({"paired_delta_p50_ms": round(serving_bench._percentile(paired, 50) * 1e3, 3)} if paired else {})})
+    return rows
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Throughput ratios to the floor at concurrency 8, and the p50 change batching brings at concurrency 1."""
     def row(way: str, concurrency: int) -> dict[str, Any]:
@@ -118,6 +155,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
                                            "target": _TARGET_RATIO, "met": ratio >= _TARGET_RATIO}
         p50_delta = row(f"{protocol}_batched", 1)["p50_ms"] - row(protocol, 1)["p50_ms"]
         summary[f"{protocol}_c1_p50_delta_ms"] = {"value": round(p50_delta, 3),
+                                                  "paired_median_ms": row(f"{protocol}_batched", 1).get("paired_delta_p50_ms"),
                                                   "without_batching_ms": row(protocol, 1)["p50_ms"],
                                                   "with_batching_ms": row(f"{protocol}_batched", 1)["p50_ms"]}
     return summary
@@ -141,7 +179,8 @@ def render_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                      f"without (target >= {item['target']}): {verdict}")
         delta = summary[f"{protocol}_c1_p50_delta_ms"]
         lines.append(f"{protocol} conc 1 p50: {delta['with_batching_ms']:.2f} ms with batching, "
-                     f"{delta['without_batching_ms']:.2f} ms without ({delta['value']:+.2f} ms)")
+                     f"{delta['without_batching_ms']:.2f} ms without ({delta['value']:+.2f} ms; median of call-by-call "
+                     f"differences {delta['paired_median_ms']:+.3f} ms)")
     return "\n".join(lines)
 
 
@@ -181,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.wire.model_config import single_model_config, write_config
 
     parameters = args.parameters.read_text()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
         workdir = Path(tmp)
         source = serving_bench.find_version_dir(args.model_base_path)
@@ -209,15 +249,20 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(_WARMUP_CALLS):
                     call()
             rows = [row for concurrency in args.concurrencies
-                    for row in measure(ways, processes, concurrency, args.seconds, args.rounds)]
+                    for row in (measure_interleaved(ways, processes, args.seconds) if concurrency == 1 else
+                                measure(ways, processes, concurrency, args.seconds, args.rounds))]
         finally:
             for backend in backends.values():
                 backend.stop()
 
     summary = summarize(rows) if {1, 8} <= set(args.concurrencies) else {}
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     report = {"model_source": model_source, "intra_op_threads": args.intra_op_threads, "cpus": psutil.cpu_count(),
+              "load_average_1min_start_end": load,
               "batching_parameters": parameters, "rows": rows, "summary": summary}
     print(render_table(rows, summary))
+    print(f"{psutil.cpu_count()} CPUs; 1-minute load average {load[0]} at start, {load[1]} at end (other work "
+          f"on the machine shows here; the floor shares it)")
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

@@ -367,7 +367,7 @@ class BatchScheduler:
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _pending(self) -> bool:
-        return any(queue._batches for queue in self._alive())
+        return any(queue is not None and queue._batches for queue in (ref() for ref in self._queues))
 
     # ---- threads
 
@@ -583,7 +583,6 @@ def _split(outputs: dict[str, np.ndarray], sizes: list[int], padding: int) -> li
     if len(sizes) == 1 and not padding:
         return [outputs]
     total = sum(sizes) + padding
-    bounds = np.cumsum(sizes)[:-1]
     split: list[dict[str, np.ndarray]] = [{} for _ in sizes]
     for alias, value in outputs.items():
         if value.ndim == 0:
@@ -591,8 +590,10 @@ def _split(outputs: dict[str, np.ndarray], sizes: list[int], padding: int) -> li
         if value.shape[0] != total:
             raise failed_precondition("Batched output tensor's 0th dimension does not equal the sum of the 0th "
                                       "dimension sizes of the input tensors")
-        for index, part in enumerate(np.split(value[:total - padding], bounds)):
-            split[index][alias] = part
+        start = 0
+        for task_outputs, size in zip(split, sizes, strict=True):  # views, no copies (np.split is slower)
+            task_outputs[alias] = value[start:start + size]
+            start += size
     return split
 
 
