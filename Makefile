@@ -52,6 +52,7 @@ down:  ## stop Airflow, the live path and the servers; leaves nothing running
 bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/batching.py
 	$(BIN)/python bench/release.py
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/canary_analysis.py

@@ -40,6 +40,8 @@ class ServerOptions:
     tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (one thread per core)
     tensorflow_inter_op_parallelism: int = 0
     monitoring_config_file: str | None = None  # MonitoringConfig text proto: Prometheus metrics on the REST port
+    enable_batching: bool = False  # batch concurrent requests (pipeline.embedded_server.batching)
+    batching_parameters_file: str | None = None  # BatchingParameters text proto; needs enable_batching
 
 
 def _bool(text: str) -> bool:
@@ -85,9 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ops run at once (0: one per core)")
     add("--monitoring_config_file", default="",
         help="MonitoringConfig text proto; prometheus_config { enable: true } serves metrics on the REST port")
+    add("--enable_batching", type=_bool, nargs="?", const=True, default=False,
+        help="batch concurrent requests to one signature into one model call")
+    add("--batching_parameters_file", default="",
+        help="BatchingParameters text proto (max_batch_size, batch_timeout_micros...); needs --enable_batching")
     # Accepted for command-line compatibility with tensorflow_model_server; no effect here.
-    for flag in ("--enable_batching", "--enable_model_warmup", "--rest_api_timeout_in_ms",
-                 "--grpc_channel_arguments", "--batching_parameters_file"):
+    for flag in ("--enable_model_warmup", "--rest_api_timeout_in_ms", "--grpc_channel_arguments"):
         add(flag, default=None, nargs="?", const="true", help=argparse.SUPPRESS)
     return parser
 
@@ -119,4 +124,6 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         monitoring_config_file=args.monitoring_config_file or None,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file or None,
     )

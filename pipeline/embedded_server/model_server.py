@@ -14,7 +14,11 @@ from pipeline.wire.grpc_io import prefer_classic_io
 from pipeline.wire.status import ServingError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pipeline.embedded_server.batching import BatchScheduler
     from pipeline.embedded_server.metrics import ServerMetrics
+    from pipeline.embedded_server.servable import Servable
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,9 @@ class ModelServer:
 
         self.options = options
         self.manager = ModelManager(
-            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models)
+            allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
+            loader=self._load_servable)
+        self.batching: BatchScheduler | None = None  # set by start() with --enable_batching
         self.metrics: ServerMetrics | None = None  # set by start() when --monitoring_config_file enables Prometheus
         self.metrics_path: str | None = None
         self._grpc: Any = None
@@ -112,6 +118,7 @@ class ModelServer:
         from pipeline.embedded_server.rest import RestServer
 
         self._start_monitoring()  # first: a bad monitoring file fails before anything loads
+        self._start_batching()
         set_tensorflow_threads(self.options.tensorflow_intra_op_parallelism,
                                self.options.tensorflow_inter_op_parallelism)
         self.manager.apply_config(self._initial_config())
@@ -145,6 +152,20 @@ class ModelServer:
             return
         self.metrics, self.metrics_path = ServerMetrics(), path
         self.manager.metrics = self.metrics
+
+    def _start_batching(self) -> None:
+        """``--enable_batching`` / ``--batching_parameters_file``: one scheduler shared by every loaded version."""
+        from pipeline.embedded_server.batching import BatchScheduler, batching_options, describe
+
+        options = batching_options(self.options.enable_batching, self.options.batching_parameters_file)
+        if options is not None:
+            self.batching = BatchScheduler(options)
+            log.info("Batching requests: %s", describe(options))
+
+    def _load_servable(self, name: str, version: int, path: Path) -> Servable:
+        from pipeline.embedded_server.servable import Servable
+
+        return Servable.load(name, version, path, batching=self.batching)
 
     def _initial_config(self) -> Any:
         if self.options.model_config_file:
@@ -203,6 +224,8 @@ class ModelServer:
         if self._grpc:
             self._grpc.stop()
         self.manager.close()
+        if self.batching:
+            self.batching.stop()
 
     def __enter__(self) -> ModelServer:
         return self.start()

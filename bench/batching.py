@@ -1,0 +1,276 @@
+"""Batching benchmark: batch-1 MNIST throughput at concurrency 8 and p50 at concurrency 1, with and without
+``--enable_batching``, against the in-process floor measured in the same run.
+
+Two local-backend servers (the embedded TF Serving, as production runs it) serve the same MNIST version: one plain,
+one with ``--enable_batching --batching_parameters_file`` (the file is ``--parameters``, by default
+``configs/serving/batching.config``). Each way is called with batch-1 requests from 1 and from 8 client threads:
+``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads: the floor),
+``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. At concurrency 1 the
+ways take turns call by call (req/s there is 1 / mean latency); at 8 they alternate in rounds. Either way drift on
+a busy VM hits them alike. Each row also reports the CPU the server process and this (client) process
+used, in cores, which shows where the time goes.
+
+Targets (issue 13): at concurrency 8, REST and gRPC with batching >= 60 % of the floor's throughput; at concurrency
+1, batching must not raise the p50 (reported as the difference to the plain server; noise on a shared VM is
+~0.1 ms).
+
+Usage::
+
+    .venv/bin/python bench/batching.py [--model-base-path var/models/mnist] [--seconds 24] [--rounds 4]
+        [--parameters configs/serving/batching.config] [--json out.json]
+
+With no version under the model base path, the bench's small CNN of the same signature is built in a temporary
+directory. Nothing is written outside a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serving as serving_bench  # noqa: E402  (bench/serving.py: model, load and timing helpers)
+
+_MODEL = serving_bench._MODEL
+_REPO = Path(__file__).resolve().parent.parent
+_DEFAULT_PARAMETERS = _REPO / "configs" / "serving" / "batching.config"
+_DEFAULT_SECONDS = 24.0  # per concurrency, shared by every way and round
+_DEFAULT_ROUNDS = 4
+_CONCURRENCIES = (1, 8)
+_WARMUP_CALLS = 20
+_TARGET_RATIO = 0.60
+_WAYS = ("in_process", "rest", "grpc", "rest_batched", "grpc_batched")
+
+
+def callers(endpoints: dict[str, Any], signature: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
+    """One no-argument callable per way; one client per thread and server (clients aren't shared)."""
+    import tensorflow as tf
+
+    from pipeline.serving.client import ServingClient
+
+    local = threading.local()
+
+    def client(server: str) -> ServingClient:
+        clients = local.__dict__.setdefault("clients", {})
+        if server not in clients:
+            clients[server] = ServingClient.for_endpoint(endpoints[server], timeout_s=30)
+        return clients[server]
+
+    tensor = tf.constant(inputs)
+    ways: dict[str, Callable[[], Any]] = {"in_process": lambda: signature(images=tensor)["classes"].numpy()}
+    for server, suffix in (("plain", ""), ("batched", "_batched")):
+        ways[f"rest{suffix}"] = (lambda s=server: client(s).predict(_MODEL, instances=inputs, label="stable",
+                                                                     protocol="rest"))
+        ways[f"grpc{suffix}"] = (lambda s=server: client(s).predict(_MODEL, inputs={"images": inputs},
+                                                                     label="stable", protocol="grpc"))
+    return ways
+
+
+def cpu_seconds(process: Any) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def measure(ways: dict[str, Callable[[], Any]], servers: dict[str, Any], concurrency: int, seconds: float,
+            rounds: int) -> list[dict[str, Any]]:
+    """Every way at one concurrency, in alternating rounds; throughput, latency and CPU per way."""
+    import psutil
+
+    me = psutil.Process()
+    server_of = {way: servers.get("batched" if way.endswith("_batched") else "plain") for way in ways}
+    results: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
+    cpu: dict[str, list[float]] = {way: [0.0, 0.0] for way in ways}  # [server, client] CPU seconds
+    per_run = seconds / rounds / len(ways)
+    for round_index in range(rounds):
+        order = list(ways) if round_index % 2 == 0 else list(reversed(list(ways)))
+        for way in order:
+            server = server_of[way] if way != "in_process" else None
+            server_before, client_before = (cpu_seconds(server) if server else 0.0), cpu_seconds(me)
+            results[way].append(serving_bench.run_load(ways[way], concurrency, per_run))
+            cpu[way][0] += (cpu_seconds(server) - server_before) if server else 0.0
+            cpu[way][1] += cpu_seconds(me) - client_before
+    rows = []
+    for way in ways:
+        figures = serving_bench.merge_loads(results[way])
+        elapsed = sum(result["elapsed_s"] for result in results[way])
+        rows.append({"way": way, "concurrency": concurrency, **{k: round(v, 3) for k, v in figures.items()},
+                     "server_cores": round(cpu[way][0] / elapsed, 2), "client_cores": round(cpu[way][1] / elapsed, 2)})
+    return rows
+
+
+def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, Any],
+                        seconds: float) -> list[dict[str, Any]]:
+    """Concurrency 1 with the ways taking turns call by call, so drift on a busy VM hits each p50 alike."""
+    import psutil
+
+    me = psutil.Process()
+    latencies: dict[str, list[float]] = {way: [] for way in ways}
+    busy: dict[str, float] = dict.fromkeys(ways, 0.0)
+    cpu: dict[str, list[float]] = {way: [0.0, 0.0] for way in ways}
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        for way, call in ways.items():
+            server = servers.get("batched" if way.endswith("_batched") else "plain") if way != "in_process" else None
+            server_before, client_before = (cpu_seconds(server) if server else 0.0), cpu_seconds(me)
+            started = time.perf_counter()
+            call()
+            latencies[way].append(time.perf_counter() - started)
+            busy[way] += latencies[way][-1]
+            cpu[way][0] += (cpu_seconds(server) - server_before) if server else 0.0
+            cpu[way][1] += cpu_seconds(me) - client_before
+    rows = []
+    for way in ways:
+        values = sorted(latencies[way])
+        plain = way.removesuffix("_batched")
+        paired = (sorted(b - a for a, b in zip(latencies[plain], latencies[way], strict=False))
+                  if way.endswith("_batched") else [])
+        rows.append({"way": way, "concurrency": 1, "requests": len(values), "errors": 0,
+                     "p50_ms": round(serving_bench._percentile(values, 50) * 1e3, 3),
+                     "p99_ms": round(serving_bench._percentile(values, 99) * 1e3, 3),
+                     "throughput_rps": round(len(values) / busy[way], 3),
+                     "server_cores": round(cpu[way][0] / busy[way], 2), "client_cores": round(cpu[way][1] / busy[way], 2),
+                     **({"paired_delta_p50_ms": round(serving_bench._percentile(paired, 50) * 1e3, 3)} if paired else {})})
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Throughput ratios to the floor at concurrency 8, and the p50 change batching brings at concurrency 1."""
+    def row(way: str, concurrency: int) -> dict[str, Any]:
+        return next(r for r in rows if (r["way"], r["concurrency"]) == (way, concurrency))
+
+    floor = row("in_process", 8)["throughput_rps"]
+    summary: dict[str, Any] = {}
+    for protocol in ("rest", "grpc"):
+        plain, batched = row(protocol, 8)["throughput_rps"], row(f"{protocol}_batched", 8)["throughput_rps"]
+        ratio = batched / floor
+        summary[f"{protocol}_c8_ratio"] = {"value": round(ratio, 3), "without_batching": round(plain / floor, 3),
+                                           "target": _TARGET_RATIO, "met": ratio >= _TARGET_RATIO}
+        p50_delta = row(f"{protocol}_batched", 1)["p50_ms"] - row(protocol, 1)["p50_ms"]
+        summary[f"{protocol}_c1_p50_delta_ms"] = {"value": round(p50_delta, 3),
+                                                  "paired_median_ms": row(f"{protocol}_batched", 1).get("paired_delta_p50_ms"),
+                                                  "without_batching_ms": row(protocol, 1)["p50_ms"],
+                                                  "with_batching_ms": row(f"{protocol}_batched", 1)["p50_ms"]}
+    return summary
+
+
+def render_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
+    header = (f"{'way':<14}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'/floor':>8}"
+              f"{'server cpu':>11}{'client cpu':>11}{'err':>5}")
+    lines = [header, "-" * len(header)]
+    floors = {r["concurrency"]: r["throughput_rps"] for r in rows if r["way"] == "in_process"}
+    for r in rows:
+        ratio = r["throughput_rps"] / floors[r["concurrency"]]
+        lines.append(f"{r['way']:<14}{r['concurrency']:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+                     f"{r['throughput_rps']:>9.0f}{ratio:>8.2f}{r['server_cores']:>11.2f}{r['client_cores']:>11.2f}"
+                     f"{r['errors']:>5}")
+    lines.append("")
+    for protocol in ("rest", "grpc") if summary else ():
+        item = summary[f"{protocol}_c8_ratio"]
+        verdict = "met" if item["met"] else "MISSED"
+        lines.append(f"{protocol} conc 8 / floor: {item['value']:.2f} with batching, {item['without_batching']:.2f} "
+                     f"without (target >= {item['target']}): {verdict}")
+        delta = summary[f"{protocol}_c1_p50_delta_ms"]
+        lines.append(f"{protocol} conc 1 p50: {delta['with_batching_ms']:.2f} ms with batching, "
+                     f"{delta['without_batching_ms']:.2f} ms without ({delta['value']:+.2f} ms; median of call-by-call "
+                     f"differences {delta['paired_median_ms']:+.3f} ms)")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from pipeline.settings import get_paths
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-base-path", type=Path, default=get_paths().model_base_path(_MODEL),
+                        help="where the MNIST versions are (default: $PIPELINE_HOME/models/mnist); read only")
+    parser.add_argument("--seconds", type=float, default=_DEFAULT_SECONDS,
+                        help="load time per concurrency, shared by every way and round")
+    parser.add_argument("--rounds", type=int, default=_DEFAULT_ROUNDS, help="alternating rounds per concurrency")
+    parser.add_argument("--parameters", type=Path, default=_DEFAULT_PARAMETERS,
+                        help="the BatchingParameters text file the batching server is given")
+    parser.add_argument("--intra-op-threads", type=int, default=1,
+                        help="--tensorflow_intra_op_parallelism of both servers and the floor's (default 1, as the "
+                             "embedded profile)")
+    parser.add_argument("--concurrencies", type=int, nargs="+", default=list(_CONCURRENCIES),
+                        help="client threads to measure at (the summary needs 1 and 8)")
+    parser.add_argument("--json", type=Path, help="also write the JSON document here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from pipeline.wire import grpc_io
+
+    grpc_io.prefer_classic_io()  # before grpc is imported, as the servers run it
+    import psutil
+    import tensorflow as tf
+
+    if args.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
+
+    from pipeline.serving.backends.local import LocalBackend
+    from pipeline.settings import get_paths
+    from pipeline.wire.model_config import single_model_config, write_config
+
+    parameters = args.parameters.read_text()
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
+        workdir = Path(tmp)
+        source = serving_bench.find_version_dir(args.model_base_path)
+        model_source = str(source) if source else "small CNN built by the bench (no version found)"
+        source = source or serving_bench.build_small_cnn_version(workdir / "built")
+        base_path = workdir / "models" / _MODEL
+        serving_bench.stage_versions(source, base_path, 1)
+        signature = tf.saved_model.load(str(source)).signatures[serving_bench._SIGNATURE]
+        (workdir / "batching.config").write_text(parameters)
+
+        threads = f"--tensorflow_intra_op_parallelism={args.intra_op_threads}"
+        extra = {"plain": [threads],
+                 "batched": [threads, "--enable_batching", f"--batching_parameters_file={workdir / 'batching.config'}"]}
+        backends = {name: LocalBackend(f"bench-{name}", {"backend": "local", "extra_args": flags},
+                                       get_paths(workdir / "home")) for name, flags in extra.items()}
+        config = single_model_config(_MODEL, base_path, [1], {"stable": 1})
+        try:
+            endpoints, processes = {}, {}
+            for name, backend in backends.items():
+                write_config(backend.config_path, config)
+                endpoints[name] = backend.start(timeout_s=120)
+                backend.apply_config(config, timeout_s=60)
+                processes[name] = psutil.Process(json.loads(backend.state_path.read_text())["pid"])
+            ways = callers(endpoints, signature, serving_bench.sample_inputs(1))
+            for call in ways.values():
+                for _ in range(_WARMUP_CALLS):
+                    call()
+            rows = [row for concurrency in args.concurrencies
+                    for row in (measure_interleaved(ways, processes, args.seconds) if concurrency == 1 else
+                                measure(ways, processes, concurrency, args.seconds, args.rounds))]
+        finally:
+            for backend in backends.values():
+                backend.stop()
+
+    summary = summarize(rows) if {1, 8} <= set(args.concurrencies) else {}
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    report = {"model_source": model_source, "intra_op_threads": args.intra_op_threads, "cpus": psutil.cpu_count(),
+              "load_average_1min_start_end": load,
+              "batching_parameters": parameters, "rows": rows, "summary": summary}
+    print(render_table(rows, summary))
+    print(f"{psutil.cpu_count()} CPUs; 1-minute load average {load[0]} at start, {load[1]} at end (other work "
+          f"on the machine shows here; the floor shares it)")
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    status = main()
+    print(f"bench took {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    sys.exit(status)
