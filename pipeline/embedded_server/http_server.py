@@ -129,6 +129,7 @@ class _Connection:
     def _reset_message(self) -> None:
         self._url = bytearray()
         self._head_bytes = 0
+        self._received_in_head = 0
         self._body = bytearray()
         self._content_length = 0
         self._expect_continue = False
@@ -145,8 +146,10 @@ class _Connection:
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
         name = name.lower()
         if name == b"content-length":  # llhttp has checked it: digits, no second one
             self._content_length = int(value.strip() or b"0")
@@ -175,6 +178,11 @@ class _Connection:
         self.request_started = None
         self._body = bytearray()
 
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._fail(431, f"Request head is larger than {self.limits.max_header_bytes} bytes")
+
     def _fail(self, status: int, message: str) -> None:
         self._error = _ClientError(status, message)
         raise self._error
@@ -197,10 +205,13 @@ class _Connection:
             raise
         except httptools.HttpParserError as exc:
             raise _ClientError(400, f"Malformed HTTP request: {exc}") from None
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.limits.max_header_bytes:
-                raise _ClientError(431, f"Request head is larger than {self.limits.max_header_bytes} bytes")
+        if self._in_head:  # a head still incomplete: httptools holds its pieces, so count what it was given
+            self._count_head_bytes_received(len(data))
+
+    def _count_head_bytes_received(self, size: int) -> None:
+        self._received_in_head += size
+        if self._received_in_head > self.limits.max_header_bytes:
+            raise _ClientError(431, f"Request head is larger than {self.limits.max_header_bytes} bytes")
 
 
 class HttpServer:

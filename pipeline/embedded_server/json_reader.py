@@ -59,7 +59,7 @@ def parse_json(body: bytes | bytearray | str, max_values: int | None = None) -> 
                 raise TooManyValues(max_values)
             return rapidjson.loads(bytes(body), number_mode=_NUMBER_MODE)
         reader = _ChunkReader(body, max_values if max_values is not None and len(body) > max_values else None)
-        return rapidjson.load(reader, number_mode=_NUMBER_MODE, chunk_size=_CHUNK_BYTES)
+        return rapidjson.load(reader, number_mode=_NUMBER_MODE, chunk_size=_CHUNK_BYTES)  # type: ignore[arg-type]
     except RecursionError:  # nested deeper than python-rapidjson goes
         return _parse_deep(body, max_values)
     except UnicodeDecodeError:
