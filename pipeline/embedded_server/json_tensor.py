@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from pipeline.embedded_server import json_reader
-from pipeline.embedded_server.limits import MAX_RANK as _MAX_RANK
 from pipeline.wire.dtypes import data_type_string
 from pipeline.wire.status import ServingError, invalid_argument, unimplemented
 
@@ -37,6 +36,7 @@ _UINT32 = (0, 2**32 - 1)
 _UINT64 = (0, 2**64 - 1)
 _BYTES_SUFFIX = "_bytes"  # outputs whose name ends so are written as {"b64": ...}
 _MAX_VALUE_CHARS = 1024  # JSON values quoted in error messages are cut here
+_MAX_RANK = 64  # numpy's NPY_MAXDIMS (TensorFlow itself takes 254)
 _SLICE = 1 << 16  # large value lists are converted this many at a time, so that the GIL is let go in between
 
 # DT_* name -> (numpy dtype, leaf kind) of the dtypes JSON can carry
@@ -238,12 +238,16 @@ def _dense_shape(val: Any) -> list[int]:
     while isinstance(val, list):
         shape.append(len(val))
         if len(shape) > _MAX_RANK:
-            raise invalid_argument(f"JSON Value: lists nested more than {_MAX_RANK} deep; a tensor has at most "
-                                   f"{_MAX_RANK} dimensions")
+            raise _too_many_dimensions()
         if not val:
             break
         val = val[0]
     return shape
+
+
+def _too_many_dimensions() -> ServingError:
+    return invalid_argument(f"JSON Value: lists nested more than {_MAX_RANK} deep; a tensor has at most "
+                            f"{_MAX_RANK} dimensions here")
 
 
 def _check_size(name: str, count: int, max_elements: int | None) -> None:
@@ -450,6 +454,8 @@ class _Batch:
         self.chunks[name].append(flat)
 
     def arrays(self, count: int) -> dict[str, np.ndarray]:
+        if any(len(shape) >= _MAX_RANK for shape in self.shapes.values()):
+            raise _too_many_dimensions()  # with the batch dimension, one too many
         return {name: _to_array(chunks, [count, *self.shapes[name]], self.input_dtypes[name])
                 for name, chunks in self.chunks.items()}
 

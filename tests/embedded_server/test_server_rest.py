@@ -401,7 +401,7 @@ def test_deep_instances_are_one_client_error(api: RestApi, caplog: pytest.LogCap
     caplog.set_level(logging.INFO, logger="pipeline.embedded_server")
     status, text = api.handle("POST", f"/v1/models/{MODEL}:predict", f'{{"instances": {_nested(depth)}}}'.encode())
     assert status == 400
-    assert "a tensor has at most 254 dimensions" in json.loads(text)["error"]
+    assert "a tensor has at most 64 dimensions" in json.loads(text)["error"]
     assert len(text) < 2000  # the error quotes at most ~1 KiB of the request
     _one_line_logged(caplog)
 
