@@ -341,20 +341,24 @@ def _fast_leaves(leaves: list, dtype: str) -> list | np.ndarray | None:
 
 
 def _fast_decimals(leaves: list, dtype: str, has_ints: bool) -> np.ndarray | None:
-    """JSON numbers for a float dtype as float64, or None when one may be out of range or an inexact integer
-    (clients write ``0.0`` as ``0``, so integers mixed with decimals are the common case, not an error)."""
+    """JSON numbers for a float dtype as an array of that dtype, or None when one may be out of range or an
+    inexact integer (clients write ``0.0`` as ``0``, so integers mixed with decimals are the common case, not an
+    error). Converted a slice at a time, straight into the final dtype (no full float64 copy)."""
     largest = _FLOAT32_MAX if dtype == "DT_FLOAT" else _FLOAT64_MAX
     if has_ints:  # an integer must fit the mantissa (rapidjson's IsLosslessFloat/Double)
         largest = float((1 << (24 if dtype == "DT_FLOAT" else 53)) - 1)
-    values = np.empty(len(leaves), dtype=np.float64)
+    values = np.empty(len(leaves), dtype=_DTYPES[dtype][0])
     start = 0
     try:
         for part in _slices(leaves):
-            values[start:start + len(part)] = part
+            wide = np.asarray(part, dtype=np.float64)
+            if not float(np.abs(wide).max()) <= largest:  # NaN compares False: slow path
+                return None
+            values[start:start + len(part)] = wide
             start += len(part)
     except OverflowError:
         return None
-    return values if float(np.abs(values).max()) <= largest else None  # NaN compares False: slow path
+    return values
 
 
 _INT_RANGES = {"DT_INT32": _INT32, "DT_INT16": _INT32, "DT_INT8": _INT32, "DT_UINT8": _INT32, "DT_INT64": _INT64,
@@ -369,6 +373,8 @@ def _to_array(chunks: list[list | np.ndarray], shape: list[int], dtype: str) -> 
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
+    if len(chunks) == 1 and isinstance(chunks[0], np.ndarray) and chunks[0].dtype == np_dtype:
+        return chunks[0].reshape(shape)  # converted already (the fast path): no copy
     # TF stores int8/int16/uint8 in int_val (int32) and narrows; keep that wrap-around.
     wide = np.int64 if np_dtype in (np.int8, np.int16, np.uint8) else np_dtype
     array = np.empty(sum(len(chunk) for chunk in chunks), dtype=wide)
@@ -471,6 +477,10 @@ def _instances_to_arrays(instances: list, input_dtypes: dict[str, str],
                                "tensors required as per tensorinfo_map")
     objects = _is_named_object(instances[0])
     names = sorted(input_dtypes)
+    if not objects:
+        whole = _whole_batch(instances, names[0], input_dtypes[names[0]], max_elements)
+        if whole is not None:
+            return {names[0]: whole}
     batch = _Batch(input_dtypes, max_elements)
     for index, element in enumerate(instances):
         if objects:
@@ -484,6 +494,16 @@ def _instances_to_arrays(instances: list, input_dtypes: dict[str, str],
                 raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
                                        f"Error: {exc}") from None
     return batch.arrays(len(instances))
+
+
+def _whole_batch(instances: list, name: str, dtype: str, max_elements: int | None) -> np.ndarray | None:
+    """A well-formed plain ``instances`` list converted in one pass, as one tensor (no per-row objects: a large
+    batch costs its values, not a Python object per row); None when some row is off, to go row by row and name
+    it in TF Serving's error."""
+    shape = _dense_shape(instances)
+    _check_size(name, math.prod(shape), max_elements)
+    flat = _fast_flatten(instances, shape, dtype)
+    return None if flat is None else _to_array([flat], shape, dtype)
 
 
 def _add_object_element(batch: _Batch, index: int, element: Any, names: list[str]) -> None:
@@ -598,6 +618,37 @@ def _nest(tokens: list[str], shape: tuple[int, ...], start: int = 0) -> str:
     return "[" + ", ".join(_nest(tokens, shape[1:], start + i * step) for i in range(shape[0])) + "]"
 
 
+def _tensor_text(name: str, array: np.ndarray) -> str:
+    """The JSON text of a tensor (nested lists), built a slice at a time: it costs about its text in memory, not
+    a Python string per element."""
+    if array.ndim == 0:
+        return tensor_tokens(name, array)[0]
+    if array.ndim == 1 and array.size > _SLICE:
+        parts = (", ".join(tensor_tokens(name, array[start:start + _SLICE]))
+                 for start in range(0, array.size, _SLICE))
+        return "[" + ", ".join(parts) + "]"
+    return "[" + ", ".join(_tensor_items(name, array)) + "]"
+
+
+def _tensor_items(name: str, array: np.ndarray) -> list[str]:
+    """The JSON text of each ``array[i]`` along the first dimension, built a slice of rows at a time."""
+    shape = array.shape
+    if array.ndim == 1:
+        return tensor_tokens(name, array)
+    if 0 in shape[1:]:
+        return [_nest([], shape[1:])] * shape[0]
+    inner = shape[-1]
+    flat = array.reshape(-1)
+    rows_per_slice = max(1, _SLICE // inner)
+    texts: list[str] = []
+    for start in range(0, flat.size // inner, rows_per_slice):
+        tokens = tensor_tokens(name, flat[start * inner:(start + rows_per_slice) * inner])
+        texts.extend("[" + ", ".join(tokens[i:i + inner]) + "]" for i in range(0, len(tokens), inner))
+    for size in reversed(shape[1:-1]):  # rows -> the items of each dimension above, up to the first
+        texts = ["[" + ", ".join(texts[i:i + size]) + "]" for i in range(0, len(texts), size)]
+    return texts
+
+
 def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     """``{"predictions": ...}`` (rows) or ``{"outputs": ...}`` (columns) as TF Serving writes them.
 
@@ -606,17 +657,16 @@ def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
-    tokens = {name: tensor_tokens(name, outputs[name]) for name in names}
     if fmt == COLUMNAR:
         if len(names) == 1:
-            body = _nest(tokens[names[0]], outputs[names[0]].shape)
+            body = _tensor_text(names[0], outputs[names[0]])
         else:
-            body = "{" + ", ".join(f"{json.dumps(n)}: {_nest(tokens[n], outputs[n].shape)}" for n in names) + "}"
+            body = "{" + ", ".join(f"{json.dumps(n)}: {_tensor_text(n, outputs[n])}" for n in names) + "}"
         return '{"outputs": ' + body + "}"
-    return '{"predictions": ' + _rows(outputs, names, tokens) + "}"
+    return '{"predictions": ' + _rows(outputs, names) + "}"
 
 
-def _rows(outputs: dict[str, np.ndarray], names: list[str], tokens: dict[str, list[str]]) -> str:
+def _rows(outputs: dict[str, np.ndarray], names: list[str]) -> str:
     batch = -1
     for name in names:
         shape = outputs[name].shape
@@ -626,16 +676,11 @@ def _rows(outputs: dict[str, np.ndarray], names: list[str], tokens: dict[str, li
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {shape[0]} "
                                    f"expecting: {batch}")
         batch = shape[0]
-    rows = []
-    for item in range(batch):
-        cells = {}
-        for name in names:
-            inner = outputs[name].shape[1:]
-            cells[name] = _nest(tokens[name], inner, item * int(np.prod(inner)))
-        if len(names) == 1:
-            rows.append(cells[names[0]])
-        else:
-            rows.append("{" + ", ".join(f"{json.dumps(n)}: {cells[n]}" for n in names) + "}")
+    if len(names) == 1:  # each row is the output's item: the whole tensor's text
+        return _tensor_text(names[0], outputs[names[0]])
+    items = {name: _tensor_items(name, outputs[name]) for name in names}
+    rows = ("{" + ", ".join(f"{json.dumps(name)}: {items[name][row]}" for name in names) + "}"
+            for row in range(batch))
     return "[" + ", ".join(rows) + "]"
 
 

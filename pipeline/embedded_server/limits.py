@@ -8,7 +8,7 @@ TF Serving has no such limits (its gRPC port takes INT_MAX-sized messages, and a
 * ``--max_tensor_elements`` (2**24): the elements of one input tensor, REST or gRPC (INVALID_ARGUMENT, before
   the tensor is allocated: a gRPC tensor's shape is checked before its values are read).
 * REST bodies may hold at most one JSON value per :data:`JSON_VALUE_BYTES` bytes of ``--max_request_bytes``
-  (2 Mi values at the default): a parsed value costs about that much in Python, so the parsed request stays
+  (1.4 Mi values at the default): a parsed value costs about that much in Python, so the parsed request stays
   within the size of the largest body. The parse stops as soon as the count passes the limit.
 """
 
@@ -22,7 +22,7 @@ from pipeline.wire.status import invalid_argument
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
-JSON_VALUE_BYTES = 32  # a Python float plus its list slot
+JSON_VALUE_BYTES = 48  # a parsed JSON number costs ~40 bytes (a float, its list slot, the list's slack)
 MAX_RANK = 254  # TensorFlow's TensorShape::MaxDimensions()
 
 

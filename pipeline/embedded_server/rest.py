@@ -118,6 +118,8 @@ class RestApi:
         servable: Servable | None = None
         try:
             doc = json_tensor.parse_json(body, self.limits.max_json_values)
+            if isinstance(body, bytearray):
+                body.clear()  # consumed (the HTTP layer's buffer): free it before the model runs
             spec.signature_name = json_tensor.signature_name_of(doc)
             servable = api.resolve(self.manager, spec)
             call = self._prepare(verb, servable, spec, doc)

@@ -433,7 +433,7 @@ def test_a_number_past_double_range_is_a_parse_error(api: RestApi) -> None:
 
 
 def test_tensor_element_and_json_value_limits(server: Any) -> None:
-    from pipeline.embedded_server.limits import RequestLimits
+    from pipeline.embedded_server.limits import JSON_VALUE_BYTES, RequestLimits
 
     small = RestApi(server.manager, limits=RequestLimits(max_request_bytes=64 << 20, max_tensor_elements=100))
     assert call(small, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 100})[0] == 200
@@ -442,7 +442,7 @@ def test_tensor_element_and_json_value_limits(server: Any) -> None:
     status, message = error(small, "POST", f"/v1/models/{MODEL}:predict", {"inputs": [[1.0] * 20] * 6})
     assert status == 400 and "more than 100 elements" in message
 
-    few_values = RestApi(server.manager, limits=RequestLimits(max_request_bytes=32 * 1000))  # 1000 JSON values
+    few_values = RestApi(server.manager, limits=RequestLimits(max_request_bytes=JSON_VALUE_BYTES * 1000))
     assert call(few_values, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 900})[0] == 200
     status, message = error(few_values, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 1100})
     assert status == 400 and "more than 1000 values" in message
