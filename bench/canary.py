@@ -57,7 +57,8 @@ def _find_stable(model_base_path: Path, home: Path) -> Path:
     stable = Registry(f"sqlite:///{registry}").stable_version(_MODEL) if registry.is_file() else None
     if stable is not None and (model_base_path / str(stable) / "saved_model.pb").is_file():
         return model_base_path / str(stable)
-    versions = [p for p in model_base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    from pipeline.wire.version_dirs import is_version_name  # not str.isdigit(): '²' is a digit
+    versions = [p for p in model_base_path.iterdir() if is_version_name(p.name) and (p / "saved_model.pb").is_file()]
     if not versions:
         raise SystemExit(f"no SavedModel under {model_base_path}: run `make demo` or `pipeline build mnist` first")
     return max(versions, key=lambda p: int(p.name))

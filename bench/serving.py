@@ -54,7 +54,8 @@ def find_version_dir(model_base_path: Path) -> Path | None:
     """The newest numeric version directory with a ``saved_model.pb``, if any."""
     if not model_base_path.is_dir():
         return None
-    versions = [p for p in model_base_path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    from pipeline.wire.version_dirs import is_version_name  # not str.isdigit(): '²' is a digit
+    versions = [p for p in model_base_path.iterdir() if is_version_name(p.name) and (p / "saved_model.pb").is_file()]
     return max(versions, key=lambda p: int(p.name), default=None)
 
 

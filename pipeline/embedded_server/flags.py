@@ -1,8 +1,10 @@
 """The command line of ``tensorflow_model_server``, as far as this server implements it.
 
 Flags use TF Serving's names and defaults (``--port=8500``, ``--rest_api_port=0`` meaning REST off,
-``--file_system_poll_wait_seconds=1``...). Deviation: ``--bind_address`` defaults to 127.0.0.1 where TF Serving
-binds every interface.
+``--file_system_poll_wait_seconds=1``, ``--rest_api_timeout_in_ms=30000``, ``--max_num_load_retries=5``...).
+Deviation: ``--bind_address`` defaults to 127.0.0.1 where TF Serving binds every interface. Additions (TF Serving
+has no such limits): ``--max_request_bytes``, ``--max_tensor_elements`` (see :mod:`limits`) and ``--log_file``
+with its rotation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ _DEFAULT_BIND_ADDRESS = "127.0.0.1"
 _DEFAULT_FS_POLL_S = 1.0
 _DEFAULT_REST_THREADS = 16
 _DEFAULT_GRPC_THREADS = 16
+_DEFAULT_REST_TIMEOUT_MS = 30_000  # TF Serving's
+_DEFAULT_LOAD_RETRIES = 5  # TF Serving's
+_DEFAULT_LOAD_RETRY_INTERVAL_US = 60_000_000  # TF Serving's: one minute
+_DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+_DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
+_DEFAULT_LOG_FILE_BYTES = 10 << 20
+_DEFAULT_LOG_FILE_BACKUPS = 3
 
 
 @dataclass
@@ -36,12 +45,20 @@ class ServerOptions:
     file_system_poll_wait_seconds: float = _DEFAULT_FS_POLL_S
     allow_version_labels_for_unavailable_models: bool = False
     rest_api_num_threads: int = _DEFAULT_REST_THREADS
+    rest_api_timeout_in_ms: int = _DEFAULT_REST_TIMEOUT_MS
     grpc_max_threads: int = _DEFAULT_GRPC_THREADS
+    max_num_load_retries: int = _DEFAULT_LOAD_RETRIES
+    load_retry_interval_micros: int = _DEFAULT_LOAD_RETRY_INTERVAL_US
+    max_request_bytes: int = _DEFAULT_MAX_REQUEST_BYTES
+    max_tensor_elements: int = _DEFAULT_MAX_TENSOR_ELEMENTS
     tensorflow_intra_op_parallelism: int = 0  # 0: TensorFlow picks (one thread per core)
     tensorflow_inter_op_parallelism: int = 0
     monitoring_config_file: str | None = None  # MonitoringConfig text proto: Prometheus metrics on the REST port
     enable_batching: bool = False  # batch concurrent requests (pipeline.embedded_server.batching)
     batching_parameters_file: str | None = None  # BatchingParameters text proto; needs enable_batching
+    log_file: str | None = None  # log here, rotated, instead of stderr
+    log_file_max_bytes: int = _DEFAULT_LOG_FILE_BYTES
+    log_file_backups: int = _DEFAULT_LOG_FILE_BACKUPS
 
 
 def _bool(text: str) -> bool:
@@ -57,6 +74,13 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
     return value
 
 
@@ -79,8 +103,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="look for new versions under the base paths this often; 0 looks once")
     add("--allow_version_labels_for_unavailable_models", type=_bool, nargs="?", const=True, default=False,
         help="let labels point at versions that are not AVAILABLE yet")
-    add("--rest_api_num_threads", type=int, default=_DEFAULT_REST_THREADS, help="REST worker threads (ignored: one per connection)")
-    add("--grpc_max_threads", type=int, default=_DEFAULT_GRPC_THREADS, help="gRPC worker threads")
+    add("--rest_api_num_threads", type=_positive, default=_DEFAULT_REST_THREADS,
+        help="REST worker threads (a fixed pool shared by all connections)")
+    add("--rest_api_timeout_in_ms", type=_positive, default=_DEFAULT_REST_TIMEOUT_MS,
+        help="a REST connection that takes longer to send a request, stays idle that long, or does not read "
+             "its answer for that long is closed")
+    add("--grpc_max_threads", type=_positive, default=_DEFAULT_GRPC_THREADS, help="gRPC worker threads")
+    add("--max_num_load_retries", type=_non_negative, default=_DEFAULT_LOAD_RETRIES,
+        help="retry a version that failed to load this many times (e.g. one still being copied)")
+    add("--load_retry_interval_micros", type=_non_negative, default=_DEFAULT_LOAD_RETRY_INTERVAL_US,
+        help="wait this long between load retries")
+    add("--max_request_bytes", type=_positive, default=_DEFAULT_MAX_REQUEST_BYTES,
+        help="largest REST body (413 before it is read) and gRPC message (RESOURCE_EXHAUSTED); REST JSON may "
+             "hold one value per 48 bytes of it")
+    add("--max_tensor_elements", type=_positive, default=_DEFAULT_MAX_TENSOR_ELEMENTS,
+        help="most elements of one input tensor, REST or gRPC (INVALID_ARGUMENT before it is allocated)")
     add("--tensorflow_intra_op_parallelism", type=_non_negative, default=0,
         help="threads one op may use (0: one per core); 1 is fastest for small models on few cores")
     add("--tensorflow_inter_op_parallelism", type=_non_negative, default=0,
@@ -91,8 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="batch concurrent requests to one signature into one model call")
     add("--batching_parameters_file", default="",
         help="BatchingParameters text proto (max_batch_size, batch_timeout_micros...); needs --enable_batching")
+    add("--log_file", default="", help="write the log here (rotated by size) instead of stderr")
+    add("--log_file_max_bytes", type=_positive, default=_DEFAULT_LOG_FILE_BYTES,
+        help="rotate --log_file when it reaches this size")
+    add("--log_file_backups", type=_non_negative, default=_DEFAULT_LOG_FILE_BACKUPS,
+        help="rotated log files kept (log.1 ... log.N)")
     # Accepted for command-line compatibility with tensorflow_model_server; no effect here.
-    for flag in ("--enable_model_warmup", "--rest_api_timeout_in_ms", "--grpc_channel_arguments"):
+    for flag in ("--enable_model_warmup", "--grpc_channel_arguments"):
         add(flag, default=None, nargs="?", const="true", help=argparse.SUPPRESS)
     return parser
 
@@ -120,10 +162,18 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
         rest_api_num_threads=args.rest_api_num_threads,
+        rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         grpc_max_threads=args.grpc_max_threads,
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_micros=args.load_retry_interval_micros,
+        max_request_bytes=args.max_request_bytes,
+        max_tensor_elements=args.max_tensor_elements,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         monitoring_config_file=args.monitoring_config_file or None,
         enable_batching=args.enable_batching,
         batching_parameters_file=args.batching_parameters_file or None,
+        log_file=args.log_file or None,
+        log_file_max_bytes=args.log_file_max_bytes,
+        log_file_backups=args.log_file_backups,
     )

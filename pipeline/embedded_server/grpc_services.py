@@ -17,6 +17,7 @@ from tensorflow_serving.apis import (
 )
 
 from pipeline.embedded_server import api
+from pipeline.embedded_server.limits import RequestLimits, check_tensor_proto
 from pipeline.embedded_server.manager import ModelManager
 from pipeline.embedded_server.metrics import GRPC, ServerMetrics, version_label
 from pipeline.embedded_server.servable import Servable
@@ -26,11 +27,18 @@ log = logging.getLogger(__name__)
 
 _DEADLINE_MARGIN_S = 0.2  # answer DEADLINE_EXCEEDED this long before the client gives up
 _UNLIMITED = -1
-_GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", _UNLIMITED),  # TF Serving accepts INT_MAX-sized requests
-    ("grpc.max_send_message_length", _UNLIMITED),
-    ("grpc.so_reuseport", 0),
-]
+_LOGGED_CHARS = 300
+_HANDSHAKE_TIMEOUT_MS = 10_000  # a connection that never completes its HTTP/2 handshake is closed (gRPC: 120 s)
+
+
+def _grpc_options(limits: RequestLimits) -> list[tuple[str, int]]:
+    return [
+        # TF Serving takes INT_MAX-sized requests; this server takes --max_request_bytes (RESOURCE_EXHAUSTED past it)
+        ("grpc.max_receive_message_length", limits.max_request_bytes),
+        ("grpc.max_send_message_length", _UNLIMITED),
+        ("grpc.server_handshake_timeout_ms", _HANDSHAKE_TIMEOUT_MS),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 def _call(context: grpc.ServicerContext, function: Callable[[], Any]) -> Any:
@@ -42,9 +50,11 @@ def _call(context: grpc.ServicerContext, function: Callable[[], Any]) -> Any:
 
 
 def _serving_error(exc: Exception) -> ServingError:
-    """The TF status an RPC answers for ``exc``; an unexpected exception is logged with its traceback."""
+    """The TF status an RPC answers for ``exc``: a client error is logged in one line, a bug with its traceback."""
     if not isinstance(exc, ServingError):
         log.exception("gRPC call failed")
+    else:
+        log.info("gRPC -> %s: %s", exc.code, exc.message[:_LOGGED_CHARS])
     return from_exception(exc)
 
 
@@ -55,9 +65,11 @@ def _abort(context: grpc.ServicerContext, error: ServingError) -> None:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict, Classify, Regress and GetModelMetadata; the first three counted and timed when ``metrics`` is set."""
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None):
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None,
+                 limits: RequestLimits | None = None):
         self.manager = manager
         self.metrics = metrics
+        self.limits = limits or RequestLimits()
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC naming)
         return self._infer("Predict", "predict", request, context)
@@ -74,6 +86,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec = request.model_spec
         servable: Servable | None = None
         try:
+            if method == "predict":
+                for alias, proto in request.inputs.items():
+                    check_tensor_proto(alias, proto, self.limits.max_tensor_elements)
             servable = api.resolve(self.manager, spec)
             response = getattr(servable, method)(request)
             if self.metrics is not None:
@@ -136,11 +151,12 @@ class GrpcServer:
     """Both services on ``host:port`` (port 0: any free port)."""
 
     def __init__(self, manager: ModelManager, host: str, port: int, max_workers: int,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, limits: RequestLimits | None = None):
+        limits = limits or RequestLimits()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                                   options=_GRPC_OPTIONS)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, metrics),
-                                                                            self._server)
+                                   options=_grpc_options(limits))
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(manager, metrics, limits), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)

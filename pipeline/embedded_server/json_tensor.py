@@ -16,12 +16,12 @@ import base64
 import binascii
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import msgspec
 import numpy as np
 
+from pipeline.embedded_server import json_reader
 from pipeline.wire.dtypes import data_type_string
 from pipeline.wire.status import ServingError, invalid_argument, unimplemented
 
@@ -34,8 +34,10 @@ _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 _UINT32 = (0, 2**32 - 1)
 _UINT64 = (0, 2**64 - 1)
-_FAST_DECODER = msgspec.json.Decoder()  # refuses NaN/Infinity and lone surrogates, which json.loads takes
 _BYTES_SUFFIX = "_bytes"  # outputs whose name ends so are written as {"b64": ...}
+_MAX_VALUE_CHARS = 1024  # JSON values quoted in error messages are cut here
+_MAX_RANK = 64  # numpy's NPY_MAXDIMS (TensorFlow itself takes 254)
+_SLICE = 1 << 16  # large value lists are converted this many at a time, so that the GIL is let go in between
 
 # DT_* name -> (numpy dtype, leaf kind) of the dtypes JSON can carry
 _DTYPES: dict[str, tuple[Any, str]] = {
@@ -74,13 +76,50 @@ def json_type_string(val: Any) -> str:
 
 
 def json_value_string(val: Any) -> str:
-    """A JSON value printed for an error message."""
+    """A JSON value printed for an error message: at most ~1 KiB, any depth (TF Serving's fix of CVE-2025-0649
+    bounds it too), so that a large or deeply nested request cannot make its error huge."""
     if isinstance(val, float):
         return format_double(val)
-    try:
-        return json.dumps(val, ensure_ascii=False, allow_nan=True)
-    except (TypeError, ValueError, RecursionError):
-        return repr(val)
+    if not isinstance(val, (list, dict)):
+        return _scalar_json(val)
+    out: list[str] = []
+    size = 0
+    stack = [_json_pieces(val)]
+    while stack:
+        piece = next(stack[-1], None)
+        if piece is None:
+            stack.pop()
+        elif not isinstance(piece, str):
+            stack.append(_json_pieces(piece))
+        else:
+            out.append(piece)
+            size += len(piece)
+            if size > _MAX_VALUE_CHARS:
+                return "".join(out)[:_MAX_VALUE_CHARS] + "..."
+    return "".join(out)
+
+
+def _scalar_json(val: Any) -> str:
+    if isinstance(val, str) and len(val) > _MAX_VALUE_CHARS:
+        val = val[:_MAX_VALUE_CHARS]
+    return json.dumps(val, ensure_ascii=False, allow_nan=True)
+
+
+def _json_pieces(val: Any) -> Iterator[Any]:
+    """The text of a list or object piece by piece; a nested container is yielded as itself, to be expanded."""
+    if isinstance(val, list):
+        yield "["
+        for index, item in enumerate(val):
+            if index:
+                yield ", "
+            yield item if isinstance(item, (list, dict)) else _scalar_json(item)
+        yield "]"
+        return
+    yield "{"
+    for index, (key, item) in enumerate(val.items()):
+        yield (", " if index else "") + _scalar_json(key) + ": "
+        yield item if isinstance(item, (list, dict)) else _scalar_json(item)
+    yield "}"
 
 
 def _type_error(val: Any, dtype: str) -> ServingError:
@@ -100,47 +139,17 @@ def _format_error(doc: Any, *parts: str) -> ServingError:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_json(body: bytes | str) -> dict:
-    """Parse a request body; TF Serving's errors for an empty body, bad JSON or a non-object.
+def parse_json(body: bytes | bytearray | str, max_values: int | None = None) -> dict:
+    """Parse a request body as TF Serving does (rapidjson, see :mod:`json_reader`); the document must be an object.
 
     Raises:
-        ServingError: INVALID_ARGUMENT.
+        ServingError: INVALID_ARGUMENT (TF Serving's ``JSON Parse error: ...`` / ``Is not object``), also when the
+            body holds more than ``max_values`` values.
     """
-    if not body:
-        raise invalid_argument("JSON Parse error: The document is empty")
-    try:
-        doc = _FAST_DECODER.decode(body)  # about 4x json.loads; anything it refuses goes the exact way below
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError):
-        doc = _parse_json_exactly(body)
+    doc = json_reader.parse_json(body, max_values)
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc
-
-
-def _parse_json_exactly(body: bytes | str) -> Any:
-    try:
-        return json.loads(body)  # accepts NaN/Infinity like rapidjson's kParseNanAndInfFlag
-    except json.JSONDecodeError as exc:
-        raise invalid_argument(f"JSON Parse error: {_rapidjson_message(exc.msg)} at offset: {exc.pos}") from None
-    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise invalid_argument(f"JSON Parse error: {type(exc).__name__} at offset: 0") from None
-
-
-# Python's json messages -> rapidjson's (GetParseError_En), which TF Serving's clients and tests match on.
-_PARSE_MESSAGES = {
-    "Expecting value": "Invalid value.",
-    "Extra data": "The document root must not be followed by other values.",
-    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
-    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
-    "Expecting ',' delimiter": "Missing a comma or ']' after an array element.",
-    "Unterminated string starting at": "Missing a closing quotation mark in string.",
-    "Invalid \\escape": "Invalid escape character in string.",
-    "Invalid control character at": "Invalid encoding in string.",
-}
-
-
-def _rapidjson_message(python_message: str) -> str:
-    return _PARSE_MESSAGES.get(python_message, python_message)
 
 
 def signature_name_of(doc: dict) -> str:
@@ -220,32 +229,61 @@ def _check_integer(val: int | float, dtype: str, kind: str) -> int:
 
 
 def _dense_shape(val: Any) -> list[int]:
-    """The shape implied by following the first element of each nested list (TF's GetDenseTensorShape)."""
+    """The shape implied by following the first element of each nested list (TF's GetDenseTensorShape).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT when lists nest deeper than a tensor has dimensions.
+    """
     shape = []
     while isinstance(val, list):
         shape.append(len(val))
+        if len(shape) > _MAX_RANK:
+            raise _too_many_dimensions()
         if not val:
             break
         val = val[0]
     return shape
 
 
-def _fill(val: Any, level: int, shape: list[int], dtype: str, out: list) -> None:
-    """Append the leaves of ``val`` to ``out`` checking that it is dense with ``shape`` (TF's FillTensorProto)."""
+def _too_many_dimensions() -> ServingError:
+    return invalid_argument(f"JSON Value: lists nested more than {_MAX_RANK} deep; a tensor has at most "
+                            f"{_MAX_RANK} dimensions here")
+
+
+def _check_size(name: str, count: int, max_elements: int | None) -> None:
+    if max_elements is not None and count > max_elements:
+        raise invalid_argument(f"Input tensor {name} has more than {max_elements} elements, the most this server "
+                               "takes (--max_tensor_elements)")
+
+
+_DONE = object()
+
+
+def _fill(val: Any, shape: list[int], dtype: str, out: list) -> None:
+    """Append the leaves of ``val`` to ``out`` checking that it is dense with ``shape`` (TF's FillTensorProto).
+
+    Iterative (a stack of iterators, depth first like TF's recursion), so any nesting is safe.
+    """
     rank = len(shape)
-    if not isinstance(val, list):
-        if level != rank:
-            raise invalid_argument(f"JSON Value: {json_value_string(val)} found at incorrect level: {level + 1} "
-                                   f"in the JSON DOM. Expected at level: {rank}")
-        out.append(_check_leaf(val, dtype))
-        return
-    if level >= rank:
-        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
-    if len(val) != shape[level]:
-        raise invalid_argument(f"Encountered list at unexpected size: {len(val)} at level: {level} "
-                               f"expected size: {shape[level]}")
-    for item in val:
-        _fill(item, level + 1, shape, dtype, out)
+    stack: list[tuple[Iterator[Any], int]] = [(iter([val]), 0)]
+    while stack:
+        items, level = stack[-1]
+        item = next(items, _DONE)
+        if item is _DONE:
+            stack.pop()
+            continue
+        if not isinstance(item, list):
+            if level != rank:
+                raise invalid_argument(f"JSON Value: {json_value_string(item)} found at incorrect level: "
+                                       f"{level + 1} in the JSON DOM. Expected at level: {rank}")
+            out.append(_check_leaf(item, dtype))
+            continue
+        if level >= rank:
+            raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {rank}")
+        if len(item) != shape[level]:
+            raise invalid_argument(f"Encountered list at unexpected size: {len(item)} at level: {level} "
+                                   f"expected size: {shape[level]}")
+        stack.append((iter(item), level + 1))
 
 
 def _flatten(val: Any, shape: list[int], dtype: str) -> list | np.ndarray:
@@ -254,7 +292,7 @@ def _flatten(val: Any, shape: list[int], dtype: str) -> list | np.ndarray:
     flat = _fast_flatten(val, shape, dtype)
     if flat is None:
         flat = []
-        _fill(val, 0, shape, dtype, flat)
+        _fill(val, shape, dtype, flat)
     return flat
 
 
@@ -270,11 +308,22 @@ def _fast_flatten(val: Any, shape: list[int], dtype: str) -> list | np.ndarray |
     return _fast_leaves(level, dtype)
 
 
+def _slices(values: list) -> Iterator[list]:
+    """``values`` a slice at a time: each C-level pass over a large list stays short (the GIL is let go between)."""
+    if len(values) <= _SLICE:
+        yield values
+        return
+    for start in range(0, len(values), _SLICE):
+        yield values[start:start + _SLICE]
+
+
 def _fast_leaves(leaves: list, dtype: str) -> list | np.ndarray | None:
     """``leaves`` converted if all are of the one plain JSON type ``dtype`` takes in range; None to go slow."""
     if not leaves:
         return None
-    kinds = set(map(type, leaves))
+    kinds: set[type] = set()
+    for part in _slices(leaves):
+        kinds.update(map(type, part))
     if dtype in ("DT_FLOAT", "DT_DOUBLE") and kinds <= {int, float}:
         return _fast_decimals(leaves, dtype, int in kinds)
     if len(kinds) != 1:
@@ -282,7 +331,8 @@ def _fast_leaves(leaves: list, dtype: str) -> list | np.ndarray | None:
     kind = kinds.pop()
     if kind is int and dtype in _INT_RANGES:
         low, high = _INT_RANGES[dtype]
-        return leaves if low <= min(leaves) and max(leaves) <= high else None
+        in_range = all(low <= min(part) and max(part) <= high for part in _slices(leaves))
+        return leaves if in_range else None
     if kind is bool and dtype == "DT_BOOL":
         return leaves
     if kind is str and dtype == "DT_STRING":
@@ -291,16 +341,24 @@ def _fast_leaves(leaves: list, dtype: str) -> list | np.ndarray | None:
 
 
 def _fast_decimals(leaves: list, dtype: str, has_ints: bool) -> np.ndarray | None:
-    """JSON numbers for a float dtype as float64, or None when one may be out of range or an inexact integer
-    (clients write ``0.0`` as ``0``, so integers mixed with decimals are the common case, not an error)."""
+    """JSON numbers for a float dtype as an array of that dtype, or None when one may be out of range or an
+    inexact integer (clients write ``0.0`` as ``0``, so integers mixed with decimals are the common case, not an
+    error). Converted a slice at a time, straight into the final dtype (no full float64 copy)."""
     largest = _FLOAT32_MAX if dtype == "DT_FLOAT" else _FLOAT64_MAX
     if has_ints:  # an integer must fit the mantissa (rapidjson's IsLosslessFloat/Double)
         largest = float((1 << (24 if dtype == "DT_FLOAT" else 53)) - 1)
+    values = np.empty(len(leaves), dtype=_DTYPES[dtype][0])
+    start = 0
     try:
-        values = np.asarray(leaves, dtype=np.float64)
+        for part in _slices(leaves):
+            wide = np.asarray(part, dtype=np.float64)
+            if not float(np.abs(wide).max()) <= largest:  # NaN compares False: slow path
+                return None
+            values[start:start + len(part)] = wide
+            start += len(part)
     except OverflowError:
         return None
-    return values if float(np.abs(values).max()) <= largest else None  # NaN compares False: slow path
+    return values
 
 
 _INT_RANGES = {"DT_INT32": _INT32, "DT_INT16": _INT32, "DT_INT8": _INT32, "DT_UINT8": _INT32, "DT_INT64": _INT64,
@@ -315,15 +373,25 @@ def _to_array(chunks: list[list | np.ndarray], shape: list[int], dtype: str) -> 
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
-    wide = np.int64 if np_dtype in (np.int8, np.int16, np.uint8) else np_dtype
-    array = np.concatenate([np.asarray(chunk, dtype=wide) for chunk in chunks])
+    if len(chunks) == 1 and isinstance(chunks[0], np.ndarray) and chunks[0].dtype == np_dtype:
+        return chunks[0].reshape(shape)  # converted already (the fast path): no copy
     # TF stores int8/int16/uint8 in int_val (int32) and narrows; keep that wrap-around.
+    wide = np.int64 if np_dtype in (np.int8, np.int16, np.uint8) else np_dtype
+    array = np.empty(sum(len(chunk) for chunk in chunks), dtype=wide)
+    start = 0
+    for chunk in chunks:
+        parts = [chunk] if isinstance(chunk, np.ndarray) else _slices(chunk)
+        for part in parts:
+            array[start:start + len(part)] = part
+            start += len(part)
     return array.astype(np_dtype, copy=False).reshape(shape)
 
 
-def value_to_array(val: Any, dtype: str) -> tuple[np.ndarray, list[int], int]:
+def value_to_array(val: Any, dtype: str, max_elements: int | None = None,
+                   name: str = "") -> tuple[np.ndarray, list[int], int]:
     """One JSON value (scalar or nested lists) as an array of ``dtype``; also its shape and element count."""
     shape = _dense_shape(val)
+    _check_size(name, math.prod(shape), max_elements)
     flat = _flatten(val, shape, dtype)
     return _to_array([flat], shape, dtype), shape, len(flat)
 
@@ -332,12 +400,14 @@ def _shape_string(shape: list[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def parse_predict_request(doc: dict, input_dtypes: dict[str, str]) -> tuple[dict[str, np.ndarray], str]:
+def parse_predict_request(doc: dict, input_dtypes: dict[str, str],
+                          max_elements: int | None = None) -> tuple[dict[str, np.ndarray], str]:
     """Tensors of a predict request already parsed by :func:`parse_json`.
 
     Args:
         doc: the request object.
         input_dtypes: the signature's inputs, name -> ``DT_*`` dtype name.
+        max_elements: refuse an input tensor with more elements than this (None: no limit).
 
     Returns:
         The input arrays by name, and the request format (:data:`ROW` or :data:`COLUMNAR`).
@@ -356,17 +426,18 @@ def parse_predict_request(doc: dict, input_dtypes: dict[str, str]) -> tuple[dict
             raise _format_error(doc, "Excepting 'instances' to be an list/array")
         if not instances:
             raise _format_error(doc, "No values in 'instances' array")
-        return _instances_to_arrays(instances, input_dtypes), ROW
+        return _instances_to_arrays(instances, input_dtypes, max_elements), ROW
     if has_inputs:
-        return _inputs_to_arrays(doc["inputs"], input_dtypes), COLUMNAR
+        return _inputs_to_arrays(doc["inputs"], input_dtypes, max_elements), COLUMNAR
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
 class _Batch:
     """Per-input leaves of the ``instances`` list, checked to share one shape."""
 
-    def __init__(self, input_dtypes: dict[str, str]):
+    def __init__(self, input_dtypes: dict[str, str], max_elements: int | None = None):
         self.input_dtypes = input_dtypes
+        self.max_elements = max_elements
         self.chunks: dict[str, list[list | np.ndarray]] = {}
         self.shapes: dict[str, list[int]] = {}
         self.sizes: dict[str, int] = {}
@@ -375,6 +446,8 @@ class _Batch:
         if name not in self.input_dtypes:
             raise invalid_argument(f"JSON object: does not have named input: {name}")
         shape = _dense_shape(item)
+        rows = len(self.chunks.get(name, ())) + 1
+        _check_size(name, rows * math.prod(shape), self.max_elements)
         flat = _flatten(item, shape, self.input_dtypes[name])
         if name not in self.sizes:
             self.sizes[name], self.shapes[name], self.chunks[name] = len(flat), shape, [flat]
@@ -387,6 +460,8 @@ class _Batch:
         self.chunks[name].append(flat)
 
     def arrays(self, count: int) -> dict[str, np.ndarray]:
+        if any(len(shape) >= _MAX_RANK for shape in self.shapes.values()):
+            raise _too_many_dimensions()  # with the batch dimension, one too many
         return {name: _to_array(chunks, [count, *self.shapes[name]], self.input_dtypes[name])
                 for name, chunks in self.chunks.items()}
 
@@ -395,13 +470,18 @@ def _is_named_object(val: Any) -> bool:
     return isinstance(val, dict) and not _is_b64(val)
 
 
-def _instances_to_arrays(instances: list, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+def _instances_to_arrays(instances: list, input_dtypes: dict[str, str],
+                         max_elements: int | None) -> dict[str, np.ndarray]:
     if not isinstance(instances[0], dict) and len(input_dtypes) > 1:
         raise invalid_argument("instances is a plain list, but expecting list of objects as multiple input "
                                "tensors required as per tensorinfo_map")
     objects = _is_named_object(instances[0])
     names = sorted(input_dtypes)
-    batch = _Batch(input_dtypes)
+    if not objects:
+        whole = _whole_batch(instances, names[0], input_dtypes[names[0]], max_elements)
+        if whole is not None:
+            return {names[0]: whole}
+    batch = _Batch(input_dtypes, max_elements)
     for index, element in enumerate(instances):
         if objects:
             _add_object_element(batch, index, element, names)
@@ -414,6 +494,16 @@ def _instances_to_arrays(instances: list, input_dtypes: dict[str, str]) -> dict[
                 raise invalid_argument(f"Failed to process element: {index} of 'instances' list. "
                                        f"Error: {exc}") from None
     return batch.arrays(len(instances))
+
+
+def _whole_batch(instances: list, name: str, dtype: str, max_elements: int | None) -> np.ndarray | None:
+    """A well-formed plain ``instances`` list converted in one pass, as one tensor (no per-row objects: a large
+    batch costs its values, not a Python object per row); None when some row is off, to go row by row and name
+    it in TF Serving's error."""
+    shape = _dense_shape(instances)
+    _check_size(name, math.prod(shape), max_elements)
+    flat = _fast_flatten(instances, shape, dtype)
+    return None if flat is None else _to_array([flat], shape, dtype)
 
 
 def _add_object_element(batch: _Batch, index: int, element: Any, names: list[str]) -> None:
@@ -430,18 +520,18 @@ def _add_object_element(batch: _Batch, index: int, element: Any, names: list[str
                                f"{json_value_string(element)} keys must be equal to: {','.join(names)}")
 
 
-def _inputs_to_arrays(val: Any, input_dtypes: dict[str, str]) -> dict[str, np.ndarray]:
+def _inputs_to_arrays(val: Any, input_dtypes: dict[str, str], max_elements: int | None) -> dict[str, np.ndarray]:
     if not isinstance(val, dict) or _is_b64(val):
         if len(input_dtypes) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input "
                                    "tensors required as per tensorinfo_map")
         name = next(iter(input_dtypes))
-        return {name: value_to_array(val, input_dtypes[name])[0]}
+        return {name: value_to_array(val, input_dtypes[name], max_elements, name)[0]}
     arrays = {}
     for name in sorted(input_dtypes):
         if name not in val:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        arrays[name] = value_to_array(val[name], input_dtypes[name])[0]
+        arrays[name] = value_to_array(val[name], input_dtypes[name], max_elements, name)[0]
     return arrays
 
 
@@ -472,11 +562,16 @@ def _format_decimal(value: float, caster: Callable[[Any], Any], max_digits: int)
 
 
 def _float_tokens(array: np.ndarray, max_digits: int) -> list[str]:
-    values = array.ravel().tolist()
-    tokens = ["%g" % v for v in values]
-    exact = np.asarray(tokens, dtype=array.dtype) == array.ravel() if values else np.ones(0, bool)
-    for index in np.flatnonzero(~exact).tolist():
-        tokens[index] = ("%.*g" % (max_digits, values[index]))
+    flat = array.ravel()
+    tokens: list[str] = []
+    for start in range(0, len(flat), _SLICE):  # a slice at a time: no long C call on a large output
+        part = flat[start:start + _SLICE]
+        values = part.tolist()
+        chunk = ["%g" % v for v in values]
+        exact = np.asarray(chunk, dtype=array.dtype) == part
+        for index in np.flatnonzero(~exact).tolist():
+            chunk[index] = "%.*g" % (max_digits, values[index])
+        tokens.extend(chunk)
     for index, token in enumerate(tokens):
         if "." not in token and "e" not in token:
             tokens[index] = _special_or_whole(token)
@@ -523,6 +618,37 @@ def _nest(tokens: list[str], shape: tuple[int, ...], start: int = 0) -> str:
     return "[" + ", ".join(_nest(tokens, shape[1:], start + i * step) for i in range(shape[0])) + "]"
 
 
+def _tensor_text(name: str, array: np.ndarray) -> str:
+    """The JSON text of a tensor (nested lists), built a slice at a time: it costs about its text in memory, not
+    a Python string per element."""
+    if array.ndim == 0:
+        return tensor_tokens(name, array)[0]
+    if array.ndim == 1 and array.size > _SLICE:
+        parts = (", ".join(tensor_tokens(name, array[start:start + _SLICE]))
+                 for start in range(0, array.size, _SLICE))
+        return "[" + ", ".join(parts) + "]"
+    return "[" + ", ".join(_tensor_items(name, array)) + "]"
+
+
+def _tensor_items(name: str, array: np.ndarray) -> list[str]:
+    """The JSON text of each ``array[i]`` along the first dimension, built a slice of rows at a time."""
+    shape = array.shape
+    if array.ndim == 1:
+        return tensor_tokens(name, array)
+    if 0 in shape[1:]:
+        return [_nest([], shape[1:])] * shape[0]
+    inner = shape[-1]
+    flat = array.reshape(-1)
+    rows_per_slice = max(1, _SLICE // inner)
+    texts: list[str] = []
+    for start in range(0, flat.size // inner, rows_per_slice):
+        tokens = tensor_tokens(name, flat[start * inner:(start + rows_per_slice) * inner])
+        texts.extend("[" + ", ".join(tokens[i:i + inner]) + "]" for i in range(0, len(tokens), inner))
+    for size in reversed(shape[1:-1]):  # rows -> the items of each dimension above, up to the first
+        texts = ["[" + ", ".join(texts[i:i + size]) + "]" for i in range(0, len(texts), size)]
+    return texts
+
+
 def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     """``{"predictions": ...}`` (rows) or ``{"outputs": ...}`` (columns) as TF Serving writes them.
 
@@ -531,17 +657,16 @@ def format_predict_response(outputs: dict[str, np.ndarray], fmt: str) -> str:
     if not outputs:
         raise invalid_argument("Cannot convert empty tensor map to JSON")
     names = sorted(outputs)
-    tokens = {name: tensor_tokens(name, outputs[name]) for name in names}
     if fmt == COLUMNAR:
         if len(names) == 1:
-            body = _nest(tokens[names[0]], outputs[names[0]].shape)
+            body = _tensor_text(names[0], outputs[names[0]])
         else:
-            body = "{" + ", ".join(f"{json.dumps(n)}: {_nest(tokens[n], outputs[n].shape)}" for n in names) + "}"
+            body = "{" + ", ".join(f"{json.dumps(n)}: {_tensor_text(n, outputs[n])}" for n in names) + "}"
         return '{"outputs": ' + body + "}"
-    return '{"predictions": ' + _rows(outputs, names, tokens) + "}"
+    return '{"predictions": ' + _rows(outputs, names) + "}"
 
 
-def _rows(outputs: dict[str, np.ndarray], names: list[str], tokens: dict[str, list[str]]) -> str:
+def _rows(outputs: dict[str, np.ndarray], names: list[str]) -> str:
     batch = -1
     for name in names:
         shape = outputs[name].shape
@@ -551,16 +676,11 @@ def _rows(outputs: dict[str, np.ndarray], names: list[str], tokens: dict[str, li
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {shape[0]} "
                                    f"expecting: {batch}")
         batch = shape[0]
-    rows = []
-    for item in range(batch):
-        cells = {}
-        for name in names:
-            inner = outputs[name].shape[1:]
-            cells[name] = _nest(tokens[name], inner, item * int(np.prod(inner)))
-        if len(names) == 1:
-            rows.append(cells[names[0]])
-        else:
-            rows.append("{" + ", ".join(f"{json.dumps(n)}: {cells[n]}" for n in names) + "}")
+    if len(names) == 1:  # each row is the output's item: the whole tensor's text
+        return _tensor_text(names[0], outputs[names[0]])
+    items = {name: _tensor_items(name, outputs[name]) for name in names}
+    rows = ("{" + ", ".join(f"{json.dumps(name)}: {items[name][row]}" for name in names) + "}"
+            for row in range(batch))
     return "[" + ", ".join(rows) + "]"
 
 

@@ -10,6 +10,10 @@ Lifecycle of one version (``ModelVersionStatus.State``)::
   ``all {}``, ``specific { versions }``.
 * Availability preserving: aspired versions load first; versions no longer aspired are unloaded only once an
   aspired version is AVAILABLE (or nothing is aspired any more). A failed load leaves the old version serving.
+* A failed load is retried ``max_num_load_retries`` times, ``load_retry_interval_s`` apart (TF Serving's
+  ``--max_num_load_retries``/``--load_retry_interval_micros``), at the next file-system poll after the interval:
+  a version seen half-copied loads once the copy completes. In between it reports END with the last error, so a
+  reload answers the failure at once instead of after all the retries.
 * Labels map to versions. Unless ``allow_version_labels_for_unavailable_models``, a config whose label points at a
   version that is not AVAILABLE *now* is refused as a whole with TF Serving's FAILED_PRECONDITION.
 
@@ -50,7 +54,9 @@ class VersionState:
     error_code: str = "OK"
     error_message: str = ""
     servable: Servable | None = field(default=None, repr=False)
-    retry_allowed: bool = False  # a failed version is retried only after it stopped being aspired once
+    retry_allowed: bool = False  # a failed version is retried only after it stopped being aspired once...
+    retries_left: int = 0  # ... or while load retries are left, each once retry_at (time.monotonic()) has passed
+    retry_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,9 +111,12 @@ class ModelManager:
 
     def __init__(self, *, allow_version_labels_for_unavailable_models: bool = False,
                  loader: Callable[[str, int, Path], Servable] = Servable.load,
-                 metrics: ServerMetrics | None = None):
+                 metrics: ServerMetrics | None = None, max_num_load_retries: int = 0,
+                 load_retry_interval_s: float = 60.0):
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._loader = loader
+        self._max_load_retries = max_num_load_retries
+        self._load_retry_interval_s = load_retry_interval_s
         self.metrics = metrics  # where load attempts and warmups are recorded; None records nothing
         self._change_lock = threading.RLock()  # one config change or poll at a time; loads run under it
         self._state_lock = threading.Lock()  # guards _versions for status readers
@@ -230,9 +239,15 @@ class ModelManager:
 
     def _maybe_load(self, name: str, version: int, path: Path) -> ServingError | None:
         entry = self._versions.get(name, {}).get(version)
-        if entry is not None and (entry.state in (LOADING, AVAILABLE) or
-                                  (entry.error_code != "OK" and not entry.retry_allowed)):
-            return None
+        retrying = False
+        if entry is not None:
+            if entry.state in (LOADING, AVAILABLE):
+                return None
+            if entry.error_code != "OK" and not entry.retry_allowed:
+                if entry.retries_left <= 0 or time.monotonic() < entry.retry_at:
+                    return None
+                retrying = True
+        retries_left = entry.retries_left - 1 if retrying and entry is not None else self._max_load_retries
         self._set_state(name, version, START)
         self._set_state(name, version, LOADING)
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
@@ -242,8 +257,12 @@ class ModelManager:
         except Exception as exc:  # a broken version must never take the server down
             error = from_exception(exc)
             message = f"Loading servable: {{name: {name} version: {version}}} failed: {error}"
-            log.error("%s", message)
+            retry = (f"; retrying in {self._load_retry_interval_s:g}s ({retries_left} "
+                     f"{'retry' if retries_left == 1 else 'retries'} left)" if retries_left > 0 else "")
+            log.error("%s%s", message, retry)
             self._set_state(name, version, END, error.code, error.message)
+            failed = self._versions[name][version]
+            failed.retries_left, failed.retry_at = retries_left, time.monotonic() + self._load_retry_interval_s
             return ServingError(error.code, message)
         self._set_state(name, version, AVAILABLE, servable=servable)
         log.info("Successfully loaded servable version {name: %s version: %d} (%d warmup records)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import signal
 import sys
 import threading
@@ -90,7 +91,9 @@ class ModelServer:
         self.options = options
         self.manager = ModelManager(
             allow_version_labels_for_unavailable_models=options.allow_version_labels_for_unavailable_models,
-            loader=self._load_servable)
+            loader=self._load_servable,
+            max_num_load_retries=options.max_num_load_retries,
+            load_retry_interval_s=options.load_retry_interval_micros / 1e6)
         self.batching: BatchScheduler | None = None  # set by start() with --enable_batching
         self.metrics: ServerMetrics | None = None  # set by start() when --monitoring_config_file enables Prometheus
         self.metrics_path: str | None = None
@@ -115,6 +118,7 @@ class ModelServer:
             OSError: a port could not be bound.
         """
         from pipeline.embedded_server.grpc_services import GrpcServer
+        from pipeline.embedded_server.limits import RequestLimits
         from pipeline.embedded_server.rest import RestServer
 
         self._start_monitoring()  # first: a bad monitoring file fails before anything loads
@@ -122,12 +126,15 @@ class ModelServer:
         set_tensorflow_threads(self.options.tensorflow_intra_op_parallelism,
                                self.options.tensorflow_inter_op_parallelism)
         self.manager.apply_config(self._initial_config())
+        limits = RequestLimits(self.options.max_request_bytes, self.options.max_tensor_elements)
         try:
             self._grpc = GrpcServer(self.manager, self.options.bind_address, self.options.port,
-                                    self.options.grpc_max_threads, metrics=self.metrics)
+                                    self.options.grpc_max_threads, metrics=self.metrics, limits=limits)
             if self.options.rest_api_port is not None:
                 self._rest = RestServer(self.manager, self.options.bind_address, self.options.rest_api_port,
-                                        metrics=self.metrics, metrics_path=self.metrics_path)
+                                        metrics=self.metrics, metrics_path=self.metrics_path,
+                                        threads=self.options.rest_api_num_threads, limits=limits,
+                                        timeout_s=self.options.rest_api_timeout_in_ms / 1000)
         except BaseException:
             self.stop()
             raise
@@ -185,6 +192,8 @@ class ModelServer:
             while not self._stop.wait(interval_s):
                 try:
                     action()
+                except OSError as exc:  # e.g. EMFILE with the descriptor table full: one line, try again later
+                    log.error("%s failed: %s", name, exc)
                 except Exception:  # a bad poll is logged; the server keeps serving what it has
                     log.exception("%s failed", name)
 
@@ -244,12 +253,24 @@ def _ready_lines(server: ModelServer) -> list[str]:
     return lines
 
 
+def configure_logging(options: ServerOptions) -> None:
+    """INFO and up to stderr, or with ``--log_file`` to that file, rotated at ``--log_file_max_bytes`` with
+    ``--log_file_backups`` old files kept (the log stays bounded however many requests fail)."""
+    handler: logging.Handler
+    if options.log_file:
+        handler = logging.handlers.RotatingFileHandler(options.log_file, maxBytes=options.log_file_max_bytes,
+                                                       backupCount=options.log_file_backups, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True,
+                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit status (0 clean, 1 failed to start)."""
     prefer_classic_io()  # before grpc loads (see pipeline.wire.grpc_io)
     options = parse_flags(sys.argv[1:] if argv is None else list(argv))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname).1s %(name)s] %(message)s")
+    configure_logging(options)
     stop = threading.Event()
     _install_signal_handlers(stop)
     server = ModelServer(options)

@@ -8,8 +8,9 @@ Paths (case-insensitive, as TF Serving's regexes)::
     any  <prometheus_config.path>                                  -> Prometheus page (--monitoring_config_file)
 
 Other paths answer 404: TF Serving hands only ``(?i)/v1/.*`` to its API. Errors are ``{"error": "<message>"}``
-with the HTTP status of the TF status code. A ThreadingHTTPServer speaking HTTP/1.1 keep-alive, writing each
-response in one send with TCP_NODELAY, keeps the overhead well under 1 ms.
+with the HTTP status of the TF status code; each client error is logged in one line. The sockets, threads and
+HTTP limits are :mod:`http_server`'s; the JSON limits (values per body, elements per tensor) are
+:class:`RequestLimits`.
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from google.protobuf import json_format
 
 from pipeline.embedded_server import api, json_tensor
+from pipeline.embedded_server.http_server import HttpLimits, HttpRequest, HttpResponse, HttpServer
+from pipeline.embedded_server.limits import RequestLimits
 from pipeline.embedded_server.manager import ModelManager
 from pipeline.embedded_server.metrics import CONTENT_TYPE, REST, ServerMetrics, version_label
 from pipeline.embedded_server.servable import DEFAULT_SIGNATURE, Servable
@@ -40,7 +40,8 @@ _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/l
                           re.IGNORECASE)
 _API_PREFIX = re.compile(r"/v1/", re.IGNORECASE)
 _MAX_INT64 = 2**63 - 1
-_MAX_BODY_BYTES = 1 << 30
+_MAX_VERSION_DIGITS = 19  # longer cannot be an int64 (and int() of thousands of digits is slow or refused)
+_LOGGED_CHARS = 300  # of a path or message in a log line
 
 
 class RestApi:
@@ -49,22 +50,27 @@ class RestApi:
     With ``metrics``, predict/classify/regress are counted and timed as TF Serving's REST handler does.
     """
 
-    def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None):
+    def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None,
+                 limits: RequestLimits | None = None):
         self.manager = manager
         self.metrics = metrics
+        self.limits = limits or RequestLimits()
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, str]:
-        """Answer one request; never raises."""
+    def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, str]:
+        """Answer one request; never raises. A client error is logged in one line, a bug with its traceback."""
         try:
             return 200, self._dispatch(method, path.split("?", 1)[0], body)
         except ServingError as exc:
-            return exc.http_status or 500, json_tensor.error_body(exc.message)
-        except Exception as exc:  # a bug must answer 500, not kill the connection thread
-            log.exception("REST %s %s failed", method, path)
+            status = exc.http_status or 500
+            log.info("REST %s %s -> %d %s: %s", method, path[:_LOGGED_CHARS], status, exc.code,
+                     exc.message[:_LOGGED_CHARS])
+            return status, json_tensor.error_body(exc.message)
+        except Exception as exc:  # a bug must answer 500, not kill the worker
+            log.exception("REST %s %s failed", method, path[:_LOGGED_CHARS])
             error = from_exception(exc)
             return 500, json_tensor.error_body(error.message)
 
-    def _dispatch(self, method: str, path: str, body: bytes) -> str:
+    def _dispatch(self, method: str, path: str, body: bytes | bytearray) -> str:
         if method == "POST":
             match = _PREDICTION_PATH.fullmatch(path)
             if match:
@@ -106,15 +112,19 @@ class RestApi:
         }
         return json.dumps(body, indent=1)
 
-    def _prediction(self, verb: str, spec: Any, body: bytes) -> str:
+    def _prediction(self, verb: str, spec: Any, body: bytes | bytearray) -> str:
         """Answer predict/classify/regress, recording the outcome when metrics are on."""
         start = time.perf_counter()
         servable: Servable | None = None
         try:
-            doc = json_tensor.parse_json(body)
+            doc = json_tensor.parse_json(body, self.limits.max_json_values)
+            if isinstance(body, bytearray):
+                body.clear()  # consumed (the HTTP layer's buffer): free it before the model runs
             spec.signature_name = json_tensor.signature_name_of(doc)
             servable = api.resolve(self.manager, spec)
-            text = self._run(verb, servable, spec, doc)
+            call = self._prepare(verb, servable, spec, doc)
+            del doc  # the parsed JSON can be large: free it before the model runs
+            text = call()
             if self.metrics is not None:
                 self.metrics.request_succeeded(spec.name, str(servable.version), verb, REST,
                                                time.perf_counter() - start)
@@ -124,22 +134,19 @@ class RestApi:
                 self.metrics.request_failed(spec.name, version_label(spec, servable), from_exception(exc).code)
             raise
 
-    def _run(self, verb: str, servable: Servable, spec: Any, doc: dict) -> str:
+    def _prepare(self, verb: str, servable: Servable, spec: Any, doc: dict) -> Callable[[], str]:
+        """Turn the JSON into the model's input now; the returned call runs the model and writes the answer."""
         if verb == "predict":
-            return self._predict(servable, spec.signature_name, doc)
+            key = spec.signature_name or DEFAULT_SIGNATURE
+            if key not in servable.signatures:
+                raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
+            signature = servable.signatures[key]
+            arrays, fmt = json_tensor.parse_predict_request(doc, signature.inputs, self.limits.max_tensor_elements)
+            return lambda: json_tensor.format_predict_response(signature.call(arrays), fmt)
         request = self._examples_request(verb, spec, doc)
         if verb == "classify":
-            return json_tensor.format_classify_response(servable.classify(request).result)
-        return json_tensor.format_regress_response(servable.regress(request).result)
-
-    @staticmethod
-    def _predict(servable: Any, signature_name: str, doc: dict) -> str:
-        key = signature_name or DEFAULT_SIGNATURE
-        if key not in servable.signatures:
-            raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
-        signature = servable.signatures[key]
-        arrays, fmt = json_tensor.parse_predict_request(doc, signature.inputs)
-        return json_tensor.format_predict_response(signature.call(arrays), fmt)
+            return lambda: json_tensor.format_classify_response(servable.classify(request).result)
+        return lambda: json_tensor.format_regress_response(servable.regress(request).result)
 
     @staticmethod
     def _examples_request(verb: str, spec: Any, doc: dict) -> Any:
@@ -157,9 +164,10 @@ def _model_spec(name: str, version: str | None, label: str | None) -> Any:
 
     spec = model_pb2.ModelSpec(name=name)
     if version:
-        number = int(version)
+        number = int(version) if len(version) <= _MAX_VERSION_DIGITS else _MAX_INT64 + 1
         if number > _MAX_INT64:
-            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
+            shown = version if len(version) <= _MAX_VERSION_DIGITS + 2 else version[:_MAX_VERSION_DIGITS] + "..."
+            raise invalid_argument(f"Failed to convert version: {shown} to numeric.")
         spec.version.value = number
     elif label:
         spec.version_label = label
@@ -171,90 +179,40 @@ def _json_dict(message: Any) -> dict:
                                      always_print_fields_with_no_presence=True)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: a client reuses its connection
-    server_version = "TensorFlowServing-compatible"
-    rest_api: RestApi  # set on the subclass made per server
-    metrics_path: str | None = None  # the Prometheus page, when monitoring is on
-    metrics_page: Callable[[], bytes] | None = None
-
-    def setup(self) -> None:
-        super().setup()
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        self._answer("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._answer("POST")
-
-    def _answer(self, method: str) -> None:
-        body = self._read_body()
-        if body is None:
-            return
-        if self.metrics_page is not None and self.path.split("?", 1)[0] == self.metrics_path:
-            # TF Serving registers the page on its exact path, ahead of the /v1/ API, for any method.
-            self._send(200, self.metrics_page(), content_type=CONTENT_TYPE)
-            return
-        status, text = self.rest_api.handle(method, self.path, body)
-        self._send(status, text.encode("utf-8"))
-
-    def _read_body(self) -> bytes | None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 <= length <= _MAX_BODY_BYTES:
-            self._send(400, json_tensor.error_body("Invalid Content-Length").encode(), close=True)
-            return None
-        return self.rfile.read(length) if length else b""
-
-    def _send(self, status: int, payload: bytes, close: bool = False, content_type: str = "application/json") -> None:
-        close = close or self.close_connection or self.headers.get("Connection", "").lower() == "close"
-        head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
-                f"{'Connection: close' if close else 'Connection: keep-alive'}\r\n\r\n")
-        self.wfile.write(head.encode("latin-1") + payload)  # one send: no Nagle/delayed-ACK stall
-        self.close_connection = close
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # Malformed HTTP (bad request line, unsupported method): answer TF Serving-style JSON.
-        self._send(code, json_tensor.error_body(message or "Bad request").encode(), close=True)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        log.debug("%s " + format, self.address_string(), *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
-
 class RestServer:
-    """The REST API listening on ``host:port`` (port 0: any free port) in a background thread.
+    """The REST API listening on ``host:port`` (port 0: any free port), served by ``threads`` workers.
 
-    With ``metrics`` and ``metrics_path``, requests are recorded and ``metrics_path`` answers the Prometheus page.
+    With ``metrics`` and ``metrics_path``, requests are recorded and ``metrics_path`` answers the Prometheus page
+    (for any method, on that exact path, ahead of the /v1/ API, as TF Serving registers it).
     """
 
     def __init__(self, manager: ModelManager, host: str, port: int, metrics: ServerMetrics | None = None,
-                 metrics_path: str | None = None):
-        attributes: dict[str, Any] = {"rest_api": RestApi(manager, metrics)}
-        if metrics is not None and metrics_path is not None:
-            attributes.update(metrics_path=metrics_path, metrics_page=staticmethod(metrics.render))
-        handler = type("Handler", (_Handler,), attributes)
-        self._server = _Server((host, port), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="rest-api", daemon=True)
+                 metrics_path: str | None = None, *, threads: int = 16, limits: RequestLimits | None = None,
+                 timeout_s: float = 30.0):
+        self.limits = limits or RequestLimits()
+        self._api = RestApi(manager, metrics, self.limits)
+        self._metrics_path = metrics_path if metrics is not None else None
+        self._metrics_page: Callable[[], bytes] | None = metrics.render if metrics is not None else None
+        self._server = HttpServer(host, port, self._respond, threads=threads,
+                                  limits=HttpLimits(self.limits.max_request_bytes, timeout_s),
+                                  error_body=lambda message: json_tensor.error_body(message).encode("utf-8"))
 
     @property
     def port(self) -> int:
-        return self._server.server_address[1]
+        return self._server.port
+
+    @property
+    def connection_count(self) -> int:
+        return self._server.connection_count
+
+    def _respond(self, request: HttpRequest) -> HttpResponse:
+        if self._metrics_page is not None and request.path.split("?", 1)[0] == self._metrics_path:
+            return HttpResponse(200, self._metrics_page(), CONTENT_TYPE)
+        status, text = self._api.handle(request.method, request.path, request.body)
+        return HttpResponse(status, text.encode("utf-8"))
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()

@@ -13,6 +13,11 @@ One version directory::
     assets.extra/golden.json                  test inputs, true labels, the offline model's predictions
 
 Export, retention and the embedded server's disk scan all read the base path through this module. Stdlib only.
+
+A version is a directory named by a decimal number from 0 to 2**63 - 1 (TF Serving reads the name with
+``safe_strto64``; the registry stores an int64), in ASCII digits and without leading zeros. Anything else is not a
+version and is ignored everywhere: ``²`` (which ``str.isdigit()`` takes), ``007``, a 20-digit name. A version
+that would come after 2**63 - 1 is refused with a clear error (:class:`pipeline.errors.ConfigError`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import NotFound
+from pipeline.errors import ConfigError, NotFound
 from pipeline.util.files import file_lock, fsync_dir, write_atomically
 
 log = logging.getLogger(__name__)
@@ -41,23 +46,41 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "metadata.json"
 GOLDEN_FILE = "golden.json"
 SAVED_MODEL_FILE = "saved_model.pb"
-# ASCII digits only (str.isdigit() takes '²'), and at most 18 of them: every version fits an int64.
-_VERSION_NAME = re.compile(r"^[0-9]{1,18}$", re.ASCII)
+MAX_VERSION = 2**63 - 1  # int64: TF Serving's and the registry's
+# ASCII digits only (str.isdigit() takes '²'), no leading zero (the directory of version 7 is "7"), <= 19 digits.
+_VERSION_NAME = re.compile(r"0|[1-9][0-9]{0,18}", re.ASCII)
 _DEFAULT_STALE_TMP_AGE_S = 3600.0
+
+
+def parse_version(name: str) -> int | None:
+    """The version a directory entry's name stands for, or None when it is not a version (see the module doc)."""
+    if not _VERSION_NAME.fullmatch(name):
+        return None
+    version = int(name)
+    return version if version <= MAX_VERSION else None
 
 
 def is_version_name(name: str) -> bool:
     """Whether a directory entry's name is a version number TF Serving would load."""
-    return bool(_VERSION_NAME.match(name))
+    return parse_version(name) is not None
 
 
 def scan_versions(base_path: str | Path) -> list[int] | None:
-    """The version directories under ``base_path``, ascending; None when the base path does not exist."""
+    """The version directories under ``base_path``, ascending; None when the base path does not exist.
+
+    Raises:
+        OSError: the base path could not be read (e.g. EMFILE): the caller keeps what it has.
+    """
     try:
         entries = list(os.scandir(base_path))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return sorted(int(entry.name) for entry in entries if is_version_name(entry.name) and entry.is_dir())
+    versions = []
+    for entry in entries:
+        version = parse_version(entry.name)
+        if version is not None and entry.is_dir():
+            versions.append(version)
+    return sorted(versions)
 
 
 def list_versions(base_path: str | Path) -> list[int]:
@@ -123,9 +146,9 @@ def base_path_lock(base_path: str | Path) -> Iterator[None]:
 
 
 def read_high_water(base_path: str | Path) -> int:
-    """The highest version ever published under ``base_path`` (0 before the first)."""
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        return int((Path(base_path) / LAST_VERSION_FILE).read_text().strip())
+    """The highest version ever published under ``base_path`` (0 before the first, or if the mark is not one)."""
+    with contextlib.suppress(FileNotFoundError, ValueError, UnicodeDecodeError):
+        return parse_version((Path(base_path) / LAST_VERSION_FILE).read_text().strip()) or 0
     return 0
 
 
@@ -134,13 +157,20 @@ def publish(base_path: str | Path, tmp_dir: Path, run_id: str) -> tuple[int, boo
 
     A version of the same run published meanwhile (a concurrent export) wins: ``created`` is then False and
     ``tmp_dir`` is left for the caller to remove.
+
+    Raises:
+        ConfigError: the next version would be past :data:`MAX_VERSION` (a version directory that high exists).
     """
     base = Path(base_path)
     with base_path_lock(base):
         existing = find_version_of_run(base, run_id)
         if existing is not None:
             return existing, False
-        version = max([read_high_water(base), *list_versions(base)]) + 1
+        highest = max([read_high_water(base), *list_versions(base)])
+        if highest >= MAX_VERSION:
+            raise ConfigError(f"{base} has version {highest}, the largest TF Serving and the registry can number; "
+                              "no version can follow it. Move that directory (and .last_version) aside")
+        version = highest + 1
         os.rename(tmp_dir, version_dir(base, version))
         write_atomically(base / LAST_VERSION_FILE, f"{version}\n")
         fsync_dir(base)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import requests
 
 from pipeline.embedded_server import READY_PREFIX, parse_flags
 from pipeline.util.net import free_port
+from pipeline.util.polling import poll_until
 
 _START_TIMEOUT_S = 120.0
 
@@ -99,3 +102,68 @@ def test_subprocess_serves_rest_and_grpc_and_exits_cleanly_on_sigterm(server_pro
     assert tf.make_ndarray(reply.outputs["y"]).tolist() == [2.5, 3.0, 4.5]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def _open_idle_connections(port: int, count: int) -> list[socket.socket]:
+    hogs = []
+    for _ in range(count):
+        try:
+            hogs.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        except OSError:
+            break  # the server (or the kernel's backlog) has had enough: that is the point
+    return hogs
+
+
+@pytest.mark.slow
+def test_a_full_descriptor_table_degrades_gracefully(make_base_path: Any, half_plus_two_dir: Path,
+                                                     half_plus_three_dir: Path, tmp_path: Path) -> None:
+    """1100 idle connections against a server limited to 1024 descriptors: new REST and gRPC clients are served,
+    the file-system poller still loads a new version, and nothing logs a traceback."""
+    import grpc
+    import numpy as np
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from pipeline.wire.tensors import fill_tensor_proto
+    from tests.servables import add_version
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    base = make_base_path("half_plus_two", {1: half_plus_two_dir})
+    rest_port = free_port()
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.embedded_server", "--port=0", f"--rest_api_port={rest_port}",
+             "--model_name=half_plus_two", f"--model_base_path={base}", "--file_system_poll_wait_seconds=0.2"],
+            stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
+    hogs: list[socket.socket] = []
+    try:
+        grpc_target = read_ready_line(process).split("grpc=")[1].split()[0]
+        hogs = _open_idle_connections(rest_port, 1100)
+        url = f"http://127.0.0.1:{rest_port}/v1/models/half_plus_two"
+        for _ in range(20):  # each on a new connection, as a client that has never been here
+            response = requests.post(f"{url}:predict", data='{"instances": [1.0]}', timeout=30)
+            assert response.json() == {"predictions": [2.5]}
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "half_plus_two"
+        fill_tensor_proto(request.inputs["x"], np.asarray([1.0], dtype=np.float32))
+        with grpc.insecure_channel(grpc_target) as channel:
+            reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        assert list(reply.outputs["y"].float_val) or reply.outputs["y"].tensor_content
+        add_version(base, 2, half_plus_three_dir)
+
+        def version_two_available() -> tuple[bool | None, str]:
+            states = requests.get(url, timeout=30).json()["model_version_status"]
+            return (True if states[0]["version"] == "2" and states[0]["state"] == "AVAILABLE" else None), str(states)
+
+        poll_until(version_two_available, 120, "the poller loading version 2 with the descriptor table full")
+        assert process.poll() is None
+    finally:
+        for sock in hogs:
+            sock.close()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert len(hogs) >= 1000
+    assert "Traceback" not in log_path.read_text()

@@ -7,6 +7,7 @@ Test vectors come from TF Serving's ``http_rest_api_handler_test.cc``, ``json_te
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -378,3 +379,70 @@ def test_metadata_lists_signature_defs(api: RestApi) -> None:
     assert call(api, "GET", f"/v1/models/{MODEL}/versions/123/metadata")[0] == 200
     assert call(api, "GET", f"/v1/models/{MODEL}/labels/{LABEL}/metadata")[0] == 200
     assert error(api, "GET", "/v1/models/foo/metadata") == (404, "Servable not found for request: Latest(foo)")
+
+
+# ------------------------------------------------------------------ abuse: depth, digits, sizes (one log line each)
+
+
+def _one_line_logged(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    records = [r for r in caplog.records if r.name.startswith("pipeline.embedded_server")]
+    assert len(records) == 1, [r.getMessage()[:200] for r in records]
+    assert records[0].exc_info is None and records[0].levelno <= logging.INFO
+    assert "\n" not in records[0].getMessage()
+    return records[0]
+
+
+def _nested(depth: int, leaf: str = "1.0") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [900, 5000, 100_000])
+def test_deep_instances_are_one_client_error(api: RestApi, caplog: pytest.LogCaptureFixture, depth: int) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.embedded_server")
+    status, text = api.handle("POST", f"/v1/models/{MODEL}:predict", f'{{"instances": {_nested(depth)}}}'.encode())
+    assert status == 400
+    assert "a tensor has at most 64 dimensions" in json.loads(text)["error"]
+    assert len(text) < 2000  # the error quotes at most ~1 KiB of the request
+    _one_line_logged(caplog)
+
+
+def test_deep_json_in_a_key_tf_serving_ignores_is_served(api: RestApi) -> None:
+    body = f'{{"instances": [1.0], "note": {_nested(5000, "{}")}}}'.encode()
+    assert api.handle("POST", f"/v1/models/{MODEL}:predict", body) == (200, '{"predictions": [2.5]}')
+
+
+def test_deep_errors_quote_a_bounded_value(api: RestApi) -> None:
+    # an "instances" that is not a list is quoted in the error with the whole document: cut short
+    body = f'{{"instances": 1.0, "inputs": {_nested(50_000)}}}'.encode()
+    status, text = api.handle("POST", f"/v1/models/{MODEL}:predict", body)
+    assert status == 400 and "expecting only one of 'inputs' or 'instances'" in text
+    assert len(text) < 2000
+
+
+def test_a_5000_digit_version_is_one_client_error(api: RestApi, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.embedded_server")
+    status, message = error(api, "POST", f"/v1/models/{MODEL}/versions/{'9' * 5000}:predict", {"instances": [1.0]})
+    assert status == 400 and message.startswith("Failed to convert version: 9999") and len(message) < 100
+    _one_line_logged(caplog)
+    assert error(api, "GET", f"/v1/models/{MODEL}/versions/{'1' * 5000}")[0] == 400
+
+
+def test_a_number_past_double_range_is_a_parse_error(api: RestApi) -> None:
+    status, message = error(api, "POST", f"/v1/models/{MODEL}:predict", b'{"instances": [1e400]}')
+    assert (status, message) == (400, "JSON Parse error: Number too big to be stored in double. at offset: 15")
+
+
+def test_tensor_element_and_json_value_limits(server: Any) -> None:
+    from pipeline.embedded_server.limits import JSON_VALUE_BYTES, RequestLimits
+
+    small = RestApi(server.manager, limits=RequestLimits(max_request_bytes=64 << 20, max_tensor_elements=100))
+    assert call(small, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 100})[0] == 200
+    status, message = error(small, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 101})
+    assert status == 400 and "more than 100 elements" in message and "--max_tensor_elements" in message
+    status, message = error(small, "POST", f"/v1/models/{MODEL}:predict", {"inputs": [[1.0] * 20] * 6})
+    assert status == 400 and "more than 100 elements" in message
+
+    few_values = RestApi(server.manager, limits=RequestLimits(max_request_bytes=JSON_VALUE_BYTES * 1000))
+    assert call(few_values, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 900})[0] == 200
+    status, message = error(few_values, "POST", f"/v1/models/{MODEL}:predict", {"instances": [1.0] * 1100})
+    assert status == 400 and "more than 1000 values" in message

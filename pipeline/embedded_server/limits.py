@@ -1,0 +1,55 @@
+"""How much one request may ask of the server: bytes on the wire, JSON values, tensor elements.
+
+TF Serving has no such limits (its gRPC port takes INT_MAX-sized messages, and a 40-byte request whose shape says
+[300000, 784] allocates all of it); these are this server's own, each a flag with a safe default:
+
+* ``--max_request_bytes`` (64 MiB): a REST body (413, before it is read) and a gRPC message (RESOURCE_EXHAUSTED,
+  from gRPC itself).
+* ``--max_tensor_elements`` (2**24): the elements of one input tensor, REST or gRPC (INVALID_ARGUMENT, before
+  the tensor is allocated: a gRPC tensor's shape is checked before its values are read).
+* REST bodies may hold at most one JSON value per :data:`JSON_VALUE_BYTES` bytes of ``--max_request_bytes``
+  (1.4 Mi values at the default): a parsed value costs about that much in Python, so the parsed request stays
+  within the size of the largest body. The parse stops as soon as the count passes the limit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.wire.status import invalid_argument
+
+DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
+JSON_VALUE_BYTES = 48  # a parsed JSON number costs ~40 bytes (a float, its list slot, the list's slack)
+MAX_RANK = 254  # TensorFlow's TensorShape::MaxDimensions()
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The limits of one server (see the module doc)."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+
+    @property
+    def max_json_values(self) -> int:
+        return max(1, self.max_request_bytes // JSON_VALUE_BYTES)
+
+
+def check_tensor_proto(alias: str, proto: Any, max_elements: int) -> None:
+    """Refuse a ``TensorProto`` whose shape is invalid or has more than ``max_elements`` elements.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT, before anything of the size the shape claims is allocated.
+    """
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if len(dims) > MAX_RANK:
+        raise invalid_argument(f"Input tensor {alias} has {len(dims)} dimensions; a tensor has at most {MAX_RANK}")
+    if any(size < 0 for size in dims):
+        raise invalid_argument(f"Input tensor {alias} has a negative dimension: {dims}")
+    count = math.prod(dims)
+    if count > max_elements:
+        raise invalid_argument(f"Input tensor {alias} has {count} elements (shape {dims}), more than the "
+                               f"{max_elements} this server takes (--max_tensor_elements)")
