@@ -203,8 +203,7 @@ def stop_airflow(paths: Paths) -> bool:
     supervisor = stack_supervisor(paths.home)
     names = list(_AIRFLOW_COMPONENTS)
     running = any(supervisor.status(name) in ALIVE_STATES for name in names)
-    for name in names:
-        supervisor.remove(name)
+    supervisor.remove(*names)  # all at once: each takes a few seconds to stop
     supervisor.shutdown_if_idle()
     return running
 

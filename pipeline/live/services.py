@@ -123,8 +123,7 @@ def stop_live_path(paths: Paths) -> None:
     services = supervisor(paths)
 
     def stop_services() -> None:
-        for name in (CAPTURE, PROMETHEUS_PROGRAM, NGINX_EXPORTER_PROGRAM):
-            services.remove(name)
+        services.remove(CAPTURE, PROMETHEUS_PROGRAM, NGINX_EXPORTER_PROGRAM)
         services.shutdown_if_idle()
 
     errors: list[str] = []

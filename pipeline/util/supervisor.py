@@ -237,19 +237,22 @@ class Supervisor:
         with self._locked():
             self._stop(name, time.monotonic() + timeout_s)
 
-    def remove(self, name: str) -> None:
-        """Stop a program and forget it (its log stays); nothing happens when it is unknown."""
-        _check_name(name)
+    def remove(self, *names: str) -> None:
+        """Stop programs (all at once) and forget them (their logs stay); nothing happens for an unknown one."""
+        for name in names:
+            _check_name(name)
         if not self.runtime_dir.exists():
             return
         with self._locked():
-            self._program_path(name).unlink(missing_ok=True)
+            for name in names:
+                self._program_path(name).unlink(missing_ok=True)
             if not self.is_running():
                 return
-            self._stop(name, time.monotonic() + _REMOVE_TIMEOUT_S)
-            self._reload()  # supervisord forgets the definition (its file is gone)...
-            with self._rpc() as rpc, _unless_fault(Faults.BAD_NAME):
-                rpc.removeProcessGroup(name)  # ...and the stopped process group
+            self._stop(names, time.monotonic() + _REMOVE_TIMEOUT_S)
+            self._reload()  # supervisord forgets the definitions (their files are gone)...
+            for name in names:
+                with self._rpc() as rpc, _unless_fault(Faults.BAD_NAME):
+                    rpc.removeProcessGroup(name)  # ...and the stopped process groups
 
     def status(self, name: str) -> str | None:
         """supervisord's state of a program (``RUNNING``, ``STARTING``, ``BACKOFF``, ``STOPPED``, ``EXITED``,
@@ -406,23 +409,28 @@ class Supervisor:
             self._stop_quietly(name)
             raise DeadlineExceeded(f"{exc}. {self.log_tail(name)}") from None
 
-    def _stop(self, name: str, deadline: float) -> None:
-        try:
-            with self._rpc() as rpc:
-                rpc.stopProcess(name, False)  # no wait here: polled below, with the caller's deadline
-        except xmlrpc.client.Fault as fault:
-            if fault.faultCode in (Faults.BAD_NAME, Faults.NOT_RUNNING):
-                return
-            raise PipelineError(f"could not stop program {name}: {fault.faultString}") from None
-        except _UNREACHABLE:
-            return  # no supervisord: nothing of it runs
+    def _stop(self, names: str | tuple[str, ...], deadline: float) -> None:
+        """Ask each program to stop (its stop signal, SIGKILL after its stop_wait_s), then wait for them all."""
+        names = (names,) if isinstance(names, str) else names
+        stopping = []
+        for name in names:
+            try:
+                with self._rpc() as rpc:
+                    rpc.stopProcess(name, False)  # no wait here: polled below, with the caller's deadline
+                stopping.append(name)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode not in (Faults.BAD_NAME, Faults.NOT_RUNNING):
+                    raise PipelineError(f"could not stop program {name}: {fault.faultString}") from None
+            except _UNREACHABLE:
+                return  # no supervisord: nothing of it runs
 
         def stopped() -> tuple[bool | None, str]:
-            state = self.status(name)
-            return (True if state is None or state in STOPPED_STATES else None), str(state)
+            left = {name: state for name in stopping
+                    if (state := self.status(name)) is not None and state not in STOPPED_STATES}
+            return (True if not left else None), str(left)
 
-        poll_until(stopped, max(0.0, deadline - time.monotonic()), f"program {name} not stopped",
-                   interval_s=_POLL_S, hint=f"its stop signal may be ignored; see {self.log_path(name)}")
+        poll_until(stopped, max(0.0, deadline - time.monotonic()), f"programs {', '.join(stopping)} not stopped",
+                   interval_s=_POLL_S, hint=f"a stop signal may be ignored; see {self.runtime_dir / 'logs'}")
 
     def _stop_quietly(self, name: str) -> None:
         """Stop a program that failed to start, when it can be; the caller raises the error that matters."""
