@@ -57,6 +57,7 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/canary_analysis.py
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf var
