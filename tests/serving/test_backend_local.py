@@ -3,6 +3,7 @@ killed server back on its own (supervisord restarts it, on the same ports, servi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -39,6 +40,13 @@ def backend(tmp_path: Path) -> Iterator[LocalBackend]:
     backend.supervisor.shutdown()  # whatever a failed test left
 
 
+def _ipv4(address: str) -> str:
+    """``::ffff:127.0.0.1`` (gRPC's dual-stack socket bound to an IPv4 address) as ``127.0.0.1``."""
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
+
+
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -73,6 +81,10 @@ def test_start_attach_stop_leaves_nothing_running(backend, tmp_path):
     server = psutil.Process(pid)
     assert server.ppid() == _supervisord_pid(backend)
     assert server.environ().get("GRPC_EXPERIMENTS") == os.environ["GRPC_EXPERIMENTS"]
+    # TF Serving's APIs have no authentication: the server listens on loopback only, on its two ports.
+    listening = {(_ipv4(c.laddr.ip), c.laddr.port) for c in server.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {("127.0.0.1", endpoint.rest_port), ("127.0.0.1", endpoint.grpc_port)}
     with ServingClient.for_endpoint(endpoint) as client, pytest.raises(ServingError) as caught:
         client.model_status("nothing_served")
     assert caught.value.http_status == 404
