@@ -214,11 +214,15 @@ def stop_servers(paths: Paths) -> None:
 
 
 def write_env_file(paths: Paths) -> Path:
-    """``airflow/env.sh``: ``source`` it so ``airflow ...`` and ``pipeline ...`` in a shell talk to this stack."""
-    keep = {k: v for k, v in airflow_env(paths).items() if k.startswith(("AIRFLOW", "PIPELINE_")) or k == "PATH"}
+    """``airflow/env.sh``: ``source`` it so ``airflow ...`` and ``pipeline ...`` in a shell talk to this stack.
+
+    Only the stack's own settings: none of the caller's variables (a password among them) lands in the file.
+    """
+    keep = {k: v for k, v in _airflow_settings(paths, api_port()).items()
+            if k.startswith(("AIRFLOW", "PIPELINE_")) or k == "PATH"}
     target = airflow_home(paths) / "env.sh"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(keep.items())))
+    write_atomically(target, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(keep.items())))
     return target
 
 

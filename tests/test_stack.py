@@ -63,6 +63,15 @@ def test_up_says_where_the_password_is_never_what_it_is(tmp_path: Path, monkeypa
     assert str(stack.admin_password_file(paths)) in where["login"]
 
 
+def test_the_env_file_holds_the_stacks_settings_and_none_of_the_callers(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_AIRFLOW_API_PASSWORD", "caller-secret")
+    monkeypatch.setenv("AIRFLOW__SOMETHING__TOKEN", "caller-token")
+    text = stack.write_env_file(get_paths(tmp_path)).read_text()
+    assert "caller-secret" not in text and "caller-token" not in text
+    assert "export AIRFLOW__API__HOST=127.0.0.1" in text and f"export PIPELINE_HOME={tmp_path}" in text
+
+
 def _listening(pids: list[int]) -> list[tuple[str, Any]]:
     found = []
     for pid in pids:
