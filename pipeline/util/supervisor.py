@@ -191,14 +191,15 @@ class Supervisor:
             self._shutdown(timeout_s)
 
     def shutdown_if_idle(self, timeout_s: float = 30.0) -> bool:
-        """Shut supervisord down when none of its programs has a process (or is about to get one); whether it did.
+        """Shut supervisord down when it runs and none of its programs has a process (or is about to get one);
+        whether it did.
 
         Whoever stops one program calls it, so that stopping the last one leaves nothing running.
         """
         if not self.runtime_dir.exists():
             return False
         with self._locked():
-            if any(state not in STOPPED_STATES for state in self.programs().values()):
+            if not self.is_running() or any(state not in STOPPED_STATES for state in self.programs().values()):
                 return False
             self._shutdown(timeout_s)
             return True
