@@ -58,6 +58,8 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/canary_analysis.py
 	$(BIN)/python bench/canary.py
 	$(BIN)/python bench/ui.py
+	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/abuse.py
 
 clean:
 	rm -rf var

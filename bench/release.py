@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         if ok and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
-            print(f"kept {workdir} (logs under home/airflow/logs, home/serving/*/server.log)", file=sys.stderr)
+            print(f"kept {workdir} (logs under home/airflow/logs, home/supervisor/logs)", file=sys.stderr)
     report["summary"] = summarize(report["releases"]["1 (default)"], report["canary_rollback"], report["load"])
     report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     report["total_s"] = round(time.time() - started, 1)

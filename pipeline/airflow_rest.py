@@ -3,7 +3,7 @@ environment serves (``POST /api/v2/assets/events``) and one-line notes on DAG ru
 (``PATCH /api/v2/dags/{dag_id}/dagRuns/{run_id}``).
 
 Light (``requests`` only, imported on use) and importable from anywhere, the release package included: it knows
-nothing of the stack but where ``airflow standalone`` keeps its generated admin password. Which Airflow it talks to:
+nothing of the stack but where the local stack keeps its admin password. Which Airflow it talks to:
 
 1. ``$PIPELINE_AIRFLOW_API_URL`` (any deployment), with ``$PIPELINE_AIRFLOW_API_TOKEN`` (a bearer token: JWT from
    ``POST /auth/token``) or ``$PIPELINE_AIRFLOW_API_USERNAME`` / ``$PIPELINE_AIRFLOW_API_PASSWORD`` (exchanged for
@@ -45,13 +45,19 @@ NOTE_MAX_CHARS = 1000  # Airflow's DAGRunPatchBody.note limit
 
 
 def airflow_home(paths: Paths) -> Path:
-    """Where the local stack's ``airflow standalone`` keeps its home, logs and generated password."""
+    """Where the local stack's Airflow keeps its home, logs and admin password."""
     return paths.home / "airflow"
 
 
+def admin_password_file(paths: Paths) -> Path:
+    """Where the local stack keeps its admin password (Airflow's simple auth manager reads it; ``pipeline up``
+    writes it, mode 0600, before Airflow starts)."""
+    return airflow_home(paths) / "simple_auth_manager_passwords.json.generated"
+
+
 def admin_password(paths: Paths) -> str | None:
-    """The admin password ``airflow standalone`` generated (printed once; kept in this file)."""
-    generated = airflow_home(paths) / "simple_auth_manager_passwords.json.generated"
+    """The local stack's admin password (never printed: :func:`admin_password_file` says where it is)."""
+    generated = admin_password_file(paths)
     if not generated.is_file():
         return None
     return json.loads(generated.read_text()).get(_LOCAL_ADMIN)

@@ -5,6 +5,13 @@ instead of calling ``pipeline.steps`` in the Airflow worker. The container runs 
 worker would (``python -m pipeline train ...``) from the pipeline image the ``Dockerfile`` builds, on
 the same pipeline home (snapshots in, runs out), so the next task finds its output where it expects.
 
+The registry's URL (it may hold a database password) never enters a container's environment or its spec:
+where one is configured it is mounted as a secret file, read-only, at ``CONTAINER_REGISTRY_URL_FILE``, and the
+container gets only that path (``$PIPELINE_REGISTRY_URL_FILE``, which :mod:`pipeline.settings` reads). Docker:
+``$PIPELINE_DOCKER_REGISTRY_SECRET`` is the host path of a file holding the URL (e.g. a compose secret's file),
+bind-mounted; Kubernetes: ``$PIPELINE_K8S_REGISTRY_SECRET`` names a Secret whose key ``url`` holds it, mounted as a
+volume. Without either, no registry reaches the container (training does not use it).
+
 Importable without tensorflow or the docker/kubernetes clients; those are imported when called.
 """
 
@@ -18,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.settings import REPO_ROOT
+from pipeline.settings import REGISTRY_URL_FILE_ENV, REPO_ROOT
 
 if TYPE_CHECKING:
     from docker.types import Mount
@@ -34,6 +41,12 @@ CONTAINER_MODELS_DIR = f"{CONTAINER_PIPELINE_HOME}/models"
 _DEFAULT_HOME_VOLUME = "mlops-pipeline-home"
 _DEFAULT_MODELS_VOLUME = "mlops-models"
 _DEFAULT_POD_TEMPLATE = REPO_ROOT / "k8s" / "training-pod.yaml"
+# The registry URL as a secret file inside the container (a Kubernetes Secret volume mounts its keys as files).
+_CONTAINER_SECRET_DIR = "/run/secrets/pipeline-registry"
+_SECRET_KEY = "url"
+CONTAINER_REGISTRY_URL_FILE = f"{_CONTAINER_SECRET_DIR}/{_SECRET_KEY}"
+DOCKER_REGISTRY_SECRET_ENV = "PIPELINE_DOCKER_REGISTRY_SECRET"
+K8S_REGISTRY_SECRET_ENV = "PIPELINE_K8S_REGISTRY_SECRET"
 
 
 def pipeline_image() -> str:
@@ -78,17 +91,36 @@ def train_command(model: str, snapshot_sha: str | None = None, fault: str | None
     return command + ["--json"]  # the last lines of the log are the run's JSON, for the DAG to read
 
 
-def container_environment() -> dict[str, str]:
-    """Environment a training container needs to find its config and its pipeline home."""
+def container_environment(registry_secret: bool = False) -> dict[str, str]:
+    """Environment a training container needs to find its config and its pipeline home; with
+    ``registry_secret``, where the mounted registry URL file is (never the URL)."""
     env = {
         "PIPELINE_HOME": CONTAINER_PIPELINE_HOME,
         "PIPELINE_CONFIG_DIR": "/opt/pipeline/configs",
         # Training is CPU-bound and shares the host; keep TF's own thread pools from oversubscribing it.
         "TF_CPP_MIN_LOG_LEVEL": "1",
     }
-    if registry := os.environ.get("PIPELINE_REGISTRY_URL"):
-        env["PIPELINE_REGISTRY_URL"] = registry
+    if registry_secret:
+        env[REGISTRY_URL_FILE_ENV] = CONTAINER_REGISTRY_URL_FILE
     return env
+
+
+def docker_registry_secret() -> Mount | None:
+    """The read-only bind mount of ``$PIPELINE_DOCKER_REGISTRY_SECRET`` (a host file holding the registry URL) at
+    ``CONTAINER_REGISTRY_URL_FILE``; None when it is not set.
+
+    Raises:
+        ConfigError: the path is not absolute (the docker engine resolves it on the host).
+    """
+    from docker.types import Mount
+
+    source = os.environ.get(DOCKER_REGISTRY_SECRET_ENV)
+    if not source:
+        return None
+    if not source.startswith("/"):
+        raise ConfigError(f"${DOCKER_REGISTRY_SECRET_ENV}: {source!r} must be the absolute host path of the file "
+                          "holding the registry URL")
+    return Mount(target=CONTAINER_REGISTRY_URL_FILE, source=source, type="bind", read_only=True)
 
 
 def docker_mounts() -> list[Mount]:
@@ -111,11 +143,12 @@ def docker_mounts() -> list[Mount]:
 
 def docker_operator_kwargs(model: str, snapshot_sha: str | None = None, fault: str | None = None) -> dict[str, Any]:
     """Keyword arguments for ``DockerOperator`` that train ``model`` in the pipeline image."""
+    secret = docker_registry_secret()
     return {
         "image": pipeline_image(),
         "command": train_command(model, snapshot_sha, fault),
-        "environment": container_environment(),
-        "mounts": docker_mounts(),
+        "environment": container_environment(registry_secret=secret is not None),
+        "mounts": docker_mounts() + ([secret] if secret else []),
         "mount_tmp_dir": False,  # the tmp bind needs a host path the worker container doesn't have
         "auto_remove": "success",
         "docker_url": os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
@@ -154,14 +187,28 @@ def kubernetes_pod_operator_kwargs(
     The template carries volumes, resources and security context; these arguments set what changes per run.
     """
     template = load_pod_template()
+    secrets = kubernetes_registry_secrets()
     return {
         "pod_template_file": str(pod_template_file()),
         "namespace": template.metadata.namespace or "mlops",
         "image": pipeline_image(),
         "cmds": train_command(model, snapshot_sha, fault)[:1],
         "arguments": train_command(model, snapshot_sha, fault)[1:],
-        "env_vars": container_environment(),
+        "env_vars": container_environment(registry_secret=bool(secrets)),
+        "secrets": secrets,
         "labels": {"app.kubernetes.io/part-of": "mlops-pipeline", "pipeline/model": model},
         "get_logs": True,
         "on_finish_action": "delete_succeeded_pod",
     }
+
+
+def kubernetes_registry_secrets() -> list[Any]:
+    """The Secret ``$PIPELINE_K8S_REGISTRY_SECRET`` (its key ``url``) as a read-only volume whose file is
+    ``CONTAINER_REGISTRY_URL_FILE``, for ``KubernetesPodOperator(secrets=...)``; empty when it is not set."""
+    name = os.environ.get(K8S_REGISTRY_SECRET_ENV)
+    if not name:
+        return []
+    from airflow.providers.cncf.kubernetes.secret import Secret
+    from kubernetes.client import V1KeyToPath
+
+    return [Secret("volume", _CONTAINER_SECRET_DIR, name, items=[V1KeyToPath(key=_SECRET_KEY, path=_SECRET_KEY)])]

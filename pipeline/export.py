@@ -16,12 +16,18 @@ Signatures (``-1`` is the batch dimension):
 A version is written under a hidden temp name, fsynced, and then published. Temp dirs of crashed exports
 are ignored and removed once stale. Exporting a run that already has a version returns that version
 (``created=False``).
+
+Each export returns the version's content hash (:func:`content_sha256`: every file of the version directory,
+metadata included), which the registry records (lineage ``content_sha256``); no server is pointed at a version
+whose files no longer have it (:mod:`pipeline.release.serving_state`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -51,13 +57,58 @@ _DEFAULT_WARMUP_REQUESTS = 5
 _DEFAULT_GOLDEN_SIZE = 32
 
 
+CONTENT_HASH_KEY = "content_sha256"  # the lineage key the registry records it under
+_HASH_CHUNK = 1 << 20
+
+
 @dataclass(frozen=True)
 class ExportResult:
-    """Where a run's SavedModel lives and whether this call wrote it."""
+    """Where a run's SavedModel lives, whether this call wrote it, and its content hash."""
 
     version: int
     path: Path
     created: bool
+    content_sha256: str
+
+
+def content_sha256(version_dir: str | Path) -> str:
+    """sha256 over a version directory's files: for each, in the order of its relative POSIX path, the path
+    (UTF-8), NUL, ``F`` and the file's bytes, or ``L`` and the target of a symbolic link; each entry ends with
+    NUL and its length, so no two trees give the same stream. Directories contribute through their files.
+
+    Raises:
+        NotFound: ``version_dir`` is not a directory.
+    """
+    root = Path(version_dir)
+    if not root.is_dir():
+        raise NotFound(f"version directory {root} does not exist")
+    digest = hashlib.sha256()
+    for relative, path in sorted(_tree_entries(root)):
+        digest.update(relative.encode() + b"\0")
+        size = 0
+        if path.is_symlink():
+            target = os.fsencode(os.readlink(path))
+            digest.update(b"L" + target)
+            size = len(target)
+        else:
+            digest.update(b"F")
+            with open(path, "rb") as handle:
+                while chunk := handle.read(_HASH_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+        digest.update(b"\0" + str(size).encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _tree_entries(root: Path) -> list[tuple[str, Path]]:
+    """(relative POSIX path, path) of every file and symbolic link under ``root`` (links are not followed)."""
+    entries = []
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(directory)
+        linked_dirs = [name for name in dirnames if (here / name).is_symlink()]
+        for name in [*filenames, *linked_dirs]:
+            entries.append(((here / name).relative_to(root).as_posix(), here / name))
+    return entries
 
 
 # --- signatures ------------------------------------------------------------------------------------
@@ -267,8 +318,8 @@ def export_run(
         extra_metadata: More keys for metadata.json (e.g. the Airflow run id); core keys win.
 
     Returns:
-        The version, its directory, and whether this call created it (False: the run was
-        already exported, nothing written).
+        The version, its directory, whether this call created it (False: the run was
+        already exported, nothing written) and its content hash (:func:`content_sha256`).
 
     Raises:
         NotFound: ``run_dir`` is not a finished run, or its snapshot is gone and none was given.
@@ -282,14 +333,18 @@ def export_run(
     existing = vd.find_version_of_run(base, run.run_id)
     if existing is not None:
         log.info("run %s is already version %d under %s", run.run_id, existing, base)
-        return ExportResult(existing, base / str(existing), created=False)
+        path = base / str(existing)
+        return ExportResult(existing, path, created=False, content_sha256=content_sha256(path))
     snapshot = _resolve_snapshot(run, snapshot)
     tmp_dir = base / f"{vd.TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         write_version_dir(run, snapshot, tmp_dir, extra_metadata)
+        digest = content_sha256(tmp_dir)  # of the complete directory, before anyone can read it under its number
         version, created = vd.publish(base, tmp_dir, run.run_id)
-        result = ExportResult(version, vd.version_dir(base, version), created)
+        path = vd.version_dir(base, version)
+        result = ExportResult(version, path, created, digest if created else content_sha256(path))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)  # gone already after a successful rename
-    log.info("exported run %s as %s (created=%s)", run.run_id, result.path, result.created)
+    log.info("exported run %s as %s (created=%s, content sha256 %s)", run.run_id, result.path, result.created,
+             result.content_sha256[:12])
     return result

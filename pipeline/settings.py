@@ -9,6 +9,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _DEFAULT_HOME = REPO_ROOT / "var"
 _DEFAULT_CONFIG_DIR = REPO_ROOT / "configs"
+REGISTRY_URL_ENV = "PIPELINE_REGISTRY_URL"
+REGISTRY_URL_FILE_ENV = "PIPELINE_REGISTRY_URL_FILE"
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,27 @@ class Paths:
 
     @property
     def registry_url(self) -> str:
-        """SQLAlchemy URL of the release registry (``$PIPELINE_REGISTRY_URL`` overrides)."""
-        return os.environ.get("PIPELINE_REGISTRY_URL") or f"sqlite:///{self.home / 'registry.db'}"
+        """SQLAlchemy URL of the release registry: ``$PIPELINE_REGISTRY_URL``, else the first line of the file
+        ``$PIPELINE_REGISTRY_URL_FILE`` names (a mounted secret: a URL with a password stays out of the
+        environment), else SQLite under the home.
+
+        Raises:
+            ConfigError: ``$PIPELINE_REGISTRY_URL_FILE`` names a file that cannot be read or is empty.
+        """
+        if url := os.environ.get(REGISTRY_URL_ENV):
+            return url
+        if secret := os.environ.get(REGISTRY_URL_FILE_ENV):
+            try:
+                url = Path(secret).read_text().strip().splitlines()[0].strip()
+            except (OSError, IndexError):
+                url = ""
+            if not url:
+                from pipeline.errors import ConfigError
+
+                raise ConfigError(f"${REGISTRY_URL_FILE_ENV}: {secret} is missing, unreadable or empty; it must "
+                                  "hold the registry's SQLAlchemy URL")
+            return url
+        return f"sqlite:///{self.home / 'registry.db'}"
 
     def model_base_path(self, model: str) -> Path:
         """The TF Serving ``model_base_path`` of one model."""

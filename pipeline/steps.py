@@ -84,7 +84,8 @@ def export(config: ModelConfig, run_dir: str | Path, snapshot_path: str | Path, 
 
     base = Path(model_base_path) if model_base_path else (paths or get_paths()).model_base_path(config.name)
     result = export_run(Path(run_dir), base, Snapshot.open(snapshot_path), extra_metadata=lineage)
-    return {"version": result.version, "path": str(result.path), "created": result.created}
+    return {"version": result.version, "path": str(result.path), "created": result.created,
+            "content_sha256": result.content_sha256}
 
 
 def build(config: ModelConfig, *, model_base_path: str | Path | None = None, fault: str | None = None,

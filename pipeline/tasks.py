@@ -16,6 +16,7 @@ from typing import Any
 from pipeline import steps
 from pipeline.config import FAULTS, ModelConfig
 from pipeline.errors import ConfigError, NotFound, ValidationFailed
+from pipeline.export import CONTENT_HASH_KEY
 from pipeline.gates import Verdict
 from pipeline.live.phases import phase_named
 from pipeline.release import canary, live_canary, staging
@@ -131,6 +132,7 @@ def _lineage(run_dir: str, run_id: str, conf: dict[str, Any] | None, exported: d
         "data_sha256": run["snapshot"]["sha256"], "airflow_run_id": run_id, "training_run_id": run["run_id"],
         "params": conf or {}, "metrics": json.loads((Path(run_dir) / "metrics.json").read_text()),
         "export_path": exported["path"],
+        CONTENT_HASH_KEY: exported[CONTENT_HASH_KEY],  # checked before any server is pointed at the version
     }
 
 

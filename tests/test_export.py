@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import NotFound
-from pipeline.export import export_run
+from pipeline.export import content_sha256, export_run
 from pipeline.wire import version_dirs
 from pipeline.wire.version_dirs import list_versions, read_golden, read_metadata
 
@@ -124,7 +124,36 @@ def test_golden_set_replays_to_the_offline_predictions(image_export, image_snaps
 def test_exporting_the_same_run_again_is_a_no_op(image_export, image_run) -> None:
     again = export_run(image_run.run_dir, image_export.path.parent)
     assert (again.version, again.path, again.created) == (image_export.version, image_export.path, False)
+    assert again.content_sha256 == image_export.content_sha256
     assert list_versions(image_export.path.parent) == [1]
+
+
+def test_the_content_hash_covers_every_file_of_the_version(image_export, tmp_path) -> None:
+    digest = image_export.content_sha256
+    assert len(digest) == 64 and digest == content_sha256(image_export.path)  # computed before publishing: same
+    copy = tmp_path / "7"
+    shutil.copytree(image_export.path, copy)
+    assert content_sha256(copy) == digest  # where the directory lies is not part of it
+
+    def changed(edit) -> str:
+        edit()
+        return content_sha256(copy)
+
+    weights = next((copy / "variables").glob("variables.data-*"))
+    original = weights.read_bytes()
+    assert changed(lambda: weights.write_bytes(bytes([original[0] ^ 1]) + original[1:])) != digest
+    assert changed(lambda: weights.write_bytes(original)) == digest
+    metadata = copy / "assets.extra" / "metadata.json"
+    assert changed(lambda: metadata.rename(copy / "assets.extra" / "metadata.jsn")) != digest
+    assert changed(lambda: (copy / "assets.extra" / "metadata.jsn").rename(metadata)) == digest
+    assert changed(lambda: (copy / "assets" / "planted").write_bytes(b"")) != digest
+    (copy / "assets" / "planted").unlink()
+    golden = copy / "assets.extra" / "golden.json"
+    target = tmp_path / "golden.json"
+    shutil.move(golden, target)
+    assert changed(lambda: golden.symlink_to(target)) != digest  # a link to the same bytes is not the file
+    with pytest.raises(NotFound):
+        content_sha256(tmp_path / "nothing")
 
 
 def _fake_run_copy(run, tmp_path: Path, run_id: str) -> Path:

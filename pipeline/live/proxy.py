@@ -23,12 +23,17 @@ requests and kept-alive connections while new ones take new requests, so a weigh
 client that reopens a connection the server closed (as :mod:`pipeline.serving.http_transport` and gRPC do).
 Each config has a generation, served in the ``X-Proxy-Config`` header, which :meth:`NginxProxy.apply` polls.
 
-Everything lies in the runtime directory: ``nginx.conf``, ``proxy.json`` (pid, generation, spec of the running
-proxy, so that another process can apply to or stop it), logs, pid file and nginx's temp directories.
+Everything lies in the runtime directory: ``nginx.conf``, ``proxy.json`` (generation and spec of the running proxy
+and the supervisord that runs it, so that another process can apply to or stop it), logs, pid file and nginx's temp
+directories. The master is program ``proxy`` of a supervisord (the stack's, :mod:`pipeline.live.services`; else
+one of its own in ``<runtime dir>/supervisor``), restarted when it dies: its command (``python -m
+pipeline.live.proxy``) first ends the workers a killed master left behind (they keep its listening sockets, so a
+new master could not bind), then becomes nginx.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import json
@@ -38,9 +43,10 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 import psutil
@@ -52,6 +58,7 @@ from pipeline.settings import config_dir
 from pipeline.util.files import file_lock, write_atomically
 from pipeline.util.net import free_ports, port_in_use
 from pipeline.util.polling import poll_until
+from pipeline.util.supervisor import ALIVE_STATES, RUNNING, STARTING, Program, Supervisor, python_env
 
 CANARY_LABEL = "canary"
 TEMPLATE = Path("proxy") / "nginx.conf.template"  # under the config directory
@@ -60,6 +67,8 @@ _NGINX_FALLBACK = "/usr/sbin/nginx"  # Debian's; /usr/sbin is not on every user'
 _MAX_BODY = "256m"  # what pipeline.serving.client sends at most over gRPC
 _UPSTREAM_KEEPALIVE = 32  # idle upstream connections each worker keeps
 _DEFAULT_STOP_GRACE_S = 10.0
+_LEFTOVER_GRACE_S = 5.0  # a killed master's workers: time to finish their requests before SIGKILL
+PROGRAM = "proxy"  # the master's program in supervisord
 _POLL_S = 0.05
 _HEALTH_PATH = "/_proxy/health"
 _GENERATION_HEADER = "X-Proxy-Config"
@@ -72,9 +81,6 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9_./@+,=:-]*$")
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
 _ADDRESS = re.compile(rf"^{_HOST}:(\d{{1,5}})$")
 _SAFE_PREFIX = re.compile(r"^(/[A-Za-z0-9_.-]+)*$")
-
-# nginx masters this process started, so that it reaps them (an unreaped child stays a zombie).
-_CHILDREN: dict[int, subprocess.Popen] = {}
 
 
 class ProxyError(PipelineError):
@@ -264,12 +270,12 @@ class _RuntimePaths:
         return self.root / "access.log"
 
     @property
-    def output(self) -> Path:
-        return self.root / "nginx.out"  # the master's stdout and stderr
-
-    @property
     def state(self) -> Path:
         return self.root / "proxy.json"
+
+    @property
+    def group(self) -> Path:
+        return self.root / "nginx.pgid"  # the process group of the latest master
 
     @property
     def temp(self) -> Path:
@@ -280,10 +286,13 @@ class _RuntimePaths:
 class ProxyState:
     """What ``proxy.json`` records of a running proxy."""
 
-    pid: int
-    create_time: float  # tells our master from a later process that got the same pid
     generation: int
     spec: dict[str, Any]
+    supervisor_dir: str  # the supervisord whose program ``proxy`` the master is
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return Supervisor(Path(self.supervisor_dir))
 
     @property
     def proxy_spec(self) -> ProxySpec:
@@ -311,11 +320,14 @@ class NginxProxy:
     Args:
         runtime_dir: the proxy's directory (created if missing).
         template: the config template (default ``<config dir>/proxy/nginx.conf.template``).
+        supervisor: the supervisord a proxy started here runs under (default: one in ``<runtime_dir>/supervisor``);
+            a running proxy is reached through the one recorded in ``proxy.json``, whatever this says.
     """
 
-    def __init__(self, runtime_dir: str | Path, template: Path | None = None):
+    def __init__(self, runtime_dir: str | Path, template: Path | None = None, supervisor: Supervisor | None = None):
         self.paths = _RuntimePaths(Path(runtime_dir).resolve())
         self.template = template
+        self._supervisor = supervisor or Supervisor(self.paths.root / "supervisor")
 
     @property
     def runtime_dir(self) -> Path:
@@ -379,13 +391,20 @@ class NginxProxy:
         with self._locked():
             return self._apply(binary, spec, timeout_s)
 
-    def stop(self, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
-        """Stop gracefully (SIGQUIT: requests in flight finish), SIGKILL what is left after ``grace_s``; idempotent."""
+    def stop(self) -> None:
+        """Stop gracefully (SIGQUIT: requests in flight finish), SIGKILL what is left after 10 s; idempotent.
+
+        Workers a killed master left behind are ended too; the supervisord exits if nothing else runs under it.
+        """
         with self._locked():
             state = self._read_state()
-            if state is not None:
-                _terminate(state, grace_s)
+            self._terminate(state.supervisor if state is not None else self._supervisor)
             self.paths.state.unlink(missing_ok=True)
+
+    def master_pid(self) -> int | None:
+        """The nginx master's process id now (None when it has none, e.g. while supervisord restarts it)."""
+        state = self._read_state()
+        return state.supervisor.pid(PROGRAM) if state is not None else None
 
     def is_running(self) -> bool:
         """Whether the proxy's master runs and its REST server answers now."""
@@ -433,24 +452,29 @@ class NginxProxy:
     def _spawn(self, binary: str, spec: ProxySpec, timeout_s: float) -> Endpoint:
         generation = 1
         self._install_config(binary, spec, generation)
-        with self.paths.output.open("ab") as output:
-            process = subprocess.Popen(
-                [binary, *self._nginx_args()],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: a Ctrl-C of ours does not reach it
-            )
-        _CHILDREN[process.pid] = process
-        state = ProxyState(process.pid, psutil.Process(process.pid).create_time(), generation,
-                           spec.model_dump(mode="json"))
+        supervisor = self._supervisor
+        state = ProxyState(generation, spec.model_dump(mode="json"), str(supervisor.runtime_dir))
+        program = Program(PROGRAM, (sys.executable, "-m", __name__, "--nginx", binary, str(self.paths.root)),
+                          env=python_env(), stop_signal="QUIT", stop_wait_s=_DEFAULT_STOP_GRACE_S)
         try:
+            try:
+                supervisor.run(program, timeout_s)
+            except DeadlineExceeded:
+                raise
+            except PipelineError as exc:
+                raise ProxyError(f"nginx exited while starting: {exc}") from None
             self._wait_serving(state, timeout_s, starting=True)
         except BaseException:
-            _terminate(state, grace_s=1.0)  # leave no half-started proxy behind; its logs stay
+            self._terminate(supervisor)  # leave no half-started proxy behind; its logs stay
             raise
         write_atomically(self.paths.state, json.dumps(asdict(state), indent=2))
         return Endpoint(spec.host, spec.rest_port, spec.grpc_port)
+
+    def _terminate(self, supervisor: Supervisor) -> None:
+        """Stop the master's program, end the workers of a master killed earlier, and let an idle supervisord go."""
+        supervisor.remove(PROGRAM)
+        _end_leftover_workers(self.paths)
+        supervisor.shutdown_if_idle()
 
     def _apply(self, binary: str, spec: ProxySpec, timeout_s: float) -> Endpoint:
         state = self._require_state()
@@ -458,8 +482,9 @@ class NginxProxy:
         generation = state.generation + 1
         previous = self.paths.config.read_text()
         self._install_config(binary, resolved, generation)
-        new_state = ProxyState(state.pid, state.create_time, generation, resolved.model_dump(mode="json"))
-        leaving = _workers(state.pid)  # the workers of the old config: after the reload they must stop accepting
+        new_state = ProxyState(generation, resolved.model_dump(mode="json"), state.supervisor_dir)
+        # The workers of the old config: after the reload they must stop accepting.
+        leaving = _workers(state.supervisor.pid(PROGRAM))
         try:
             _run_nginx(binary, [*self._nginx_args(), "-s", "reload"], "reload")
             self._wait_serving(new_state, timeout_s, starting=False, leaving=leaving)
@@ -486,7 +511,7 @@ class NginxProxy:
             candidate.unlink(missing_ok=True)
 
     def _nginx_args(self, config: Path | None = None) -> list[str]:
-        return ["-p", f"{self.paths.root}/", "-c", str(config or self.paths.config), "-e", str(self.paths.error_log)]
+        return _nginx_args(self.paths, config)
 
     def _wait_serving(self, state: ProxyState, timeout_s: float, starting: bool,
                       leaving: list[psutil.Process] | None = None) -> None:
@@ -496,13 +521,15 @@ class NginxProxy:
         handle the master's signal, a new connection may still land on one of them and get the old config.
 
         Raises:
-            ProxyError: the master exited.
+            ProxyError: the master exited (supervisord would start another, which would fail the same way).
             DeadlineExceeded: not served within ``timeout_s``; the message ends with the error log's tail.
         """
         spec = state.proxy_spec
+        supervisor = state.supervisor
+        master = supervisor.pid(PROGRAM)  # another one (supervisord restarting it) means this one exited
 
         def check() -> tuple[bool | None, str]:
-            if not _is_our_process(state):
+            if supervisor.status(PROGRAM) not in (RUNNING, STARTING) or supervisor.pid(PROGRAM) != master:
                 raise ProxyError(f"nginx exited {'while starting' if starting else 'during a reload'}: "
                                  f"{self._log_tail()}")
             served = _served_generation(spec.host, spec.rest_port)
@@ -536,8 +563,9 @@ class NginxProxy:
             return None
 
     def _live_state(self) -> ProxyState | None:
+        """The recorded proxy if its supervisord runs the master (or is restarting it), else None."""
         state = self._read_state()
-        return state if state is not None and _is_our_process(state) else None
+        return state if state is not None and state.supervisor.status(PROGRAM) in ALIVE_STATES else None
 
     def _require_state(self) -> ProxyState:
         state = self._live_state()
@@ -551,7 +579,9 @@ class NginxProxy:
 
     def _log_tail(self, lines: int = 10) -> str:
         texts = []
-        for path in (self.paths.error_log, self.paths.output):
+        state = self._read_state()
+        output = (state.supervisor if state is not None else self._supervisor).log_path(PROGRAM)
+        for path in (self.paths.error_log, output):
             with contextlib.suppress(FileNotFoundError):
                 texts.extend(path.read_text(errors="replace").splitlines()[-lines:])
         return "\n".join(texts[-lines:]) or "(empty log)"
@@ -574,8 +604,10 @@ def _run_nginx(binary: str, args: list[str], what: str, error: type[PipelineErro
         raise error(f"nginx {what} failed: {(result.stderr or result.stdout).strip()}")
 
 
-def _workers(master_pid: int) -> list[psutil.Process]:
+def _workers(master_pid: int | None) -> list[psutil.Process]:
     """The worker processes of an nginx master now (none when it is gone)."""
+    if master_pid is None:
+        return []
     try:
         return psutil.Process(master_pid).children()
     except psutil.Error:
@@ -610,46 +642,22 @@ def _served_generation(host: str, port: int) -> int | None:
 # ---- processes ------------------------------------------------------------------------------------------------
 
 
-def _reap(pid: int) -> None:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-
-
-def _is_our_process(state: ProxyState) -> bool:
-    """Whether ``state.pid`` is still the master we started (alive, not a zombie, same start time)."""
-    _reap(state.pid)
+def _end_leftover_workers(paths: _RuntimePaths) -> None:
+    """End the nginx processes left in the latest master's process group (its workers, when it was killed): SIGQUIT
+    (a worker finishes its requests, then exits), SIGKILL after a grace period."""
     try:
-        process = psutil.Process(state.pid)
-        return abs(process.create_time() - state.create_time) < 0.5 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _terminate(state: ProxyState, grace_s: float) -> None:
-    """SIGQUIT the master (workers finish their requests), SIGKILL whatever of it is left after ``grace_s``."""
-    processes: list[psutil.Process] = []
-    if _is_our_process(state):
-        master = psutil.Process(state.pid)
-        with contextlib.suppress(psutil.Error):
-            processes = [master, *master.children(recursive=True)]
-        with contextlib.suppress(psutil.Error):
-            master.send_signal(signal.SIGQUIT)
-    # Workers of a master that died earlier live on in its process group (the master led it): end them too,
-    # gracefully as well (SIGQUIT: a worker finishes its requests, then exits).
-    orphans = [p for p in _group_nginx(state.pid) if p not in processes]
-    for process in orphans:
+        pgid = int(paths.group.read_text())
+    except (OSError, ValueError):
+        return
+    leftover = [p for p in _group_nginx(pgid) if p.pid != os.getpid()]
+    for process in leftover:
         with contextlib.suppress(psutil.Error):
             process.send_signal(signal.SIGQUIT)
-    _, alive = psutil.wait_procs(processes + orphans, timeout=grace_s)
+    _, alive = psutil.wait_procs(leftover, timeout=_LEFTOVER_GRACE_S)
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=5.0)
-    child = _CHILDREN.pop(state.pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.wait(timeout=1.0)
 
 
 def _group_nginx(pgid: int) -> list[psutil.Process]:
@@ -662,3 +670,30 @@ def _group_nginx(pgid: int) -> list[psutil.Process]:
         except (ProcessLookupError, psutil.Error):
             continue
     return found
+
+
+def _exec_master(binary: str, runtime_dir: Path) -> NoReturn:
+    """The proxy program's command: end what an earlier master left, record this process group, become nginx.
+
+    supervisord starts each program in a process group of its own, so nginx's master and workers share this one.
+    """
+    paths = _RuntimePaths(runtime_dir.resolve())
+    _end_leftover_workers(paths)
+    write_atomically(paths.group, str(os.getpgrp()))
+    os.execv(binary, [binary, *_nginx_args(paths)])
+
+
+def _nginx_args(paths: _RuntimePaths, config: Path | None = None) -> list[str]:
+    return ["-p", f"{paths.root}/", "-c", str(config or paths.config), "-e", str(paths.error_log)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the proxy's nginx master (supervisord's command for it).")
+    parser.add_argument("--nginx", required=True, help="the nginx binary")
+    parser.add_argument("runtime_dir", type=Path)
+    args = parser.parse_args(argv)
+    _exec_master(args.nginx, args.runtime_dir)
+
+
+if __name__ == "__main__":
+    main()

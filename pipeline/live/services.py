@@ -2,9 +2,10 @@
 
 Started by ``pipeline up`` (and so by ``make demo``) when the serving profile has a ``traffic:`` section, stopped
 by ``pipeline down``. The proxy is nginx from Debian's package, run by :class:`~pipeline.live.proxy.NginxProxy`;
-the capture service, Prometheus and the nginx exporter run under supervisord (:mod:`pipeline.util.supervisor`),
-all under ``$PIPELINE_HOME/live/``. Every step attaches to what already runs, so ``up`` twice is harmless, and a
-proxy that runs keeps its split (a live canary in progress is not reset by an ``up``).
+it, the capture service, Prometheus and the nginx exporter run under the stack's one supervisord
+(:func:`pipeline.util.supervisor.stack_supervisor`, beside the servers and Airflow), restarted when they die; their
+files lie under ``$PIPELINE_HOME/live/``. Every step attaches to what already runs, so ``up`` twice is harmless,
+and a proxy that runs keeps its split (a live canary in progress is not reset by an ``up``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ from pipeline.live.routing import proxy_runtime_dir
 from pipeline.serving.backends import get_backend
 from pipeline.settings import Paths
 from pipeline.util.files import write_atomically
-from pipeline.util.supervisor import Program, Supervisor
+from pipeline.util.supervisor import Program, Supervisor, python_env, stack_supervisor
 
 log = logging.getLogger(__name__)
 
 CAPTURE = "capture"
-PROMETHEUS = "prometheus"
-NGINX_EXPORTER = "nginx-exporter"
 _NGINX_EXPORTER_PORT_OFFSET = 13  # the exporter listens next to the capture service (8701 -> 8714)
 
 
@@ -39,8 +38,8 @@ def live_dir(paths: Paths) -> Path:
 
 
 def supervisor(paths: Paths) -> Supervisor:
-    """The stack's supervisord (capture service, Prometheus, nginx exporter)."""
-    return Supervisor(live_dir(paths) / "supervisor")
+    """The stack's supervisord (servers, proxy, capture service, Prometheus, nginx exporter, Airflow)."""
+    return stack_supervisor(paths.home)
 
 
 def live_path_in_profile() -> TrafficConfig | None:
@@ -60,7 +59,7 @@ def start_live_path(paths: Paths) -> dict[str, str]:
     services = supervisor(paths)
     services.ensure_running()
     services.run(capture_program(config, canary.rest_url))
-    proxy = NginxProxy(proxy_runtime_dir(paths))
+    proxy = NginxProxy(proxy_runtime_dir(paths), supervisor=services)
     spec = ProxySpec(host=config.host, rest_port=config.rest_port, grpc_port=config.grpc_port,
                      stable=UpstreamSpec.of(production), canary=UpstreamSpec.of(canary),
                      mirror_url=endpoints.capture_url)
@@ -85,7 +84,7 @@ def capture_program(config: TrafficConfig, serving_url: str, models: Sequence[st
                "--port", str(config.capture_port), "--serving-url", serving_url]
     for model in models or ():
         command += ["--model", model]
-    return Program(name=CAPTURE, command=tuple(command))
+    return Program(name=CAPTURE, command=tuple(command), env=python_env())
 
 
 def _start_prometheus(paths: Paths, config: TrafficConfig, services: Supervisor, production_rest: str,
@@ -117,9 +116,18 @@ def _start_prometheus(paths: Paths, config: TrafficConfig, services: Supervisor,
 
 
 def stop_live_path(paths: Paths) -> None:
-    """Stop the proxy, the supervised services and the canary instance; leaves nothing running."""
+    """Stop the proxy, the capture service, Prometheus, the exporter and the canary instance (the servers and
+    Airflow, under the same supervisord, are stopped on their own)."""
+    from pipeline.live.monitoring import NGINX_EXPORTER_PROGRAM, PROMETHEUS_PROGRAM
+
+    services = supervisor(paths)
+
+    def stop_services() -> None:
+        services.remove(CAPTURE, PROMETHEUS_PROGRAM, NGINX_EXPORTER_PROGRAM)
+        services.shutdown_if_idle()
+
     errors: list[str] = []
-    for stop in (lambda: NginxProxy(proxy_runtime_dir(paths)).stop(), lambda: supervisor(paths).shutdown(),
+    for stop in (lambda: NginxProxy(proxy_runtime_dir(paths), supervisor=services).stop(), stop_services,
                  lambda: get_backend(CANARY_INSTANCE, paths=paths).stop()):
         try:
             stop()

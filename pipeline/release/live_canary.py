@@ -98,7 +98,8 @@ def promote_live(release: Release, version: int, run_id: str) -> dict[str, Any]:
     canary_backend = release.backend(CANARY_INSTANCE)
     _sync_other_models(release)
     change_served_state(canary_backend, release.model, release.base_path, sorted({stable, version}),
-                        {STABLE: stable, CANARY: version}, release.config.serving.load_deadline_s)
+                        {STABLE: stable, CANARY: version}, release.config.serving.load_deadline_s,
+                        registry=release.registry)
     release.registry.transition(release.model, version, State.CANARY, run_id=run_id,
                                 reason=f"canary instance beside production (stable {stable}); live phases next")
     return {"version": version, "stable": stable, "live": True, "instance": CANARY_INSTANCE}
@@ -116,7 +117,7 @@ def _sync_other_models(release: Release) -> None:
         wanted = ServedState(tuple(versions or ()), labels)
         if served_state(canary_backend, entry.name) != wanted:
             change_served_state(canary_backend, entry.name, Path(entry.base_path), wanted.versions, labels,
-                                release.config.serving.load_deadline_s)
+                                release.config.serving.load_deadline_s, registry=release.registry)
 
 
 # ---- phases ----------------------------------------------------------------------------------------------------
@@ -263,7 +264,7 @@ def rollback_live(release: Release, version: int, run_id: str | None, reasons: l
 
 def _unload_from_canary(release: Release) -> None:
     change_served_state(release.backend(CANARY_INSTANCE), release.model, release.base_path, [], {},
-                        release.config.serving.load_deadline_s)
+                        release.config.serving.load_deadline_s, registry=release.registry)
 
 
 def _free_traffic(release: Release, run_id: str | None) -> None:

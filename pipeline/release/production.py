@@ -30,4 +30,4 @@ def production_state(release: Release) -> ServedState:
 def change_production(release: Release, versions: Sequence[int], labels: Mapping[str, int]) -> ServedState:
     """Make production serve exactly ``versions`` with ``labels`` (none: stop serving the model at all)."""
     return change_served_state(release.backend(PRODUCTION), release.model, release.base_path, versions, labels,
-                               release.config.serving.load_deadline_s)
+                               release.config.serving.load_deadline_s, registry=release.registry)

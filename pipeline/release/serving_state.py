@@ -9,6 +9,11 @@ otherwise), and unloads versions that leave the ``specific`` policy. So a change
 Each phase goes through the backend's one path (:meth:`ServingBackend.apply_config`: write ``models.config``
 atomically, push it to the server, wait until it serves exactly that). This is the only code that changes what
 a server serves; reading the served state (:func:`served_state`) never starts or touches a server.
+
+Before anything changes, every version to be served is checked against the content hash the registry recorded
+at export (:func:`pipeline.export.content_sha256`): a version whose files changed since is refused
+(:class:`VersionTampered`) and nothing changes. A version registered before hashes were recorded is served, with
+one warning.
 """
 
 from __future__ import annotations
@@ -18,11 +23,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import NotFound, PipelineError
+from pipeline.export import CONTENT_HASH_KEY, content_sha256
+from pipeline.release.registry import Registry
 from pipeline.serving.backends.base import ServingBackend
 from pipeline.wire import model_config as mc
+from pipeline.wire.version_dirs import version_dir
 
 log = logging.getLogger(__name__)
+
+_warned_unhashed: set[tuple[str, int]] = set()  # one warning per version and process
+
+
+class VersionTampered(PipelineError):
+    """A version's files are not the ones exported (their content hash differs from the registry's record)."""
 
 
 @dataclass(frozen=True)
@@ -68,16 +82,21 @@ def _without_model(config: mc.ModelServerConfig, model: str) -> mc.ModelServerCo
 
 
 def change_served_state(backend: ServingBackend, model: str, base_path: Path, versions: Sequence[int],
-                        labels: Mapping[str, int], deadline_s: float) -> ServedState:
+                        labels: Mapping[str, int], deadline_s: float, *, registry: Registry) -> ServedState:
     """Make ``backend`` serve exactly ``versions`` of ``model`` with ``labels``, availability preserved.
 
-    No versions (and no labels) removes the model from the instance. The instance is started first if it is
-    not running (the one place that may start a server). When the change fails (a version does not load, the
+    No versions (and no labels) removes the model from the instance. Every version is first checked against
+    the content hash ``registry`` recorded for it (:func:`verify_content`). The instance is started first if it
+    is not running (the one place that may start a server). When the change fails (a version does not load, the
     server refuses the config, a deadline passes), the instance is put back on the config it served before and
     the error is raised.
+
+    Raises:
+        VersionTampered: a version's files changed since its export; nothing was changed.
     """
     if labels and not versions:
         raise ValueError(f"labels {dict(labels)} need versions to point at")
+    verify_content(registry, model, base_path, versions)
     backend.start(timeout_s=deadline_s)
     previous = backend.read_config()
     try:
@@ -111,3 +130,36 @@ def _restore(backend: ServingBackend, previous: mc.ModelServerConfig, deadline_s
         backend.apply_config(previous, deadline_s)
     except PipelineError:
         log.exception("%s: could not restore the config served before the failed change", backend.name)
+
+
+def verify_content(registry: Registry, model: str, base_path: Path, versions: Sequence[int]) -> None:
+    """Check that each version's directory still has the content hash recorded when it was exported.
+
+    A version without a recorded hash (registered before hashes were, or not registered) is accepted with one
+    warning per process.
+
+    Raises:
+        VersionTampered: a version's files differ from the exported ones, or its directory is gone.
+    """
+    for version in versions:
+        try:
+            recorded = registry.get_version(model, version).extra.get(CONTENT_HASH_KEY)
+        except NotFound:
+            recorded = None
+        if not recorded:
+            if (model, version) not in _warned_unhashed:
+                _warned_unhashed.add((model, version))
+                log.warning("%s version %s has no content hash in the registry (exported before hashes were "
+                            "recorded): served unchecked", model, version)
+            continue
+        path = version_dir(base_path, version)
+        try:
+            actual = content_sha256(path)
+        except NotFound:
+            raise VersionTampered(f"{model} version {version}: its directory {path} is gone; refusing to serve it") \
+                from None
+        if actual != recorded:
+            raise VersionTampered(
+                f"{model} version {version} was modified after its export: the files under {path} have content "
+                f"sha256 {actual[:16]}..., the registry recorded {str(recorded)[:16]}... at export. Refusing to "
+                "serve it; nothing was changed. Restore the exported files, or export the model again")

@@ -38,7 +38,8 @@ def deploy_to_staging(release: Release, version: int, run_id: str | None = None)
     backend = release.backend(STAGING)
     deadline = release.config.serving.load_deadline_s
     try:
-        change_served_state(backend, release.model, release.base_path, [version], {}, deadline)
+        change_served_state(backend, release.model, release.base_path, [version], {}, deadline,
+                            registry=release.registry)
     except (DeadlineExceeded, PipelineError) as exc:
         release.registry.transition(release.model, version, State.REJECTED, run_id=run_id,
                                     reason=f"staging could not load it: {exc}")

@@ -9,6 +9,9 @@ Each :class:`Supervisor` owns one supervisord, whose files all lie in its runtim
     supervisor.sock         the XML-RPC socket (under a short temp directory when this path is too long)
     supervisor.lock         serializes changes made by several processes
 
+Config files are written 0600 (a program's ``env`` may hold what only its owner should read).
+The embedded stack runs all its long-running processes under one supervisord: :func:`stack_supervisor`.
+
 supervisord daemonizes into its own session, so it and its programs outlive the process that started them, and any
 other :class:`Supervisor` on the same directory, in any process, attaches to it. Everything goes through
 supervisord's XML-RPC interface (``reloadConfig``, ``addProcessGroup``, ``startProcess``, ...), never
@@ -54,6 +57,10 @@ RUNNING = "RUNNING"
 STARTING = "STARTING"
 BACKOFF = "BACKOFF"
 STOPPED_STATES = frozenset({"STOPPED", "EXITED", "FATAL"})  # no process left (supervisord's STOPPED_STATES)
+# A process now or soon: EXITED is followed by a restart (autorestart=true), BACKOFF by another try.
+ALIVE_STATES = frozenset({RUNNING, STARTING, BACKOFF, "EXITED"})
+# What a Python program of ours takes from the process that defines it, whoever started supervisord.
+_PYTHON_ENV = ("PYTHONPATH",)
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -71,6 +78,7 @@ _LOG_BACKUPS = 3
 _START_RETRIES = 3  # restarts of a program that exits while STARTING, before FATAL (run() stops at the first)
 _TAIL_LINES = 20
 _TAIL_BYTES = 16 * 1024
+_CONFIG_MODE = 0o600
 # supervisord not answering: no socket, nobody listening, a broken or timed-out answer.
 _UNREACHABLE = (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError)
 
@@ -121,6 +129,18 @@ class Program:
             raise ConfigError(f"program {self.name}: stop_wait_s must be positive and start_s not negative")
 
 
+def python_env(names: tuple[str, ...] = ()) -> dict[str, str]:
+    """The variables of this process a Python program we define needs (``PYTHONPATH``, plus ``names``), for its
+    ``env``: supervisord's own environment is that of whichever process started it."""
+    return {name: os.environ[name] for name in (*_PYTHON_ENV, *names) if name in os.environ}
+
+
+def stack_supervisor(home: Path) -> Supervisor:
+    """The one supervisord of the embedded stack whose pipeline home is ``home`` (``<home>/supervisor``): the
+    servers, the proxy, the capture service, Prometheus and Airflow's components all run under it."""
+    return Supervisor(Path(home) / "supervisor")
+
+
 class Supervisor:
     """One supervisord and its programs, all in ``runtime_dir`` (created when supervisord first starts).
 
@@ -168,22 +188,21 @@ class Supervisor:
         if not self.runtime_dir.exists():
             return  # never started: nothing to stop (and no directory made just to say so)
         with self._locked():
-            daemon = self._daemon_process()
-            if daemon is not None:
-                processes = _with_descendants(daemon)
-                try:
-                    with self._rpc() as rpc:
-                        rpc.shutdown()
-                except xmlrpc.client.Fault:
-                    pass  # already shutting down
-                except _UNREACHABLE:
-                    with contextlib.suppress(psutil.Error):
-                        daemon.terminate()  # SIGTERM: supervisord shuts down the same way
-                _end(processes, timeout_s)
-            self.socket_path.unlink(missing_ok=True)
-            if self.socket_path.parent != self.runtime_dir:
-                with contextlib.suppress(OSError):
-                    self.socket_path.parent.rmdir()
+            self._shutdown(timeout_s)
+
+    def shutdown_if_idle(self, timeout_s: float = 30.0) -> bool:
+        """Shut supervisord down when it runs and none of its programs has a process (or is about to get one);
+        whether it did.
+
+        Whoever stops one program calls it, so that stopping the last one leaves nothing running.
+        """
+        if not self.runtime_dir.exists():
+            return False
+        with self._locked():
+            if not self.is_running() or any(state not in STOPPED_STATES for state in self.programs().values()):
+                return False
+            self._shutdown(timeout_s)
+            return True
 
     # ---- programs -----------------------------------------------------------------------------------------
 
@@ -219,19 +238,22 @@ class Supervisor:
         with self._locked():
             self._stop(name, time.monotonic() + timeout_s)
 
-    def remove(self, name: str) -> None:
-        """Stop a program and forget it (its log stays); nothing happens when it is unknown."""
-        _check_name(name)
+    def remove(self, *names: str) -> None:
+        """Stop programs (all at once) and forget them (their logs stay); nothing happens for an unknown one."""
+        for name in names:
+            _check_name(name)
         if not self.runtime_dir.exists():
             return
         with self._locked():
-            self._program_path(name).unlink(missing_ok=True)
+            for name in names:
+                self._program_path(name).unlink(missing_ok=True)
             if not self.is_running():
                 return
-            self._stop(name, time.monotonic() + _REMOVE_TIMEOUT_S)
-            self._reload()  # supervisord forgets the definition (its file is gone)...
-            with self._rpc() as rpc, _unless_fault(Faults.BAD_NAME):
-                rpc.removeProcessGroup(name)  # ...and the stopped process group
+            self._stop(names, time.monotonic() + _REMOVE_TIMEOUT_S)
+            self._reload()  # supervisord forgets the definitions (their files are gone)...
+            for name in names:
+                with self._rpc() as rpc, _unless_fault(Faults.BAD_NAME):
+                    rpc.removeProcessGroup(name)  # ...and the stopped process groups
 
     def status(self, name: str) -> str | None:
         """supervisord's state of a program (``RUNNING``, ``STARTING``, ``BACKOFF``, ``STOPPED``, ``EXITED``,
@@ -259,7 +281,38 @@ class Supervisor:
         _check_name(name)
         return self.runtime_dir / "logs" / f"{name}.log"
 
+    def log_tail(self, name: str) -> str:
+        """The last lines of a program's log, as a sentence for an error message."""
+        path = self.log_path(name)
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - _TAIL_BYTES))
+                lines = handle.read().decode("utf-8", errors="replace").splitlines()[-_TAIL_LINES:]
+        except OSError:
+            return f"It wrote no log ({path})."
+        if not lines:
+            return f"Its log is empty ({path})."
+        return f"The last lines of {path}:\n" + "\n".join(lines)
+
     # ---- the steps ----------------------------------------------------------------------------------------
+
+    def _shutdown(self, timeout_s: float) -> None:
+        daemon = self._daemon_process()
+        if daemon is not None:
+            processes = _with_descendants(daemon)
+            try:
+                with self._rpc() as rpc:
+                    rpc.shutdown()
+            except xmlrpc.client.Fault:
+                pass  # already shutting down
+            except _UNREACHABLE:
+                with contextlib.suppress(psutil.Error):
+                    daemon.terminate()  # SIGTERM: supervisord shuts down the same way
+            _end(processes, timeout_s)
+        self.socket_path.unlink(missing_ok=True)
+        if self.socket_path.parent != self.runtime_dir:
+            with contextlib.suppress(OSError):
+                self.socket_path.parent.rmdir()
 
     def _ensure_running(self, timeout_s: float) -> None:
         if self.is_running():
@@ -271,7 +324,7 @@ class Supervisor:
         for directory in (self.runtime_dir / "programs", self.runtime_dir / "logs"):
             directory.mkdir(parents=True, exist_ok=True)
         self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_atomically(self.config_path, self._supervisord_config())
+        write_atomically(self.config_path, self._supervisord_config(), mode=_CONFIG_MODE)
         output = self.runtime_dir / "supervisord.out"
         command = [sys.executable, "-m", "supervisor.supervisord", "-c", str(self.config_path)]
         with open(output, "wb") as out:
@@ -298,14 +351,14 @@ class Supervisor:
         text = _program_config(program, self.log_path(program.name))
         previous = path.read_text() if path.exists() else None
         if text != previous:
-            write_atomically(path, text)
+            write_atomically(path, text, mode=_CONFIG_MODE)
         try:
             added, changed = self._reload()
         except ConfigError:
             if previous is None:  # leave supervisord's config readable for the next caller
                 path.unlink(missing_ok=True)
             else:
-                write_atomically(path, previous)
+                write_atomically(path, previous, mode=_CONFIG_MODE)
             raise
         if program.name in changed:
             self._stop(program.name, deadline)
@@ -336,7 +389,7 @@ class Supervisor:
         except xmlrpc.client.Fault as fault:  # no such file, not executable, could not spawn
             self._stop_quietly(name)
             raise PipelineError(f"program {name} could not be started: {fault.faultString}. "
-                                f"{self._log_tail(name)}") from None
+                                f"{self.log_tail(name)}") from None
 
     def _wait_started(self, name: str, deadline: float) -> None:
         def started() -> tuple[bool | None, str]:
@@ -347,7 +400,7 @@ class Supervisor:
             if state != STARTING:
                 self._stop_quietly(name)  # BACKOFF would retry on its own: the caller decides what comes next
                 details = "" if info is None else _exit_details(info)
-                raise PipelineError(f"program {name} did not start: {state}{details}. {self._log_tail(name)}")
+                raise PipelineError(f"program {name} did not start: {state}{details}. {self.log_tail(name)}")
             return None, state
 
         try:
@@ -355,25 +408,30 @@ class Supervisor:
                        interval_s=_POLL_S)
         except DeadlineExceeded as exc:
             self._stop_quietly(name)
-            raise DeadlineExceeded(f"{exc}. {self._log_tail(name)}") from None
+            raise DeadlineExceeded(f"{exc}. {self.log_tail(name)}") from None
 
-    def _stop(self, name: str, deadline: float) -> None:
-        try:
-            with self._rpc() as rpc:
-                rpc.stopProcess(name, False)  # no wait here: polled below, with the caller's deadline
-        except xmlrpc.client.Fault as fault:
-            if fault.faultCode in (Faults.BAD_NAME, Faults.NOT_RUNNING):
-                return
-            raise PipelineError(f"could not stop program {name}: {fault.faultString}") from None
-        except _UNREACHABLE:
-            return  # no supervisord: nothing of it runs
+    def _stop(self, names: str | tuple[str, ...], deadline: float) -> None:
+        """Ask each program to stop (its stop signal, SIGKILL after its stop_wait_s), then wait for them all."""
+        names = (names,) if isinstance(names, str) else names
+        stopping = []
+        for name in names:
+            try:
+                with self._rpc() as rpc:
+                    rpc.stopProcess(name, False)  # no wait here: polled below, with the caller's deadline
+                stopping.append(name)
+            except xmlrpc.client.Fault as fault:
+                if fault.faultCode not in (Faults.BAD_NAME, Faults.NOT_RUNNING):
+                    raise PipelineError(f"could not stop program {name}: {fault.faultString}") from None
+            except _UNREACHABLE:
+                return  # no supervisord: nothing of it runs
 
         def stopped() -> tuple[bool | None, str]:
-            state = self.status(name)
-            return (True if state is None or state in STOPPED_STATES else None), str(state)
+            left = {name: state for name in stopping
+                    if (state := self.status(name)) is not None and state not in STOPPED_STATES}
+            return (True if not left else None), str(left)
 
-        poll_until(stopped, max(0.0, deadline - time.monotonic()), f"program {name} not stopped",
-                   interval_s=_POLL_S, hint=f"its stop signal may be ignored; see {self.log_path(name)}")
+        poll_until(stopped, max(0.0, deadline - time.monotonic()), f"programs {', '.join(stopping)} not stopped",
+                   interval_s=_POLL_S, hint=f"a stop signal may be ignored; see {self.runtime_dir / 'logs'}")
 
     def _stop_quietly(self, name: str) -> None:
         """Stop a program that failed to start, when it can be; the caller raises the error that matters."""
@@ -413,18 +471,6 @@ class Supervisor:
             return process if alive and str(self.config_path) in process.cmdline() else None
         except (OSError, ValueError, psutil.Error):  # no pid file, a dead pid, another program's pid
             return None
-
-    def _log_tail(self, name: str) -> str:
-        path = self.log_path(name)
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(max(0, handle.seek(0, os.SEEK_END) - _TAIL_BYTES))
-                lines = handle.read().decode("utf-8", errors="replace").splitlines()[-_TAIL_LINES:]
-        except OSError:
-            return f"It wrote no log ({path})."
-        if not lines:
-            return f"Its log is empty ({path})."
-        return f"The last lines of {path}:\n" + "\n".join(lines)
 
     def _supervisord_config(self) -> str:
         return "\n".join([

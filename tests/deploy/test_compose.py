@@ -130,6 +130,49 @@ def test_servers_wait_for_init_and_airflow_waits_for_healthy_servers(compose):
     assert compose["volumes"]["models"]["name"] == "mlops-models"  # pipeline.containers mounts it by this name
 
 
+# ---- the admin plane: who reaches the servers -----------------------------------------------------------------
+
+_TF_SERVING = ("tfserving-staging", "tfserving-production", "tfserving-canary")
+_PIPELINE_SERVICES = set(_AIRFLOW_SERVICES) | {"proxy", "capture", "prometheus"}
+
+
+def _networks(service: dict[str, Any]) -> set[str]:
+    networks = service.get("networks", {"default": None})
+    return set(networks if isinstance(networks, (dict, list)) else [])
+
+
+def test_the_servers_sit_only_on_an_internal_network_only_the_pipeline_joins(resolved):
+    services = resolved["services"]
+    assert resolved["networks"]["serving"].get("internal") is True
+    for name in _TF_SERVING:
+        assert _networks(services[name]) == {"serving"}, name
+        assert not services[name].get("ports"), f"{name} publishes a port"
+    on_serving = {name for name, service in services.items() if "serving" in _networks(service)}
+    assert on_serving == set(_TF_SERVING) | _PIPELINE_SERVICES
+    # Clients come in where ports are published: the proxy is the only way from there to the servers.
+    assert _networks(services["proxy"]) == {"edge", "serving"}
+    assert resolved["networks"].get("edge", {}).get("internal") is not True
+    assert _networks(services["postgres"]) == {"db"} and resolved["networks"]["db"].get("internal") is True
+
+
+def test_every_published_port_is_bound_to_loopback(resolved):
+    published = [(name, port) for name, service in resolved["services"].items() for port in service.get("ports", [])]
+    assert published
+    for name, port in published:
+        host_ip = port.split(":")[0] if isinstance(port, str) else port.get("host_ip")
+        assert host_ip == "127.0.0.1", f"{name}: {port}"
+
+
+def test_airflow_opens_no_log_server_and_its_health_check_stays_inside(compose):
+    services = compose["services"]
+    for name in ("airflow-scheduler", "airflow-triggerer"):
+        assert "--skip-serve-logs" in services[name]["command"], name  # Airflow binds those to every interface
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST"] == "127.0.0.1"
+    assert "localhost:8974" in " ".join(services["airflow-scheduler"]["healthcheck"]["test"])
+    assert "airflow-logs:/opt/airflow/logs" in services["airflow-apiserver"]["volumes"]  # logs read from the volume
+
+
 class _StatusHandler(BaseHTTPRequestHandler):
     status = 404
 

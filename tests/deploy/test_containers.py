@@ -10,6 +10,7 @@ import pytest
 from pipeline import containers
 from pipeline.cli import build_parser
 from pipeline.errors import ConfigError
+from pipeline.settings import get_paths
 
 _SHA = "ab" * 32
 
@@ -17,7 +18,8 @@ _SHA = "ab" * 32
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     for name in ("PIPELINE_IMAGE", "PIPELINE_POD_TEMPLATE", "PIPELINE_DOCKER_HOME_VOLUME",
-                 "PIPELINE_DOCKER_MODELS_VOLUME", "PIPELINE_REGISTRY_URL"):
+                 "PIPELINE_DOCKER_MODELS_VOLUME", "PIPELINE_REGISTRY_URL", "PIPELINE_REGISTRY_URL_FILE",
+                 "PIPELINE_DOCKER_REGISTRY_SECRET", "PIPELINE_K8S_REGISTRY_SECRET"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -87,6 +89,64 @@ def test_the_kubernetes_pod_operator_builds_a_pod_from_the_template():
     assert pod.metadata.namespace == "mlops"
     assert {v.name for v in pod.spec.volumes} >= {"pipeline-home", "models"}
     assert pod.spec.service_account_name == "pipeline-training"
+
+
+_REGISTRY_URL = "postgresql+psycopg://pipeline:s3cret-pw@postgres:5432/registry"
+
+
+def test_the_registry_url_reaches_a_docker_container_only_as_a_mounted_file(monkeypatch, tmp_path):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    monkeypatch.setenv("PIPELINE_REGISTRY_URL", _REGISTRY_URL)  # the worker's own: never copied
+    plain = containers.docker_operator_kwargs("mnist")
+    assert "s3cret" not in repr(plain) and "PIPELINE_REGISTRY_URL_FILE" not in plain["environment"]
+
+    secret = tmp_path / "registry_url"
+    secret.write_text(_REGISTRY_URL + "\n")
+    monkeypatch.setenv("PIPELINE_DOCKER_REGISTRY_SECRET", str(secret))
+    kwargs = containers.docker_operator_kwargs("mnist")
+    assert "s3cret" not in repr(kwargs["environment"])
+    assert kwargs["environment"]["PIPELINE_REGISTRY_URL_FILE"] == containers.CONTAINER_REGISTRY_URL_FILE
+    mount = {m["Target"]: m for m in kwargs["mounts"]}[containers.CONTAINER_REGISTRY_URL_FILE]
+    assert (mount["Source"], mount["Type"], mount["ReadOnly"]) == (str(secret), "bind", True)
+    operator = DockerOperator(task_id="train", **kwargs)
+    assert containers.CONTAINER_REGISTRY_URL_FILE in {m["Target"] for m in operator.mounts}
+    # Inside, the pipeline reads the URL from the file it was told about.
+    monkeypatch.delenv("PIPELINE_REGISTRY_URL")
+    monkeypatch.setenv("PIPELINE_REGISTRY_URL_FILE", str(secret))
+    assert get_paths(tmp_path).registry_url == _REGISTRY_URL
+
+    monkeypatch.setenv("PIPELINE_DOCKER_REGISTRY_SECRET", "secrets/registry_url")
+    with pytest.raises(ConfigError, match="absolute host path"):
+        containers.docker_operator_kwargs("mnist")
+
+
+def test_an_unreadable_registry_url_file_is_a_config_error(monkeypatch, tmp_path):
+    for content in (None, ""):
+        path = tmp_path / "url"
+        if content is not None:
+            path.write_text(content)
+        monkeypatch.setenv("PIPELINE_REGISTRY_URL_FILE", str(path))
+        with pytest.raises(ConfigError, match="PIPELINE_REGISTRY_URL_FILE"):
+            _ = get_paths(tmp_path).registry_url
+
+
+def test_the_registry_url_reaches_a_pod_only_as_a_secret_volume(monkeypatch):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    monkeypatch.setenv("PIPELINE_REGISTRY_URL", _REGISTRY_URL)
+    monkeypatch.setenv("PIPELINE_K8S_REGISTRY_SECRET", "pipeline-registry")
+    operator = KubernetesPodOperator(task_id="train", **containers.kubernetes_pod_operator_kwargs("mnist"))
+    pod = operator.build_pod_request_obj(dry_run=True)
+    assert "s3cret" not in repr(pod.to_dict())  # not in the spec, the environment included
+    main = next(c for c in pod.spec.containers if c.name == "base")
+    env = {e.name: e.value for e in main.env}
+    assert env["PIPELINE_REGISTRY_URL_FILE"] == containers.CONTAINER_REGISTRY_URL_FILE
+    volume = next(v for v in pod.spec.volumes if v.secret is not None)
+    assert volume.secret.secret_name == "pipeline-registry"
+    assert [(item.key, item.path) for item in volume.secret.items] == [("url", "url")]
+    mount = next(m for m in main.volume_mounts if m.name == volume.name)
+    assert mount.read_only and f"{mount.mount_path}/url" == containers.CONTAINER_REGISTRY_URL_FILE
 
 
 def test_importing_it_loads_neither_tensorflow_nor_the_clients():

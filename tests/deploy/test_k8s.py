@@ -21,6 +21,7 @@ from pipeline import containers
 from pipeline.serving.profiles import load_profile
 from pipeline.settings import REPO_ROOT
 from pipeline.wire.model_config import parse_config
+from tests.deploy.policies import may_connect
 
 _K8S = REPO_ROOT / "k8s"
 _BASE_FILES = sorted((_K8S / "base").glob("*.yaml"))
@@ -150,7 +151,7 @@ def test_every_claim_used_is_declared(rendered):
     declared = {d["metadata"]["name"] for d in rendered if d["kind"] == "PersistentVolumeClaim"}
     pod = containers.load_pod_template(_K8S / "training-pod.yaml")
     values = yaml.safe_load((_K8S / "airflow" / "values.yaml").read_text())
-    used = {v.persistent_volume_claim.claim_name for v in pod.spec.volumes}
+    used = {v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim}
     used |= {v["persistentVolumeClaim"]["claimName"] for v in values["volumes"]}
     assert used and used <= declared
 
@@ -189,3 +190,98 @@ def test_the_training_pod_template_is_what_kubernetes_pod_operator_expects():
     assert pod.spec.restart_policy == "Never"
     mounts = {m.mount_path for m in pod.spec.containers[0].volume_mounts}
     assert {containers.CONTAINER_PIPELINE_HOME, containers.CONTAINER_MODELS_DIR} <= mounts
+
+
+# ---- hardening: who reaches the servers, and with what privileges everything runs ------------------------------
+
+_KUBERNETES_VERSIONS = ("1.30.0", "1.34.0")  # as tests/k8s/test_gateway_api.py: the oldest we claim, a recent one
+_SERVING_CLIENT = {"mlops-pipeline/serving-client": "true"}
+_CAPTURE_CLIENT = {"mlops-pipeline/capture-client": "true"}
+
+
+def _pod_labels(rendered: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    return dict(_find(rendered, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"])
+
+
+def _policies(rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in rendered if d["kind"] == "NetworkPolicy"]
+
+
+@pytest.mark.parametrize("version", _KUBERNETES_VERSIONS)
+def test_every_object_validates_strictly_against_kubernetes(rendered, version):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed "
+                                              "(pip install kubernetes-validate)")
+    for doc in rendered + _docs(_K8S / "training-pod.yaml"):
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} against {version}: "
+                        f"{'.'.join(map(str, exc.path))}: {exc.message}")
+
+
+def test_tf_serving_and_capture_are_reachable_only_by_the_pipelines_pods(rendered):
+    policies = _policies(rendered)
+    values = yaml.safe_load((_K8S / "airflow" / "values.yaml").read_text())
+    airflow = {**values["labels"], "tier": "airflow", "component": "worker"}  # the chart's labels on a task pod
+    training = dict(containers.load_pod_template(_K8S / "training-pod.yaml").metadata.labels)
+    stranger = {"app": "anything-else"}
+    servers = [_pod_labels(rendered, f"tfserving-{instance}") for instance in ("staging", "production", "canary")]
+    for server in servers:
+        for port in (8500, 8501):
+            assert may_connect(policies, server, airflow, port)  # its tasks change and probe what they serve
+            assert may_connect(policies, server, _pod_labels(rendered, "capture"), port)
+            assert may_connect(policies, server, _pod_labels(rendered, "prometheus"), port)
+            for outsider in (stranger, training, server):
+                assert not may_connect(policies, server, outsider, port), (server, outsider, port)
+            assert not may_connect(policies, server, airflow, port, same_namespace=False)  # the label elsewhere
+        assert not may_connect(policies, server, airflow, 22)  # only TF Serving's ports
+    capture = _pod_labels(rendered, "capture")
+    assert may_connect(policies, capture, airflow, 8701)
+    assert may_connect(policies, capture, _pod_labels(rendered, "prometheus"), 8701)
+    assert not may_connect(policies, capture, stranger, 8701) and not may_connect(policies, capture, servers[1], 8701)
+    # The labels the policies trust are on the pipeline's pods only.
+    assert _SERVING_CLIENT.items() <= airflow.items() and _CAPTURE_CLIENT.items() <= airflow.items()
+    assert not any(_SERVING_CLIENT.items() <= server.items() for server in servers)
+
+
+def test_the_policy_check_catches_an_open_server(rendered):
+    opened = [{**p, "spec": {**p["spec"], "ingress": [{}]}} if p["metadata"]["name"] == "tfserving" else p
+              for p in _policies(rendered)]
+    assert may_connect(opened, _pod_labels(rendered, "tfserving-production"), {"app": "anything-else"}, 8500)
+    assert not may_connect(_policies(rendered), _pod_labels(rendered, "tfserving-production"),
+                           {"app": "anything-else"}, 8500)
+
+
+def _pods(rendered: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every pod spec we ship: the Deployments' templates and the training pod."""
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in rendered if d["kind"] == "Deployment"}
+    pods["training"] = _docs(_K8S / "training-pod.yaml")[0]["spec"]
+    return pods
+
+
+def test_every_workload_runs_non_root_read_only_without_privileges(rendered):
+    pods = _pods(rendered)
+    assert {"tfserving-staging", "tfserving-production", "tfserving-canary", "capture", "prometheus",
+            "training"} <= set(pods)
+    for name, pod in pods.items():
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] != 0, name
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"] == {"drop": ["ALL"]}, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            # A read-only root needs its scratch space on a volume.
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts or name == "prometheus", name
+        if name.startswith("tfserving-"):
+            assert pod["automountServiceAccountToken"] is False  # it needs no API access
+
+
+def test_airflows_pods_run_non_root_without_privileges():
+    contexts = yaml.safe_load((_K8S / "airflow" / "values.yaml").read_text())["securityContexts"]
+    assert contexts["pod"]["runAsNonRoot"] is True and contexts["pod"]["runAsUser"] == 50000
+    assert contexts["pod"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert contexts["containers"]["allowPrivilegeEscalation"] is False
+    assert contexts["containers"]["capabilities"] == {"drop": ["ALL"]}

@@ -34,6 +34,7 @@ from pipeline.live import gateway_api
 from pipeline.live.endpoints import TrafficConfig, TrafficSplit
 from pipeline.live.gateway_api import Backends, GatewayApiRouter, route_acceptance, route_split, split_patch
 from pipeline.settings import REPO_ROOT, get_paths
+from tests.deploy.policies import may_connect
 
 _K8S = REPO_ROOT / "k8s"
 _COMPONENT = _K8S / "components" / "gateway-api"
@@ -102,6 +103,24 @@ def test_the_gateway_class_comes_from_the_overlay_and_the_parameters_are_never_a
     for doc in rendered:
         if doc["kind"] != "Namespace":
             assert doc["metadata"]["namespace"] == TrafficConfig().namespace
+
+
+def test_the_gateways_data_plane_reaches_production_canary_and_capture_only(rendered):
+    policies = [d for d in rendered if d["kind"] == "NetworkPolicy"]
+    gateway = dict(_one(rendered, "Gateway")["spec"]["infrastructure"]["labels"])
+    assert gateway == {"mlops-pipeline/gateway": "production-endpoint"}
+
+    def pod(deployment: str) -> dict[str, str]:
+        return dict(_one(rendered, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"])
+
+    # Its pods may run in the controller's namespace.
+    for instance in ("production", "canary"):
+        for port in (8500, 8501):
+            assert may_connect(policies, pod(f"tfserving-{instance}"), gateway, port, same_namespace=False)
+    assert may_connect(policies, pod("capture"), gateway, 8701, same_namespace=False)
+    for port in (8500, 8501):
+        assert not may_connect(policies, pod("tfserving-staging"), gateway, port, same_namespace=False)
+        assert not may_connect(policies, pod("tfserving-production"), {"app": "client"}, port, same_namespace=False)
 
 
 # ---- core objects: kubernetes-validate --------------------------------------------------------------------------
@@ -199,7 +218,7 @@ _MIRROR = {"type": None, "requestMirror": {"backendRef": _OBJECT_REF, "percent":
                                            "fraction": {"numerator": None, "denominator": None}}}
 _ROUTE_META = {"name": None, "namespace": None, "labels": {}}
 _SPEC_FIELDS: dict[str, Any] = {
-    "Gateway": {"gatewayClassName": None, "listeners": [{
+    "Gateway": {"gatewayClassName": None, "infrastructure": {"labels": {}}, "listeners": [{
         "name": None, "hostname": None, "port": None, "protocol": None,
         "allowedRoutes": {"namespaces": {"from": None}, "kinds": [{"group": None, "kind": None}]}}]},
     "HTTPRoute": {"parentRefs": [_PARENT_REF], "hostnames": [None], "rules": [{

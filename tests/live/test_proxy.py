@@ -217,7 +217,9 @@ def logged(proxy: NginxProxy, request_id: str) -> dict[str, Any]:
 
 
 def nginx_processes(proxy: NginxProxy) -> list[psutil.Process]:
-    master = psutil.Process(json.loads((proxy.runtime_dir / "proxy.json").read_text())["pid"])
+    pid = proxy.master_pid()
+    assert pid is not None, "no nginx master"
+    master = psutil.Process(pid)
     return [master, *master.children(recursive=True)]
 
 
@@ -577,11 +579,26 @@ def test_attach_from_another_object_and_stop_leaves_nothing(proxy: NginxProxy, u
         requests.get(f"{endpoint.rest_url}/v1/models/{MODEL}", timeout=_CALL_TIMEOUT_S)
 
 
-def test_stop_ends_workers_whose_master_was_killed(proxy: NginxProxy, upstreams: Any) -> None:
+def test_a_killed_master_is_replaced_and_its_workers_ended(proxy: NginxProxy, upstreams: Any) -> None:
     proxy.start(spec_for(upstreams), timeout_s=_DEADLINE_S)
+    proxy.apply(proxy.spec().model_copy(update={"canary_percent": 100.0}), timeout_s=_DEADLINE_S)
     master, *workers = nginx_processes(proxy)
-    os.kill(master.pid, signal.SIGKILL)  # a crash: the workers live on, orphaned
-    wait_for(lambda: not proxy.is_running())
-    assert any(w.is_running() for w in workers)
-    proxy.stop()
+    supervisord = psutil.Process(int((proxy.runtime_dir / "supervisor" / "supervisord.pid").read_text()))
+    assert master.ppid() == supervisord.pid  # supervised
+    os.kill(master.pid, signal.SIGKILL)  # a crash: its workers live on, orphaned, holding the listening sockets
+
+    def replaced() -> bool:  # a new nginx master with workers (the orphans answer too, until they are ended)
+        pid = proxy.master_pid()
+        try:
+            new = psutil.Process(pid) if pid not in (None, master.pid) else None
+            return new is not None and new.name() == "nginx" and bool(new.children()) and proxy.is_running()
+        except psutil.Error:
+            return False
+
+    wait_for(replaced)  # supervisord started a new master, which ended the orphans and bound the ports
     assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    assert proxy.generation() == 2 and Rest(proxy).predict()[0] == CANARY_Y  # the config it had
+    new_workers = nginx_processes(proxy)
+    proxy.stop()
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in new_workers)
+    wait_for(lambda: not supervisord.is_running() or supervisord.status() == psutil.STATUS_ZOMBIE)

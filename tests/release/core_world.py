@@ -31,6 +31,7 @@ import yaml
 
 from pipeline.config import ModelConfig, parse_model_config
 from pipeline.data.dataset import Snapshot
+from pipeline.export import CONTENT_HASH_KEY, content_sha256
 from pipeline.release.context import PRODUCTION, STAGING, Release
 from pipeline.release.production import STABLE, change_production
 from pipeline.release.registry import State
@@ -334,7 +335,8 @@ class CoreWorld:
         tmp.rename(target)
         release.registry.register_version(release.model, version, {
             "data_sha256": self.snapshot.sha256, "airflow_run_id": run_id, "training_run_id": run_id,
-            "params": {}, "metrics": metadata["metrics"], "export_path": str(target)})
+            "params": {}, "metrics": metadata["metrics"], "export_path": str(target),
+            CONTENT_HASH_KEY: content_sha256(target)})  # as the export task records it
         return target
 
 

@@ -22,7 +22,7 @@ from pipeline.release.context import PRODUCTION, STAGING, Release
 from pipeline.release.production import CANARY, STABLE, production_state
 from pipeline.release.registry import RegistryConflict, State
 from pipeline.release.rollback import choose_rollback_target, monitor, probe_stable, rollback, rollback_targets
-from pipeline.release.serving_state import ServedState, change_served_state, served_state
+from pipeline.release.serving_state import ServedState, VersionTampered, change_served_state, served_state
 from pipeline.release.staging import deploy_to_staging, validate_on_staging
 from pipeline.release.status import model_status
 from pipeline.serving.backends.base import ServingBackend
@@ -117,7 +117,7 @@ def make_release(world: CoreWorld) -> Iterator[MakeRelease]:
 def serve(release: Release, instance: str, versions: list[int], labels: dict[str, int]) -> ServedState:
     """Make ``instance`` serve exactly ``versions`` with ``labels`` for the release's model."""
     return change_served_state(release.backend(instance), release.model, release.base_path, versions, labels,
-                               DEADLINE_S)
+                               DEADLINE_S, registry=release.registry)
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,24 @@ def test_labels_without_versions_are_refused_and_change_nothing(make_release):
         serve(release, PRODUCTION, [], {STABLE: 1})
 
     assert snapshot_production(release) == before
+
+
+def test_a_version_modified_after_export_is_never_served(make_release):
+    release = make_release({1: GOOD, 2: GOOD_ALT, 3: GOOD})
+    serve(release, PRODUCTION, [1], {STABLE: 1})
+    before = snapshot_production(release)
+    # Someone with write access to the models swaps version 2's weights for version 3's (another model's bytes).
+    weights = next((release.version_dir(2) / "variables").glob("variables.data-*"))
+    weights.write_bytes(next((release.version_dir(3) / "variables").glob("variables.data-*")).read_bytes())
+
+    with pytest.raises(VersionTampered, match="version 2 was modified after its export"):
+        serve(release, PRODUCTION, [1, 2], {STABLE: 1, CANARY: 2})
+    assert snapshot_production(release) == before  # nothing loaded, nothing moved
+    with pytest.raises(VersionTampered):
+        deploy_to_staging(release, 2, "run-tampered")
+    assert state_of(release, 2) == State.REJECTED  # staging says why in the registry
+    assert "modified after its export" in release.registry.history(release.model)[0].reason
+    serve(release, PRODUCTION, [3], {STABLE: 3})  # an intact version still goes through
 
 
 def test_requests_through_stable_never_fail_while_it_moves(make_release):

@@ -41,6 +41,11 @@ def test_release_end_to_end_then_a_label_shift_is_refused_at_evaluate(release_wo
     assert production_state(release).labels == {STABLE: 1}
     assert release.registry.stable_version("mnist") == 1
     assert len(_predict_stable(release)) == 4
+    # The version's content hash is recorded at export and is what serving checks before pointing a server at it.
+    from pipeline.export import content_sha256
+
+    recorded = release.registry.get_version("mnist", 1).extra["content_sha256"]
+    assert recorded == content_sha256(release.version_dir(1))
     before = production_state(release)
 
     # No gate is overridden for a fault injected on purpose: the bad model stops at evaluate, never exported.

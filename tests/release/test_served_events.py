@@ -144,7 +144,7 @@ def test_the_live_canary_finalize_and_rollback_post_production(release, api, mon
     def go_live(version: int, run_id: str) -> None:
         move(release, version, State.STAGED, State.VALIDATED, State.CANARY)
         change_served_state(release.backend(CANARY_INSTANCE), MODEL, release.base_path, [1, version],
-                            {STABLE: 1, CANARY: version}, 10)
+                            {STABLE: 1, CANARY: version}, 10, registry=release.registry)
 
     go_live(2, "run-live-bad")
     live_canary.rollback_live(release, 2, "run-live-bad", ["live canary shadow: agreement 0 % (21 paired)"])

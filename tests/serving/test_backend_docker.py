@@ -7,6 +7,7 @@ container test needs a Docker engine (``@pytest.mark.docker``) and skips naming 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,31 @@ def test_defaults_put_the_config_under_the_pipeline_home(tmp_path):
     args = backend.server_args()
     assert f"--model_config_file={backend.config_path}" in args
     assert "--model_config_file_poll_wait_seconds=30" in args and "--rest_api_port=8501" in args
+
+
+def test_a_managed_container_runs_without_privileges(tmp_path, monkeypatch):
+    import docker
+
+    from pipeline.serving.backends import docker as docker_backend
+
+    started: dict[str, Any] = {}
+
+    class Containers:
+        def get(self, name: str) -> Any:
+            raise docker.errors.NotFound(name)
+
+        def run(self, image: str, **kwargs: Any) -> Any:
+            started.update(kwargs, image=image)
+            return object()
+
+    monkeypatch.setattr(docker_backend, "connect_docker", lambda url: type("Client", (), {"containers": Containers()}))
+    _backend(tmp_path, rest_port=free_port(), grpc_port=free_port())._ensure_container()
+    assert started["cap_drop"] == ["ALL"] and started["security_opt"] == ["no-new-privileges:true"]
+    assert started["read_only"] is True and "/tmp" in started["tmpfs"]
+    assert started["user"] == f"{os.getuid()}:{os.getgid()}"  # the owner of the models it reads
+    assert started["restart_policy"] == {"Name": "unless-stopped"}
+    assert {mode["mode"] for mode in started["volumes"].values()} == {"ro"}
+    assert {host for host, _ in started["ports"].values()} == {"127.0.0.1"}  # published on loopback only
 
 
 def test_no_engine_is_reported_naming_the_socket(tmp_path, monkeypatch):

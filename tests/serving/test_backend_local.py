@@ -1,7 +1,9 @@
-"""The local backend: start, attach from another backend object or process, stop, and no process left behind."""
+"""The local backend: start, attach from another backend object or process, stop, no process left behind, and a
+killed server back on its own (supervisord restarts it, on the same ports, serving the same config)."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -9,7 +11,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +19,10 @@ import pytest
 
 from pipeline.errors import NotFound
 from pipeline.serving.backends import make_backend
-from pipeline.serving.backends.local import LocalBackend, ServerState, _group_exists
+from pipeline.serving.backends.local import LocalBackend, ServerState
 from pipeline.serving.client import ServingClient, ServingError
 from pipeline.settings import get_paths
+from pipeline.util.polling import poll_until
 
 _START_TIMEOUT_S = 120.0  # the server imports TensorFlow; the 2 shared cores may be busy
 
@@ -35,36 +37,65 @@ def backend(tmp_path: Path) -> Iterator[LocalBackend]:
     backend = _backend(tmp_path)
     yield backend
     backend.stop()
+    backend.supervisor.shutdown()  # whatever a failed test left
 
 
-def _assert_gone(state: ServerState) -> None:
-    assert not psutil.pid_exists(state.pid) or psutil.Process(state.pid).status() == psutil.STATUS_ZOMBIE
-    assert not _group_exists(state.pgid)
+def _ipv4(address: str) -> str:
+    """``::ffff:127.0.0.1`` (gRPC's dual-stack socket bound to an IPv4 address) as ``127.0.0.1``."""
+    ip = ipaddress.ip_address(address)
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return str(mapped or ip)
 
 
-def _state(backend: LocalBackend) -> ServerState:
-    return ServerState(**json.loads(backend.state_path.read_text()))
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _supervisord_pid(backend: LocalBackend) -> int:
+    return int((backend.supervisor.runtime_dir / "supervisord.pid").read_text())
+
+
+def _assert_nothing_left(backend: LocalBackend, *pids: int) -> None:
+    """The server's processes and the stack's supervisord are gone."""
+    def check() -> tuple[bool | None, str]:
+        left = [pid for pid in pids if not _gone(pid)]
+        return (True if not left else None), f"still running: {left}"
+
+    poll_until(check, 30.0, "processes left after stop")
+    assert not backend.supervisor.is_running()
 
 
 @pytest.mark.slow
 def test_start_attach_stop_leaves_nothing_running(backend, tmp_path):
     endpoint = backend.start(timeout_s=_START_TIMEOUT_S)
-    state = _state(backend)
+    state = ServerState(**json.loads(backend.state_path.read_text()))
     assert (state.rest_port, state.grpc_port) == (endpoint.rest_port, endpoint.grpc_port)
     assert backend.config_path.read_text().strip().startswith("model_config_list")
     assert backend.is_running()
-    # The server runs grpc on the I/O path this process chose (pipeline.wire.grpc_io).
-    assert psutil.Process(state.pid).environ().get("GRPC_EXPERIMENTS") == os.environ["GRPC_EXPERIMENTS"]
+    pid = backend.pid()
+    assert pid is not None
+    # The server is supervisord's child, and runs grpc on the I/O path this process chose (pipeline.wire.grpc_io).
+    server = psutil.Process(pid)
+    assert server.ppid() == _supervisord_pid(backend)
+    assert server.environ().get("GRPC_EXPERIMENTS") == os.environ["GRPC_EXPERIMENTS"]
+    # TF Serving's APIs have no authentication: the server listens on loopback only, on its two ports.
+    listening = {(_ipv4(c.laddr.ip), c.laddr.port) for c in server.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN}
+    assert listening == {("127.0.0.1", endpoint.rest_port), ("127.0.0.1", endpoint.grpc_port)}
     with ServingClient.for_endpoint(endpoint) as client, pytest.raises(ServingError) as caught:
         client.model_status("nothing_served")
     assert caught.value.http_status == 404
 
     other = _backend(tmp_path)  # e.g. a later Airflow task
     assert other.start(timeout_s=5) == endpoint
-    assert _state(other).pid == state.pid  # attached, not started again
+    assert other.pid() == pid  # attached, not started again
+    daemon = _supervisord_pid(backend)
     other.stop()
 
-    _assert_gone(state)
+    _assert_nothing_left(backend, pid, daemon)
     assert not backend.state_path.exists()
     assert not backend.is_running()
     with pytest.raises(NotFound, match="not running"):
@@ -82,14 +113,16 @@ def test_a_server_started_by_another_process_can_be_stopped_here(tmp_path):
     """)
     started = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     backend = _backend(tmp_path)
+    pids: list[int] = []
     try:
         assert started.returncode == 0, started.stderr[-2000:]
         assert backend.is_running()  # the starter exited; its server lives on
         assert backend.endpoint().rest_url == started.stdout.strip().splitlines()[-1]
-        state = _state(backend)
+        pids = [backend.pid() or 0, _supervisord_pid(backend)]
     finally:
         backend.stop()
-    _assert_gone(state)
+        backend.supervisor.shutdown()
+    _assert_nothing_left(backend, *pids)
 
 
 @pytest.mark.slow
@@ -104,59 +137,67 @@ def test_a_server_that_cannot_bind_fails_start_and_leaves_nothing(tmp_path):
         finally:
             backend.stop()
     assert caught.value.code == "UNAVAILABLE"
-    assert not backend.state_path.exists()
+    assert not backend.state_path.exists() and not backend.supervisor.is_running()
 
 
-def test_stop_kills_a_process_group_that_ignores_sigterm(tmp_path):
-    backend = _backend(tmp_path)
-    ignore_term = (
-        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", ignore_term], start_new_session=True, stdout=subprocess.PIPE, text=True
-    )
+@pytest.mark.slow
+def test_a_server_that_exits_while_starting_fails_start_with_its_log(tmp_path):
+    backend = _backend(tmp_path, extra_args=("--no_such_flag=1",))
     try:
-        assert process.stdout.readline().strip() == "up"  # SIGTERM is ignored from here on
-        state = ServerState(process.pid, process.pid, psutil.Process(process.pid).create_time(), "127.0.0.1", 1, 2)
-        backend.instance_dir.mkdir(parents=True)
-        backend.state_path.write_text(json.dumps(state.__dict__))
-        started = time.monotonic()
-        backend.stop(grace_s=0.5)
-        assert process.wait(timeout=5) == -signal.SIGKILL
-        assert 0.5 <= time.monotonic() - started < 5
-        assert not backend.state_path.exists()
+        with pytest.raises(ServingError, match="(?s)exited while starting.*no_such_flag") as caught:
+            backend.start(timeout_s=_START_TIMEOUT_S)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        backend.stop()
+    assert caught.value.code == "UNAVAILABLE"
+    assert not backend.state_path.exists() and not backend.supervisor.is_running()  # not left restarting
 
 
-def test_a_stale_state_file_is_not_taken_for_a_running_server(backend):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    pid = int(gone.stdout)
+def test_a_state_file_without_a_supervised_server_is_not_taken_for_one(backend):
     backend.instance_dir.mkdir(parents=True)
-    backend.state_path.write_text(json.dumps(ServerState(pid, pid, 1.0, "127.0.0.1", 1, 2).__dict__))
-    assert not backend.is_running()
+    backend.state_path.write_text(json.dumps(ServerState("127.0.0.1", 1, 2).__dict__))
+    assert not backend.is_running() and backend.pid() is None
     with pytest.raises(NotFound):
         backend.endpoint()
-    backend.stop()  # nothing to signal: must not touch whatever has that pid now
-    assert not backend.state_path.exists()
+    backend.stop()  # nothing to stop: forgets the file, starts no supervisord
+    assert not backend.state_path.exists() and not backend.supervisor.is_running()
 
 
-def test_a_state_file_naming_a_reused_pid_is_ignored(backend):
-    # A live group leader with another start time: the kernel gave our dead server's pid to someone else.
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    try:
-        state = ServerState(stranger.pid, stranger.pid, 1.0, "127.0.0.1", 1, 2)
-        backend.instance_dir.mkdir(parents=True)
-        backend.state_path.write_text(json.dumps(state.__dict__))
-        assert not backend.is_running()
-        backend.stop(grace_s=0.2)
-        assert stranger.poll() is None  # not ours: never signalled
+def test_an_unreadable_or_old_state_file_is_forgotten(backend):
+    backend.instance_dir.mkdir(parents=True)
+    for text in ("{not json", json.dumps({"pid": 1, "pgid": 1, "create_time": 1.0, "host": "127.0.0.1",
+                                          "rest_port": 1, "grpc_port": 2})):
+        backend.state_path.write_text(text)
+        with pytest.raises(NotFound):
+            backend.endpoint()
         assert not backend.state_path.exists()
-    finally:
-        stranger.kill()
-        stranger.wait()
+
+
+@pytest.mark.slow
+def test_a_killed_server_is_back_serving_the_same_config_on_its_own(backend, make_base_path, half_plus_two_dir):
+    import numpy as np
+
+    from pipeline.wire.model_config import single_model_config, write_config
+
+    base_path = make_base_path("half_plus_two", {1: half_plus_two_dir})
+    write_config(backend.config_path, single_model_config("half_plus_two", base_path, [1], {"stable": 1}))
+    endpoint = backend.start(timeout_s=_START_TIMEOUT_S)
+    killed = backend.pid()
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)  # no stop, no task: nobody but supervisord restarts it
+    x = np.array([4.0], dtype=np.float32)
+
+    def predicts() -> tuple[bool | None, str]:
+        with ServingClient.for_endpoint(endpoint, timeout_s=2.0) as client:
+            try:
+                return (True if client.predict("half_plus_two", inputs=x, label="stable")["y"].tolist() == [4.0]
+                        else None), "answered"
+            except ServingError as exc:
+                return None, str(exc)[:200]
+
+    poll_until(predicts, _START_TIMEOUT_S, "the killed server did not serve again", interval_s=0.2)
+    assert backend.pid() not in (None, killed)
+    assert backend.endpoint() == endpoint  # same ports: the proxy's upstream needs no change
+    assert backend.is_running()
 
 
 @pytest.mark.slow

@@ -43,6 +43,8 @@ def test_embedded_profile_is_the_default_and_runs_every_instance_locally_behind_
         "backend": "local", "host": "127.0.0.1", "rest_port": 8511, "grpc_port": 8510,
         "extra_args": ["--tensorflow_intra_op_parallelism=1"],
     }  # fmt: skip
+    # TF Serving's APIs have no authentication: every server listens on loopback, reached through the endpoint.
+    assert {profile.instance(name).spec()["host"] for name in profile.instances} == {"127.0.0.1"}
     # Clients keep TF Serving's ports: the proxy holds them, in front of production and canary.
     endpoints = live_endpoints()
     assert (endpoints.rest_url, endpoints.grpc_target) == ("http://127.0.0.1:8501", "127.0.0.1:8500")

@@ -16,7 +16,14 @@ import pytest
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.util.polling import poll_until
-from pipeline.util.supervisor import STOPPED_STATES, Program, Supervisor, command_line
+from pipeline.util.supervisor import (
+    STOPPED_STATES,
+    Program,
+    Supervisor,
+    command_line,
+    python_env,
+    stack_supervisor,
+)
 
 _DEADLINE_S = 60.0  # supervisord and a Python program start in about a second, but the 2 shared cores may be busy
 # Prints its pid, arguments, one variable and its directory as one JSON line, then sleeps until stopped.
@@ -226,3 +233,34 @@ def test_stop_remove_and_shutdown_leave_no_process(supervisor: Supervisor) -> No
     assert not supervisor.is_running() and not supervisor.socket_path.exists()
     assert supervisor.status("family") is None and supervisor.programs() == {}
     supervisor.shutdown()  # idempotent
+
+
+def test_the_stack_supervisor_lives_in_the_home_and_python_programs_get_this_pythonpath(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert stack_supervisor(tmp_path).runtime_dir == tmp_path.resolve() / "supervisor"
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    monkeypatch.setenv("EXTRA_VAR", "x")
+    monkeypatch.delenv("NOT_SET", raising=False)
+    assert python_env(("EXTRA_VAR", "NOT_SET")) == {"PYTHONPATH": "/somewhere", "EXTRA_VAR": "x"}
+
+
+@pytest.mark.slow
+def test_programs_stop_together_and_the_last_one_takes_supervisord_along(supervisor: Supervisor) -> None:
+    supervisor.run(sleeper("one", env={"VAR": "secret-ish"}), _DEADLINE_S)
+    supervisor.run(sleeper("two"), _DEADLINE_S)
+    for path in (supervisor.config_path, *(supervisor.runtime_dir / "programs").glob("*.conf")):
+        assert path.stat().st_mode & 0o777 == 0o600, path  # a program's env may be for its owner only
+    pids = [supervisor.pid("one"), supervisor.pid("two")]
+    assert all(pids)
+    daemon = [process.pid for process in daemons(supervisor)]
+
+    supervisor.remove("one")
+    assert not supervisor.shutdown_if_idle()  # "two" still runs
+    assert supervisor.is_running() and supervisor.programs() == {"two": "RUNNING"}
+    supervisor.run(sleeper("one"), _DEADLINE_S)
+    pids.append(supervisor.pid("one"))
+    supervisor.remove("one", "two")  # both asked at once
+    assert supervisor.programs() == {}
+    assert supervisor.shutdown_if_idle()
+    wait_gone(*[pid for pid in pids if pid], *daemon)
+    assert not supervisor.is_running() and not supervisor.shutdown_if_idle()

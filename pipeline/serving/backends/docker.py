@@ -178,6 +178,14 @@ class DockerBackend(ServingBackend):
                 f"{_CONTAINER_GRPC_PORT}/tcp": (self.spec.host, self.spec.grpc_port),
             },
             labels={"app.kubernetes.io/part-of": "mlops-pipeline", "pipeline/instance": self.name},
+            # No capabilities, no privilege escalation, a read-only root (it only reads the models and its config),
+            # scratch space in memory; it runs as the owner of the files it reads (root only if that is root).
+            user=f"{os.getuid()}:{os.getgid()}",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            read_only=True,
+            tmpfs={"/tmp": "rw,noexec,nosuid,size=64m"},
+            restart_policy={"Name": "unless-stopped"},  # a crashed server comes back, as under supervisord
         )
 
     def server_args(self) -> list[str]:

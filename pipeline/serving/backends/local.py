@@ -1,28 +1,27 @@
-"""The local backend: the embedded TF-Serving-compatible server as a child process on this machine.
+"""The local backend: the embedded TF-Serving-compatible server as a supervised process on this machine.
 
 Everything an instance has lies in ``<serving_dir>/<instance>/``: ``models.config`` (what it serves),
-``server.log`` and ``server.json`` (pid, process group and ports of the running server). The state file lets a
-later process (the next Airflow task, the CLI) attach to or stop the server an earlier one started; a file lock
-keeps two processes from starting two servers for one instance.
+``monitoring.config`` and ``server.json`` (host and ports of its server, so that a later process, the next
+Airflow task or the CLI, reaches the server an earlier one started). The server is program ``server-<instance>``
+of the pipeline home's supervisord (:func:`pipeline.util.supervisor.stack_supervisor`): restarted at once when it
+dies, on the same ports, reading the same ``models.config`` (so it serves again what it served); its output goes to
+the supervisor's ``logs/server-<instance>.log``, rotated. A file lock keeps two processes from starting two
+servers for one instance.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import psutil
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import DeadlineExceeded, NotFound
+from pipeline.errors import DeadlineExceeded, NotFound, PipelineError
 from pipeline.serving.backends import validate_spec
 from pipeline.serving.backends.base import Endpoint, ServingBackend
 from pipeline.serving.client import ServingClient, ServingError
@@ -30,14 +29,17 @@ from pipeline.settings import Paths
 from pipeline.util.files import file_lock, write_atomically
 from pipeline.util.net import free_ports, port_in_use
 from pipeline.util.polling import poll_until
+from pipeline.util.supervisor import ALIVE_STATES, Program, Supervisor, python_env, stack_supervisor
+from pipeline.wire.grpc_io import ENV_VAR as GRPC_EXPERIMENTS_VAR
 from pipeline.wire.grpc_io import classic_io_env
 
 _DEFAULT_STOP_GRACE_S = 10.0
 _DEFAULT_POLL_S = 0.1
 _SERVER_MODULE = "pipeline.embedded_server"
-
-# Servers this process started, so that it reaps them (an unreaped child stays a zombie).
-_CHILDREN: dict[int, subprocess.Popen] = {}
+_PROGRAM_PREFIX = "server-"
+# What the server reads from its environment besides the gRPC I/O path; the rest comes from supervisord's.
+_PASSED_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
+               "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 PROMETHEUS_METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's documented path
 
 
@@ -65,11 +67,8 @@ class LocalSpec(BaseModel):
 
 @dataclass(frozen=True)
 class ServerState:
-    """What ``server.json`` records of a running server."""
+    """What ``server.json`` records of a server: where it answers (its process is supervisord's business)."""
 
-    pid: int
-    pgid: int
-    create_time: float  # tells our server from a later process that got the same pid
     host: str
     rest_port: int
     grpc_port: int
@@ -80,18 +79,24 @@ class ServerState:
 
 
 class LocalBackend(ServingBackend):
-    """Starts ``python -m pipeline.embedded_server`` in its own process group and reaches it on 127.0.0.1.
+    """Runs ``python -m pipeline.embedded_server`` under the stack's supervisord and reaches it on its host.
 
     Args:
-        name: the instance (``staging``, ``production``).
+        name: the instance (``staging``, ``production``, ``canary``).
         spec: its profile entry (see :class:`LocalSpec`).
-        paths: the pipeline's directories.
+        paths: the pipeline's directories; the supervisord is the one of ``paths.home``.
     """
 
     def __init__(self, name: str, spec: dict[str, Any], paths: Paths):
         self.name = name
         self.spec = validate_spec(LocalSpec, name, spec)
         self.paths = paths
+        self.supervisor: Supervisor = stack_supervisor(paths.home)
+
+    @property
+    def program_name(self) -> str:
+        """The server's program in supervisord."""
+        return f"{_PROGRAM_PREFIX}{self.name}"
 
     @property
     def instance_dir(self) -> Path:
@@ -103,7 +108,8 @@ class LocalBackend(ServingBackend):
 
     @property
     def log_path(self) -> Path:
-        return self.instance_dir / "server.log"
+        """The server's output (rotated by supervisord)."""
+        return self.supervisor.log_path(self.program_name)
 
     @property
     def state_path(self) -> Path:
@@ -119,31 +125,32 @@ class LocalBackend(ServingBackend):
         deadline = time.monotonic() + timeout_s
         with self._locked():
             state = self._live_state()
-            if state is not None:  # started earlier, maybe by another process: attach
+            if state is not None:  # started earlier, maybe by another process, maybe being restarted: attach
                 # Both ports were checked when it started; its process lives, so its REST port answering is
                 # enough (a gRPC channel costs ~0.2 s to close, paid before every change of what it serves).
-                self._wait_until_ready(state, timeout_s, check_grpc=False)
+                self._wait_until_ready(state, timeout_s, started_pid=None, check_grpc=False)
                 return state.endpoint
             self.ensure_config_file()
             auto_ports = not (self.spec.rest_port and self.spec.grpc_port)
             for attempt in (1, 2):
-                state = self._spawn()
+                state = self._pick_ports()
                 try:
-                    self._wait_until_ready(state, timeout_s)
+                    pid = self._spawn(state, max(deadline - time.monotonic(), 0.1))
+                    self._wait_until_ready(state, max(deadline - time.monotonic(), 0.1), started_pid=pid)
                     self._wait_until_serving(max(deadline - time.monotonic(), 0.1))
                     return state.endpoint
                 except ServingError as exc:
-                    self._terminate(state)  # leave no half-started server behind; its log stays
+                    self._terminate()  # leave no half-started server behind; its log stays
                     # A port we picked was taken before the server bound it: pick again, once.
                     if not (auto_ports and attempt == 1 and "Address already in use" in str(exc)):
                         raise
                 except BaseException:
-                    self._terminate(state)
+                    self._terminate()
                     raise
             raise AssertionError("unreachable")
 
     def endpoint(self) -> Endpoint:
-        """Where the running server answers.
+        """Where the running server answers (also while supervisord restarts it).
 
         Raises:
             NotFound: no server of this instance is running.
@@ -160,44 +167,43 @@ class LocalBackend(ServingBackend):
         with ServingClient.for_endpoint(state.endpoint) as client:
             return client.is_ready(timeout_s=1.0)
 
-    def stop(self, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
-        """SIGTERM the server's process group, SIGKILL what is left after ``grace_s``; idempotent."""
+    def pid(self) -> int | None:
+        """The server's process id now (None while it has none, e.g. between a crash and its restart)."""
+        return self.supervisor.pid(self.program_name) if self._read_state() is not None else None
+
+    def stop(self) -> None:
+        """Stop the server and its process group (SIGTERM, SIGKILL after 10 s) and forget it; idempotent.
+
+        The stack's supervisord exits with the last program it ran.
+        """
         with self._locked():
-            state = self._read_state()
-            if state is not None:
-                self._terminate(state, grace_s)
+            self._terminate()
 
-    # ---- process management -------------------------------------------------------------------------------
+    # ---- the program --------------------------------------------------------------------------------------
 
-    def _spawn(self) -> ServerState:
+    def _pick_ports(self) -> ServerState:
         for port in (self.spec.rest_port, self.spec.grpc_port):
             # Something else answering there would pass our readiness check; refuse rather than attach to it.
             if port and port_in_use(self.spec.host, port):
                 raise ServingError("UNAVAILABLE", f"cannot start local TF Serving {self.name!r}: {self.spec.host}:{port} "
                                    "is already in use (another pipeline home's server? stop it with `pipeline down`)")
         picked = iter(free_ports(2, self.spec.host))
-        rest_port = self.spec.rest_port or next(picked)
-        grpc_port = self.spec.grpc_port or next(picked)
-        with self.log_path.open("ab") as log:
-            process = subprocess.Popen(
-                self._command(rest_port, grpc_port),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=classic_io_env(),
-                start_new_session=True,  # its own process group: stop() ends it and anything it started
-            )
-        _CHILDREN[process.pid] = process
-        state = ServerState(
-            pid=process.pid,
-            pgid=process.pid,
-            create_time=psutil.Process(process.pid).create_time(),
-            host=self.spec.host,
-            rest_port=rest_port,
-            grpc_port=grpc_port,
-        )
+        return ServerState(self.spec.host, self.spec.rest_port or next(picked), self.spec.grpc_port or next(picked))
+
+    def _spawn(self, state: ServerState, timeout_s: float) -> int | None:
+        """Record ``state`` and have supervisord run the server on its ports; the server's pid."""
         write_atomically(self.state_path, json.dumps(asdict(state), indent=2))
-        return state
+        try:
+            self.supervisor.run(self._program(state), timeout_s)
+        except DeadlineExceeded:
+            raise
+        except PipelineError as exc:  # it exited at once, or could not be spawned
+            raise ServingError("UNAVAILABLE", f"local TF Serving {self.name!r} exited while starting: {exc}") from None
+        return self.supervisor.pid(self.program_name)
+
+    def _program(self, state: ServerState) -> Program:
+        return Program(name=self.program_name, command=tuple(self._command(state.rest_port, state.grpc_port)),
+                       env=_server_env(), stop_wait_s=_DEFAULT_STOP_GRACE_S)
 
     @property
     def monitoring_config_path(self) -> Path:
@@ -227,8 +233,13 @@ class LocalBackend(ServingBackend):
             *spec.extra_args,
         ]  # fmt: skip
 
-    def _wait_until_ready(self, state: ServerState, timeout_s: float, check_grpc: bool = True) -> None:
+    def _wait_until_ready(self, state: ServerState, timeout_s: float, started_pid: int | None,
+                          check_grpc: bool = True) -> None:
         """Wait until the server's ports answer (REST only, unless ``check_grpc``).
+
+        ``started_pid``: the process just started; its exit fails the wait at once (supervisord would start
+        another, on the same ports, which would fail the same way). None: attaching to a server that may be
+        restarting after a crash; only supervisord giving up fails the wait before the deadline.
 
         Raises:
             ServingError: the server exited while starting (at once, with the end of its log).
@@ -239,33 +250,31 @@ class LocalBackend(ServingBackend):
         with ServingClient(state.endpoint.rest_url, grpc_target, timeout_s=1.0) as client:
 
             def check() -> tuple[bool | None, str]:
-                if not _is_our_process(state):  # it will never answer: fail now, not at the deadline
-                    raise ServingError(
-                        "UNAVAILABLE", f"local TF Serving {self.name!r} exited while starting: {self._log_tail()}"
-                    )
+                status = self.supervisor.status(self.program_name)
+                exited = status not in ALIVE_STATES or (
+                    started_pid is not None and (status != "RUNNING" or self.supervisor.pid(self.program_name) != started_pid))
+                if exited:  # it will never answer: fail now, not at the deadline
+                    raise ServingError("UNAVAILABLE", f"local TF Serving {self.name!r} exited while starting "
+                                       f"({status}): {self.supervisor.log_tail(self.program_name)}")
                 if client.is_ready(timeout_s=min(1.0, max(deadline - time.monotonic(), 0.05))):
                     return True, "answering"
-                return None, f"process {state.pid} running, ports not answering"
+                return None, f"{status}, ports not answering"
 
             what = f"local TF Serving {self.name!r} did not answer on {state.endpoint.rest_url}"
             try:
                 poll_until(check, timeout_s, what, interval_s=_DEFAULT_POLL_S, hint=f"See {self.log_path}")
             except DeadlineExceeded as exc:
                 # The log's end is read once, at the deadline, rather than on every poll.
-                raise DeadlineExceeded(f"{exc}: {self._log_tail()}") from None
+                raise DeadlineExceeded(f"{exc}: {self.supervisor.log_tail(self.program_name)}") from None
 
     def _wait_until_serving(self, timeout_s: float) -> None:
         self.wait_until_served(self.read_config(), timeout_s)
 
-    def _terminate(self, state: ServerState, grace_s: float = _DEFAULT_STOP_GRACE_S) -> None:
-        """End the server's process group (if it is still ours) and forget its state."""
-        if _is_our_process(state) or _leader_gone_group_left(state):
-            _signal_group(state.pgid, signal.SIGTERM)
-            if not _wait_group_gone(state, grace_s):
-                _signal_group(state.pgid, signal.SIGKILL)
-                _wait_group_gone(state, 5.0)
-        _CHILDREN.pop(state.pid, None)
+    def _terminate(self) -> None:
+        """Stop and forget the server's program and its state; supervisord exits if nothing else runs."""
+        self.supervisor.remove(self.program_name)
         self.state_path.unlink(missing_ok=True)
+        self.supervisor.shutdown_if_idle()
 
     # ---- state and files ----------------------------------------------------------------------------------
 
@@ -279,81 +288,18 @@ class LocalBackend(ServingBackend):
             return None
 
     def _live_state(self) -> ServerState | None:
-        """The recorded server if its process still runs, else None."""
+        """The recorded server if supervisord runs it (or is restarting it), else None."""
         state = self._read_state()
-        return state if state is not None and _is_our_process(state) else None
+        if state is None or self.supervisor.status(self.program_name) not in ALIVE_STATES:
+            return None
+        return state
 
     def _locked(self) -> contextlib.AbstractContextManager[None]:
         """Hold ``<instance>/.lock`` so that start/stop of one instance never run at once."""
         return file_lock(self.instance_dir / ".lock")
 
-    def _log_tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
 
-
-def _reap(pid: int) -> None:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-
-
-def _is_our_process(state: ServerState) -> bool:
-    """Whether ``state.pid`` is still the server we started (alive, not a zombie, same start time)."""
-    _reap(state.pid)
-    try:
-        process = psutil.Process(state.pid)
-        return abs(process.create_time() - state.create_time) < 0.5 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _leader_gone_group_left(state: ServerState) -> bool:
-    """Whether the server itself is gone but processes of its group live on.
-
-    Linux hands out no pid that is still some group's id, so while our group exists its pid is unused or
-    a zombie; a pid that belongs to another live process means our group is gone (and its pgid is not ours).
-    """
-    try:
-        if psutil.Process(state.pid).status() != psutil.STATUS_ZOMBIE:
-            return False  # alive but not ours (_is_our_process said so): the pid was reused
-    except psutil.Error:
-        pass
-    return _group_exists(state.pgid)
-
-
-def _group_exists(pgid: int) -> bool:
-    """Whether a live (non-zombie) process is in group ``pgid``.
-
-    A pid is never handed out while a group of that id exists, so a surviving group is still ours.
-    """
-    for process in psutil.process_iter(["status"]):
-        try:
-            if os.getpgid(process.pid) == pgid and process.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return False
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
-
-
-def _wait_group_gone(state: ServerState, timeout_s: float) -> bool:
-    """Whether the server's process group is gone within ``timeout_s``.
-
-    False is an expected answer here, not an error (the caller escalates SIGTERM to SIGKILL), so this keeps
-    its own loop rather than raising through ``poll_until``.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        _reap(state.pid)
-        if not _group_exists(state.pgid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(_DEFAULT_POLL_S)
+def _server_env() -> dict[str, str]:
+    """What the server's environment adds to supervisord's: the gRPC I/O path this process chose and the variables
+    of :data:`_PASSED_ENV` set here (supervisord may have been started by another process)."""
+    return {GRPC_EXPERIMENTS_VAR: classic_io_env()[GRPC_EXPERIMENTS_VAR], **python_env(_PASSED_ENV)}
