@@ -276,7 +276,7 @@ class TransitionRecord:
 
 @dataclass(frozen=True)
 class FailureEvent:
-    """A task failure reported by Airflow."""
+    """A recorded event: a task failure reported by Airflow (``kind`` failure), a reconcile."""
 
     id: int
     model: str
@@ -284,6 +284,7 @@ class FailureEvent:
     task_id: str | None
     reason: str
     at: datetime
+    kind: str = "failure"
 
 
 @dataclass(frozen=True)
@@ -636,26 +637,27 @@ class Registry:
 
     def record_failure(self, model: str, run_id: str | None, task_id: str | None, reason: str) -> None:
         """Records a failed task (Airflow's ``on_failure_callback``); changes no version's state."""
-        values = dict(
-            model=model, kind="failure", run_id=run_id, task_id=task_id, reason=reason, at=_utcnow()
-        )
+        self.record_event(model, "failure", run_id, task_id, reason)
+
+    def record_event(self, model: str, kind: str, run_id: str | None, task_id: str | None, reason: str) -> None:
+        """Records something that happened to ``model`` (``failure``, ``reconcile``); changes no version's state."""
+        values = dict(model=model, kind=kind, run_id=run_id, task_id=task_id, reason=reason, at=_utcnow())
         with self._write() as conn:
             conn.execute(events.insert().values(**values))
 
     def failures(self, model: str, limit: int | None = None) -> list[FailureEvent]:
         """Recorded task failures of ``model``, newest first."""
-        query = (
-            sa.select(events)
-            .where(events.c.model == model, events.c.kind == "failure")
-            .order_by(events.c.id.desc())
-            .limit(limit)
-        )
+        return self.events(model, "failure", limit)
+
+    def events(self, model: str, kind: str | None = None, limit: int | None = None) -> list[FailureEvent]:
+        """Recorded events of ``model`` (of one ``kind`` when given), newest first."""
+        query = sa.select(events).where(events.c.model == model)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
         with self._read() as conn:
-            rows = conn.execute(query).mappings()
-            return [
-                FailureEvent(r["id"], r["model"], r["run_id"], r["task_id"], r["reason"], r["at"])
-                for r in rows
-            ]
+            rows = conn.execute(query.order_by(events.c.id.desc()).limit(limit)).mappings()
+            return [FailureEvent(r["id"], r["model"], r["run_id"], r["task_id"], r["reason"], r["at"], r["kind"])
+                    for r in rows]
 
     # -------------------------------------------------------------- live phases
 
@@ -761,9 +763,11 @@ class Registry:
         judge = _HolderJudge()
         deadline = time.monotonic() + timeout_s
         while True:
-            info = self._attempt_lock(model, owner, ttl_s, me, frozenset(preempt), reason)
-            if info is None:
-                info = self._take_over_if_dead(model, owner, ttl_s, me, judge)
+            info = self._attempt_lock(model, owner, ttl_s, me, frozenset(), reason)
+            if info is None:  # a preempting caller does not wait for Airflow's answer: it preempts anyway
+                info = self._take_over_if_dead(model, owner, ttl_s, me, judge, ask_airflow=not preempt)
+            if info is None and preempt:
+                info = self._attempt_lock(model, owner, ttl_s, me, frozenset(preempt), reason)
             if info is not None:
                 return info
             remaining = deadline - time.monotonic()
@@ -863,13 +867,13 @@ class Registry:
         _log.warning("%s took over %s on %s from %s", owner, how, model, current.describe())
         return taken
 
-    def _take_over_if_dead(self, model: str, owner: str, ttl_s: float, me: Holder,
-                           judge: _HolderJudge) -> LockInfo | None:
+    def _take_over_if_dead(self, model: str, owner: str, ttl_s: float, me: Holder, judge: _HolderJudge,
+                           ask_airflow: bool = True) -> LockInfo | None:
         """Takes the lock from a holder that is dead (checked outside any transaction: it may ask Airflow)."""
         current = self.lock_holder(model)
         if current is None or current.owner == owner:
             return None  # freed meanwhile, or ours from another run: the next attempt decides
-        verdict, why = judge.judge(current)
+        verdict, why = judge.judge(current, ask_airflow)
         if verdict is not Liveness.DEAD:
             return None
         now = _utcnow()
@@ -953,14 +957,14 @@ class _HolderJudge:
         self._asked: dict[tuple[str, datetime], tuple[float, Liveness, str]] = {}
         self.last_why = ""
 
-    def judge(self, current: LockInfo) -> tuple[Liveness, str]:
+    def judge(self, current: LockInfo, ask_airflow: bool = True) -> tuple[Liveness, str]:
         key = (current.owner, current.acquired_at)
         asked = self._asked.get(key)
         if asked is not None and time.monotonic() - asked[0] < _AIRFLOW_ASK_EVERY_S:
             verdict, why = asked[1], asked[2]
         else:
-            verdict, why = liveness(current.holder)
-            if current.holder is not None and current.holder.in_airflow:
+            verdict, why = liveness(current.holder, ask_airflow=ask_airflow)
+            if ask_airflow and current.holder is not None and current.holder.in_airflow:
                 self._asked[key] = (time.monotonic(), verdict, why)
         self.last_why = why
         return verdict, why

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -20,7 +21,15 @@ from sqlalchemy.exc import IntegrityError
 
 from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, Preempted
 from pipeline.release.lock_owner import RELEASE, ROLLBACK
-from pipeline.release.registry import Registry, RegistryConflict, State, locks, model_versions
+from pipeline.release.registry import (
+    Registry,
+    RegistryConflict,
+    RegistryMissing,
+    RegistryUnavailable,
+    State,
+    locks,
+    model_versions,
+)
 
 _MODEL = "mnist"
 _PATH_TO_STABLE = (State.STAGED, State.VALIDATED, State.CANARY, State.PROMOTED)
@@ -663,3 +672,127 @@ def test_a_live_phase_is_started_once_and_keeps_its_window(registry: Registry) -
     assert phases[1].decision == "pass" and phases[1].figures == {"paired": {"requests": 80}}
     assert phases[1].summary == "PASS" and phases[1].updated_at >= phases[1].started_at
     assert len(registry.live_phases(_MODEL)) == 3 and registry.live_phases("other") == []
+
+
+# ------------------------------------------------------------------- faults
+
+
+def _released_version_on_disk(models_dir: Path, model: str = _MODEL, version: int = 1,
+                              run_id: str | None = "manual__r1") -> None:
+    """A version dir as a release's export leaves it (its metadata names the run that registered it)."""
+    directory = models_dir / model / str(version)
+    (directory / "assets.extra").mkdir(parents=True)
+    (directory / "saved_model.pb").write_bytes(b"model")
+    metadata = {"model": model} | ({"airflow_run_id": run_id} if run_id else {})
+    (directory / "assets.extra" / "metadata.json").write_text(json.dumps(metadata))
+
+
+def test_reads_go_on_while_another_process_holds_the_write_lock(sqlite_registry: Registry, tmp_path: Path) -> None:
+    _release(sqlite_registry, 1)
+    sqlite_registry.close()
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # e.g. a `sqlite3` shell left in a transaction
+    try:
+        fresh = Registry(_url(tmp_path), wait_s=0.5)  # a new process: connects and checks the schema
+        assert fresh.stable_version(_MODEL) == 1 and len(fresh.history(_MODEL)) == 5
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match=rf"registry {tmp_path / 'registry.db'} is locked by another "
+                                                      r"process: gave up after waiting 0.5s"):
+            fresh.record_failure(_MODEL, "r", "t", "noise")
+        assert time.monotonic() - started < 20  # bounded (generously: 2 busy cores), not the 61 s of old
+        fresh.close()
+    finally:
+        other.close()
+
+
+def test_a_corrupt_registry_file_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    path.write_bytes(b"this is no database, just bytes " * 200)
+    with pytest.raises(RegistryUnavailable, match=rf"registry {path} is not a readable registry database .*"
+                                                  r"restore it from a backup"):
+        Registry(_url(tmp_path)).stable_version(_MODEL)
+    assert path.read_bytes().startswith(b"this is no database")  # left as it was
+
+
+@pytest.mark.parametrize("emptied", [False, True], ids=["deleted", "emptied"])
+def test_a_lost_registry_is_not_recreated_while_released_versions_are_on_disk(tmp_path: Path, emptied: bool) -> None:
+    _released_version_on_disk(tmp_path / "models")
+    path = tmp_path / "registry.db"
+    if emptied:
+        path.write_bytes(b"")
+    reg = Registry(_url(tmp_path), models_dir=tmp_path / "models")
+
+    with pytest.raises(RegistryMissing, match=rf"registry {path} is missing or empty, but 1 released version\(s\) "
+                                              r"are on disk .*\(mnist/1\).*`pipeline registry init --adopt`"):
+        reg.stable_version(_MODEL)
+    assert path.exists() == emptied and (not emptied or path.stat().st_size == 0)  # nothing created
+
+
+def test_an_empty_postgres_database_is_not_taken_for_a_registry_while_versions_are_released(
+        postgres_url: str, tmp_path: Path) -> None:
+    _released_version_on_disk(tmp_path / "models")
+    with pytest.raises(RegistryMissing, match="is missing or empty"):
+        Registry(postgres_url, models_dir=tmp_path / "models").versions(_MODEL)
+    Registry(postgres_url).ensure_schema()  # without the home's models: an explicit init creates it
+
+
+def test_a_new_registry_is_created_beside_versions_no_release_registered(tmp_path: Path) -> None:
+    _released_version_on_disk(tmp_path / "models", run_id=None)  # `pipeline build` output: never registered
+    reg = Registry(_url(tmp_path), models_dir=tmp_path / "models")
+    assert reg.versions(_MODEL) == []
+    _released_version_on_disk(tmp_path / "models", version=2)  # released from now on: the registry exists
+    reg.close()
+    assert Registry(_url(tmp_path), models_dir=tmp_path / "models").versions(_MODEL) == []
+
+
+def test_the_default_registry_guards_the_home_s_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    monkeypatch.delenv("PIPELINE_REGISTRY_URL", raising=False)
+    _released_version_on_disk(tmp_path / "models")
+    with pytest.raises(RegistryMissing):
+        Registry().versions(_MODEL)
+
+
+def test_a_registry_from_before_lock_holders_gains_the_column(registry_url: str) -> None:
+    engine = sa.create_engine(registry_url)
+    with engine.begin() as conn:  # the locks table as the first releases created it
+        conn.exec_driver_sql("CREATE TABLE locks (model VARCHAR(128) PRIMARY KEY, owner VARCHAR(250) NOT NULL, "
+                             "acquired_at TIMESTAMP NOT NULL, expires_at TIMESTAMP NOT NULL)")
+    reg = Registry(registry_url)
+    try:
+        assert reg.acquire_lock(_MODEL, "a").holder is not None
+        assert "holder" in {c["name"] for c in sa.inspect(engine).get_columns("locks")}
+    finally:
+        reg.close()
+        engine.dispose()
+
+
+def test_an_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
+    from pipeline.util.net import free_port
+
+    reg = Registry(f"postgresql+psycopg://pipeline:s3cret@127.0.0.1:{free_port()}/registry")
+    with pytest.raises(RegistryUnavailable, match=r"registry postgresql\+psycopg://pipeline:\*\*\*@127.0.0.1:\d+/"
+                                                  r"registry cannot be used") as caught:
+        reg.versions(_MODEL)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_postgres_row_lock_wait_is_bounded(postgres_url: str) -> None:
+    reg = Registry(postgres_url, wait_s=0.5)
+    _export(reg, 1)
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as other, other.begin():  # another transaction in the middle of moving the model
+            other.execute(sa.select(model_versions).where(model_versions.c.model == _MODEL).with_for_update())
+            with pytest.raises(RegistryUnavailable, match="is locked by another process: gave up after waiting 0.5s"):
+                reg.transition(_MODEL, 1, State.STAGED)
+        assert reg.get_version(_MODEL, 1).state is State.EXPORTED
+    finally:
+        reg.close()
+        engine.dispose()
+
+
+def test_the_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PIPELINE_REGISTRY_WAIT_S", "soon")
+    with pytest.raises(ConfigError, match="PIPELINE_REGISTRY_WAIT_S must be a number"):
+        Registry(_url(tmp_path))
