@@ -105,3 +105,24 @@ def test_the_monitor_reconciles_a_dead_release_s_canary_before_probing(release, 
     assert production_state(release).labels == {STABLE: 2}
     assert release.registry.get_version(MODEL, 3).state is State.ROLLED_BACK
     assert release.registry.stable_version(MODEL) == 2  # the stable version is untouched
+
+
+def test_a_rerun_after_a_crash_rolls_the_leftover_canary_back_before_saying_nothing_new(release, monkeypatch):
+    from pipeline import steps
+    from pipeline.flow import run_release
+
+    lock_of_a_dead_release(release.paths.registry_url, MODEL, "manual__killed")  # killed during canary_check of 3
+    monkeypatch.setattr(tasks, "Release", lambda config: release)  # the paper servers
+    for name, result in (("prepare_data", {"snapshot": "/snap"}), ("validate_data", {"success": True}),
+                         ("train", {"run_dir": "/run"}), ("evaluate", {"blessed": True})):
+        monkeypatch.setattr(tasks, name, lambda *args, _result=result: _result)
+    # Training is deterministic: the rerun's export is the version the killed run exported.
+    monkeypatch.setattr(steps, "export", lambda *args, **kwargs: {"version": 3, "path": "/m/3", "created": False})
+
+    results = run_release(MODEL, {}, run_id="manual__rerun")
+
+    assert results["reconcile"]["actions"][0] == "production: canary 3 rolled back, stable 2"
+    assert results["export"]["release"] is False and results["has_new_version"] is False  # "nothing new to release"
+    assert production_state(release).labels == {STABLE: 2}  # ... and no canary left on production
+    assert release.registry.get_version(MODEL, 3).state is State.ROLLED_BACK
+    assert release.registry.lock_holder(MODEL) is None
