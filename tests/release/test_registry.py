@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
