@@ -7,14 +7,14 @@ ports (no Airflow, no live traffic path):
 2. for each release step, a fresh model ``crash_<step>`` is cloned from them (the same two version directories,
    data snapshot and registry history; production serving 1 and 2, ``stable`` -> 2);
 3. ``pipeline release crash_<step> --conf '{"epochs": 2, "force": true}'`` runs in its own process and is SIGKILLed
-   ``--kill-after`` seconds after its log says the step starts (it holds the model's lock from deploy_staging on,
+   ``--kill-after`` seconds (0.1) after its log says the step starts (it holds the model's lock from deploy_staging on,
    and a canary from promote_canary on);
 4. ``pipeline rollback crash_<step>`` runs as on-call would run it, in a new process: its wall time from start to
    exit (interpreter, imports, the lock taken from the dead release, production's ``stable`` -> 1) is the figure;
    production, the registry and the lock are checked afterwards;
-5. once more with a release that is *not* killed (``alive@validate_staging``): the rollback preempts it, and the
-   release must stop by itself at its next step with the preemption's message, production left as the rollback
-   left it.
+5. once more with a release that is *not* killed (``alive@validate_staging``, held with SIGSTOP while the rollback
+   runs, as a slow release would be, then let go on): the rollback preempts it, and the release must stop by itself
+   at its next step with the preemption's message, production left as the rollback left it.
 
 The floor, measured in the same run: ``pipeline rollback`` of a clone whose release never ran (the lock free, nothing
 to take over). Prints JSON, then a table. Usage: ``.venv/bin/python bench/crash.py [--steps a,b] [--json FILE]``.
@@ -148,7 +148,8 @@ def clone(env: dict[str, str], name: str) -> None:
 
 def release_until(env: dict[str, str], model: str, step: str, kill_after_s: float, kill: bool
                   ) -> tuple[subprocess.Popen[str], bool, list[str]]:
-    """Start ``pipeline release`` and return once ``step`` started (+ ``kill_after_s``), SIGKILLed when ``kill``;
+    """Start ``pipeline release`` and return once ``step`` started (+ ``kill_after_s``): SIGKILLed when ``kill``,
+    else SIGSTOPped (a release that is alive but slow: it goes on when the caller sends SIGCONT);
     ``reached`` False when the release ended before the step."""
     process = subprocess.Popen(pipeline_command("release", model, "--conf", json.dumps(_KILL_CONF)),
                                env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -164,6 +165,8 @@ def release_until(env: dict[str, str], model: str, step: str, kill_after_s: floa
             if kill:
                 process.send_signal(signal.SIGKILL)
                 process.wait(timeout=30)
+            else:
+                process.send_signal(signal.SIGSTOP)
             return process, True, lines
         if time.monotonic() > deadline:
             break
@@ -192,11 +195,14 @@ def crash_and_roll_back(env: dict[str, str], step: str, kill_after_s: float, kil
     process, reached, lines = release_until(env, model, step, kill_after_s, kill)
     at_kill = served(env, model)
     rc, out, err, seconds = run_pipeline(env, "rollback", model, "--json", timeout_s=_ROLLBACK_TIMEOUT_S)
+    rolled = json.loads(out) if rc == 0 else {}
     row: dict[str, Any] = {"scenario": f"{'killed' if kill else 'alive'}@{step}", "reached": reached,
                            "lock_at_kill": at_kill["lock"], "labels_at_kill": at_kill["labels"],
-                           "rollback_rc": rc, "rollback_s": round(seconds, 2),
+                           "rollback_rc": rc, "rollback_s": round(seconds, 2), "rollback_to": rolled.get("to"),
+                           "production_switch_s": rolled.get("seconds"),
                            "rollback_error": err.strip().splitlines()[-1] if rc else None}
-    if not kill:  # the preempted release must stop by itself, saying why
+    if not kill:  # the preempted release goes on, and must stop by itself at its next step, saying why
+        process.send_signal(signal.SIGCONT)
         try:
             process.wait(timeout=_RELEASE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -206,7 +212,11 @@ def crash_and_roll_back(env: dict[str, str], step: str, kill_after_s: float, kil
         row["release_rc"] = process.returncode
         row["release_said"] = next((line for line in reversed(tail) if line.startswith("error:")), tail[-1:])
     after = served(env, model)
-    ok = rc == 0 and after["labels"] == {"stable": 1} and after["stable"] == 1 and after["lock"] is None
+    # Production serves exactly what the rollback chose as stable (1, or 2 when the release had finished), no canary,
+    # the registry agrees, and the lock is free.
+    to = row["rollback_to"]
+    ok = rc == 0 and to is not None and after["labels"] == {"stable": to} and after["stable"] == to and \
+        after["lock"] is None
     if not kill:
         ok = ok and row["release_rc"] != 0 and "was preempted by" in str(row["release_said"])
     row.update({"labels_after": after["labels"], "stable_after": after["stable"], "lock_after": after["lock"],
@@ -217,8 +227,9 @@ def crash_and_roll_back(env: dict[str, str], step: str, kill_after_s: float, kil
 def floor(env: dict[str, str]) -> dict[str, Any]:
     """``pipeline rollback`` with nothing to take over: a clone whose release never ran."""
     clone(env, "floor")
-    rc, _, err, seconds = run_pipeline(env, "rollback", "floor", "--json", timeout_s=_ROLLBACK_TIMEOUT_S)
+    rc, out, err, seconds = run_pipeline(env, "rollback", "floor", "--json", timeout_s=_ROLLBACK_TIMEOUT_S)
     return {"scenario": "floor (no crash)", "rollback_rc": rc, "rollback_s": round(seconds, 2),
+            "production_switch_s": json.loads(out).get("seconds") if rc == 0 else None,
             "rollback_error": err.strip().splitlines()[-1] if rc else None}
 
 
@@ -232,21 +243,24 @@ def release_steps() -> list[str]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"{'scenario':<28} {'lock at kill':<14} {'labels at kill':<26} {'rollback':>9} {'rc':>3}  "
-             f"{'after':<14} ok",
-             "-" * 104]
+    lines = [f"{'scenario':<28} {'lock at kill':<14} {'labels at kill':<26} {'rollback':>9} {'switch':>7} "
+             f"{'rc':>3}  {'after':<14} ok",
+             "-" * 112]
     for row in [report["floor"], *report["rows"]]:
         lock = "-" if not row.get("lock_at_kill") else "held"
         labels = json.dumps(row.get("labels_at_kill", "")) if "labels_at_kill" in row else ""
         after = json.dumps(row.get("labels_after", "")) if "labels_after" in row else ""
         ok = {True: "yes", False: "NO", None: ""}[row.get("ok")]
         note = "" if row.get("reached", True) else "  (release ended before the step)"
-        lines.append(f"{row['scenario']:<28} {lock:<14} {labels:<26} {row['rollback_s']:>8.2f}s "
+        switch = f"{row['production_switch_s']:.2f}s" if row.get("production_switch_s") is not None else "-"
+        lines.append(f"{row['scenario']:<28} {lock:<14} {labels:<26} {row['rollback_s']:>8.2f}s {switch:>7} "
                      f"{row['rollback_rc']:>3}  {after:<14} {ok}{note}")
         if row.get("release_said"):
             lines.append(f"{'':<28} the release said: {str(row['release_said'])[:150]}")
     summary = report["summary"]
-    lines.append("-" * 104)
+    lines.append("-" * 112)
+    lines.append("rollback: the `pipeline rollback` process from start to exit; switch: production's stable moving "
+                 "(inside it)")
     lines.append(f"rollback after a crash: max {summary['max_rollback_s']:.2f} s, median "
                  f"{summary['median_rollback_s']:.2f} s (target <= {_TARGET_S:g} s; floor "
                  f"{report['floor']['rollback_s']:.2f} s); all ok: {summary['all_ok']}")
@@ -256,7 +270,7 @@ def table(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", help="comma-separated release steps to kill at (default: every step)")
-    parser.add_argument("--kill-after", type=float, default=0.3, help="seconds after the step starts (default 0.3)")
+    parser.add_argument("--kill-after", type=float, default=0.1, help="seconds after the step starts (default 0.1)")
     parser.add_argument("--no-alive", action="store_true", help="skip the not-killed (preempted) release")
     parser.add_argument("--cache", type=Path, default=REPO / "var" / "cache",
                         help="the download cache to copy into the sandbox (default var/cache)")

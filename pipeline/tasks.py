@@ -238,16 +238,23 @@ def restore_production(model: str, version: int | None, run_id: str) -> dict[str
     the rollback is done (so the two never change a server at the same time).
     """
     release = Release(steps.resolve_config(model))
+    nothing = {"restored": False, "reason": "no canary of this run on production"}
     try:
+        if version is None or not _serves_canary(release, version):
+            return nothing  # no lock needed (the run may never have got it: it waited for another release)
         with release.registry.lock(model, run_id, timeout_s=_RESTORE_LOCK_WAIT_S):
-            if version is not None and live_canary.is_live(release, version):
+            if live_canary.is_live(release, version):  # again under the lock: a rollback may have removed it
                 return live_canary.rollback_live(release, version, run_id, ["the release failed after promotion"])
-            if version is not None and production_state(release).label(CANARY) == version:
+            if production_state(release).label(CANARY) == version:
                 return canary.rollback_canary(release, version, ["the release failed after promotion"], run_id)
-            return {"restored": False, "reason": "no canary of this run on production"}
+            return nothing
     finally:
         release.registry.release_lock(model, run_id)
         release.registry.release_lock(live_canary.TRAFFIC_LOCK, run_id)
+
+
+def _serves_canary(release: Release, version: int) -> bool:
+    return live_canary.is_live(release, version) or production_state(release).label(CANARY) == version
 
 
 def rollback(model: str, to_version: int | None, run_id: str | None, reason: str = "on-call rollback") -> dict[str, Any]:
