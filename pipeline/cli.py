@@ -160,7 +160,7 @@ def _registry(args: argparse.Namespace) -> Any:
     from pipeline.release.adopt import adopt_versions
     from pipeline.release.context import Release
 
-    registry = Registry(paths.registry_url)  # explicit: created even beside versions on disk, then they are adopted
+    registry = Registry(guard=False)  # explicit: created even beside versions on disk, then they are adopted
     registry.ensure_schema()
     adopted = {model: adopt_versions(Release(resolve_config(model), paths=paths, registry=registry))
                for model in list_models()}

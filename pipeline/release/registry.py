@@ -387,7 +387,9 @@ class Registry:
             ``sqlite:///$PIPELINE_HOME/registry.db``).
         models_dir: the pipeline home's ``models/`` directory. When given, a registry found missing or empty while
             versions exported by a release are there raises :class:`RegistryMissing` instead of being created empty
-            (rollback would be impossible). Default: the home's, when ``url`` is the home's default too.
+            (rollback would be impossible). Default: the home's, when ``url`` is the home's registry (whoever opens
+            it: a task, the CLI, an alert, the models pages).
+        guard: False only to create a registry beside such versions on purpose (``pipeline registry init --adopt``).
         wait_s: how long a write waits for another writer (SQLite's busy timeout, Postgres's ``lock_timeout``);
             a read waits at most :data:`_READ_WAIT_S`. Default ``$PIPELINE_REGISTRY_WAIT_S`` or 30 s.
 
@@ -395,16 +397,17 @@ class Registry:
         ConfigError: the URL cannot be parsed.
     """
 
-    def __init__(self, url: str | URL | None = None, *, models_dir: Path | None = None,
+    def __init__(self, url: str | URL | None = None, *, models_dir: Path | None = None, guard: bool = True,
                  wait_s: float | None = None) -> None:
-        if url is None:
-            paths = get_paths()
-            url, models_dir = paths.registry_url, models_dir or paths.models_dir
+        paths = get_paths()
+        url = paths.registry_url if url is None else url
+        if guard and models_dir is None and str(url) == paths.registry_url:
+            models_dir = paths.models_dir
         try:
             self._url = sa.make_url(url)
         except ArgumentError as exc:
             raise ConfigError(f"registry URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
-        self._models_dir = models_dir
+        self._models_dir = models_dir if guard else None
         self._wait_s = _configured_wait_s() if wait_s is None else float(wait_s)
         self._engine: Engine | None = None
         self._engine_guard = threading.Lock()

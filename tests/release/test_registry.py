@@ -750,6 +750,13 @@ def test_the_default_registry_guards_the_home_s_versions(tmp_path: Path, monkeyp
     _released_version_on_disk(tmp_path / "models")
     with pytest.raises(RegistryMissing):
         Registry().versions(_MODEL)
+    from pipeline.settings import get_paths
+
+    with pytest.raises(RegistryMissing):  # whoever opens the home's registry by its URL (an alert, the models pages)
+        Registry(get_paths().registry_url).versions(_MODEL)
+    assert not (tmp_path / "registry.db").exists()
+    Registry(guard=False).ensure_schema()  # `pipeline registry init --adopt`: on purpose
+    assert (tmp_path / "registry.db").is_file()
 
 
 def test_a_registry_from_before_lock_holders_gains_the_column(registry_url: str) -> None:
