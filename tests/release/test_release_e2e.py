@@ -14,7 +14,7 @@ from pipeline.errors import DeadlineExceeded, NotFound, ValidationFailed
 from pipeline.flow import run_release
 from pipeline.release.canary import CANARY, STABLE, production_state
 from pipeline.release.context import PRODUCTION, Release
-from pipeline.release.registry import RegistryConflict, State
+from pipeline.release.registry import State
 from pipeline.release.rollback import monitor, rollback
 from pipeline.steps import resolve_config
 
@@ -85,7 +85,7 @@ def test_on_call_rollback_and_its_refusals(release_world):
     assert production_state(release).labels == {STABLE: 1}
     assert release.registry.stable_version("mnist") == 1
     assert release.registry.get_version("mnist", 2).state is State.ROLLED_BACK
-    with pytest.raises(RegistryConflict, match="from rolled_back"):
+    with pytest.raises(ValidationFailed, match="version 2 is rolled_back; refusing to roll back to it"):
         rollback(release, to_version=2)  # refused before production is touched
     assert production_state(release).labels == {STABLE: 1}
 
