@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-system-deps:  ## best effort: npm (data fetch), nginx (the live-traffic proxy), prometheus + its nginx exporter (monitoring), docker-compose (compose file check), chromium (the models pages' browser test)
+system-deps:  ## best effort: npm (data fetch), nginx (the live-traffic proxy), postgresql (the registry's tests on a real server), prometheus + its nginx exporter (monitoring), docker-compose (compose file check), chromium (the models pages' browser test)
 	@command -v npm >/dev/null || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq npm) || echo "warning: npm missing"
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (command -v apt-get >/dev/null && (apt-get install -y -qq nginx-light >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null 2>&1))) || echo "warning: nginx missing; the proxy tests will skip naming it"
 	@command -v prometheus >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1))) || echo "warning: prometheus missing; the monitoring tests will skip naming it"
 	@command -v prometheus-nginx-exporter >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -qq --no-install-recommends prometheus-nginx-exporter >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus-nginx-exporter >/dev/null 2>&1))) || echo "warning: prometheus-nginx-exporter missing; its monitoring test will skip naming it"
 	@command -v docker-compose >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -qq docker-compose >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null 2>&1))) || echo "warning: docker-compose missing; its check will skip"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1))) || echo "warning: postgresql missing; the registry's PostgreSQL tests will skip naming it"
 	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && (apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1))) || echo "warning: chromium missing; the models pages' browser test will skip naming it"
 
 data: install  ## fetch (npm pack), verify and cache both data sets, and prepare their snapshots
@@ -54,6 +55,7 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/batching.py
 	$(BIN)/python bench/release.py
+	$(BIN)/python bench/crash.py
 	$(BIN)/python bench/proxy.py
 	$(BIN)/python bench/canary_analysis.py
 	$(BIN)/python bench/canary.py

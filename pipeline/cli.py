@@ -1,7 +1,8 @@
 """``python -m pipeline <command>``: the same functions the DAGs call, for people and scripts.
 
-Every command prints its result (``--json`` for machines) and exits 0; a pipeline error prints one
-line saying what went wrong and what to do, and exits 2. Each command imports what it needs when it runs, so
+Every command prints its result (``--json`` for machines) and exits 0; a pipeline error (or a path that is not
+there) prints one line saying what went wrong and what to do, and exits 2; anything unexpected prints one line and
+exits 1 (``-v`` shows its traceback). Each command imports what it needs when it runs, so
 that ``pipeline rollback`` never waits for TensorFlow or Great Expectations to load.
 """
 
@@ -23,6 +24,7 @@ from pipeline.steps import resolve_config
 from pipeline.wire.grpc_io import prefer_classic_io
 
 _EXIT_ERROR = 2
+_EXIT_UNEXPECTED = 1
 Command = Callable[[argparse.Namespace], Any]
 _COMMANDS: dict[str, Command] = {}
 
@@ -96,10 +98,21 @@ def _release(args: argparse.Namespace) -> Any:
     def progress(task: str, seconds: float) -> None:
         print(f"  {task:<17} {seconds:7.2f} s", file=sys.stderr)
 
-    conf = json.loads(args.conf) if args.conf else {}
+    return run_release(args.model, _parse_conf(args.conf), on_task=progress)
+
+
+def _parse_conf(raw: str | None) -> dict[str, Any]:
+    """``--conf``: a JSON object (checked against the DAG's Params schema by the release's first step)."""
+    if not raw:
+        return {}
+    try:
+        conf = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"--conf is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+                            "give a JSON object, e.g. '{\"epochs\": 3}'") from None
     if not isinstance(conf, dict):
         raise PipelineError("--conf must be a JSON object, e.g. '{\"epochs\": 3}'")
-    return run_release(args.model, conf, on_task=progress)
+    return conf
 
 
 def _release_context(model: str):
@@ -112,6 +125,52 @@ def _rollback(args: argparse.Namespace) -> Any:
     from pipeline.release.rollback import rollback
 
     return rollback(_release_context(args.model), args.to, reason=args.reason)
+
+
+@command("recover")
+def _recover(args: argparse.Namespace) -> Any:
+    from pipeline.release.reconcile import reconcile
+    from pipeline.util.ids import unique_run_id
+
+    result = reconcile(_release_context(args.model), unique_run_id("recover"), reason="pipeline recover (CLI)",
+                       force=args.force)
+    return result if args.json else _describe_reconcile(result)
+
+
+def _describe_reconcile(result: dict[str, Any]) -> str:
+    model = result["model"]
+    lock = f"lock: was held by {result['lock']}" if result.get("lock") else "lock: free"
+    if not result["reconciled"]:
+        return (f"{model}: nothing done: {result['skipped']}.\n  `pipeline rollback {model}` preempts a release "
+                f"at once; `pipeline recover {model} --force` reconciles anyway (the release stops at its next step)")
+    done = "\n".join(f"  {action}" for action in result["actions"]) or "  nothing to undo: no canary left serving"
+    freed = "; taken over and freed" if result.get("lock") else ""
+    return f"{model}: reconciled production with the registry\n{done}\n  {lock}{freed}"
+
+
+@command("registry")
+def _registry(args: argparse.Namespace) -> Any:
+    from pipeline.release.registry import Registry
+
+    paths = get_paths()
+    if not args.adopt:
+        registry = Registry()  # guarded: refused, naming --adopt, when released versions are on disk
+        registry.ensure_schema()
+        return f"registry ready: {registry.where}"
+    from pipeline.release.adopt import adopt_versions
+    from pipeline.release.context import Release
+
+    registry = Registry(guard=False)  # explicit: created even beside versions on disk, then they are adopted
+    registry.ensure_schema()
+    adopted = {model: adopt_versions(Release(resolve_config(model), paths=paths, registry=registry))
+               for model in list_models()}
+    if args.json:
+        return adopted
+    lines = [f"registry ready: {registry.where}"]
+    for model, versions in adopted.items():
+        lines.append(f"  {model}: " + (", ".join(f"{v['version']} {v['state']} ({v['why']})" for v in versions)
+                                       or "nothing new on disk"))
+    return "\n".join(lines)
 
 
 @command("status")
@@ -162,7 +221,8 @@ def _traffic(args: argparse.Namespace) -> Any:
     check_endpoints(spec, configured_endpoints())  # before anything is read or sent
     load_model_config(args.model)  # an unknown model fails here, naming the known ones
     paths = _paths(args)
-    spec = replace(spec, stable_version=Registry(paths.registry_url).stable_version(args.model))
+    registry = Registry(paths.registry_url, models_dir=paths.models_dir)
+    spec = replace(spec, stable_version=registry.stable_version(args.model))
     stop = threading.Event()  # SIGTERM/SIGINT end the run early; the report still prints (the demo stops it so)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -234,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--to", type=int, help="version to roll back to (default: the last good one before stable)")
     p.add_argument("--reason", default="on-call rollback (CLI)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("recover", help="on-call: roll back a canary a dead release left serving and free its lock "
+                                       "(what every release and the monitor do first)")
+    p.add_argument("model")
+    p.add_argument("--force", action="store_true", help="even when the lock's holder looks alive or cannot be "
+                                                        "judged: its lock is preempted and a release stops")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("registry", help="create the registry; --adopt registers the versions on disk again")
+    registry_sub = p.add_subparsers(dest="registry_command", required=True)
+    p = registry_sub.add_parser("init", help="create the registry's tables (refused beside released versions "
+                                             "unless --adopt)")
+    p.add_argument("--adopt", action="store_true", help="register every version on disk, in the state the disk and "
+                                                        "the servers prove (a lost registry without a backup)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("status", help="versions on disk, what each server serves, labels, registry history")
     p.add_argument("model", nargs="?")
@@ -311,4 +384,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _EXIT_ERROR
+    except OSError as exc:  # a path that is not there, not readable, not a directory: one line, not a traceback
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return _EXIT_ERROR
+    except Exception as exc:  # noqa: BLE001 - unexpected: one line; the traceback with -v
+        if args.verbose:
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_first_line(exc)} (run with -v for the traceback)",
+              file=sys.stderr)
+        return _EXIT_UNEXPECTED
     return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no message"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import LiveCanaryConfig, list_models, load_model_config
+from pipeline.config import LiveCanaryConfig, ModelConfig, list_models, load_model_config
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,16 @@ class ReleaseSpec:
     canary: LiveCanaryConfig = field(default_factory=LiveCanaryConfig)  # the live phases: one task each
 
 
+def spec_of(config: ModelConfig) -> ReleaseSpec:
+    """The parse-time facts of one model's config."""
+    return ReleaseSpec(
+        model=config.name, task=config.task, schedule=config.release.schedule,
+        allow_fault_injection=config.release.allow_fault_injection, data_source=config.data.source,
+        epochs=config.train.epochs, learning_rate=config.train.learning_rate,
+        train_runner=config.train.runner, canary=config.canary,
+    )
+
+
 def release_specs() -> list[ReleaseSpec]:
     """One spec per ``configs/models/*.yaml``."""
-    specs = []
-    for name in list_models():
-        config = load_model_config(name)
-        specs.append(ReleaseSpec(
-            model=config.name, task=config.task, schedule=config.release.schedule,
-            allow_fault_injection=config.release.allow_fault_injection, data_source=config.data.source,
-            epochs=config.train.epochs, learning_rate=config.train.learning_rate,
-            train_runner=config.train.runner, canary=config.canary,
-        ))
-    return specs
+    return [spec_of(load_model_config(name)) for name in list_models()]

@@ -23,3 +23,7 @@ class DeadlineExceeded(PipelineError):
 
 class NotFound(PipelineError):
     """A model, version or run that was asked for does not exist."""
+
+
+class Preempted(PipelineError):
+    """An on-call rollback took the model's lock from this release: it stops and changes no server."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -20,6 +19,7 @@ from typing import Any
 
 from pipeline.config import LiveCanaryConfig
 from pipeline.live.phases import PhaseSpec, live_phases
+from pipeline.util.ids import unique_run_id
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,11 @@ _BUILD_AND_STAGE: tuple[Step, ...] = (
     Step("check_conf", lambda t, s: t.check_conf(s.model, s.conf),
          doc="Refuses a bad trigger conf (an unknown field, a bad value, a fault the model's config does not allow) "
              "before anything happens, naming the field."),
-    Step("prepare_data", lambda t, s: t.prepare_data(s.model, s.conf), ("check_conf",), idempotent=True,
+    Step("reconcile", lambda t, s: t.reconcile(s.model, s.run_id), ("check_conf",), idempotent=True,
+         doc="A canary a release that died left serving (production's `canary` label, the canary instance, the "
+             "registry's `canary`) is rolled back and recorded before this release starts; a release still running "
+             "(its process or Airflow run alive) is left alone. `pipeline recover <model>` does the same by hand."),
+    Step("prepare_data", lambda t, s: t.prepare_data(s.model, s.conf), ("reconcile",), idempotent=True,
          group=DATA,
          doc="Raw source -> deduplicated, stratified, seeded split -> content-addressed snapshot "
              "(`var/data/<model>/<sha256>/manifest.json`); reused when the source is unchanged."),
@@ -183,8 +187,9 @@ RESTORE: Step = restore_step(RELEASE_STEPS)
 
 
 def new_run_id(prefix: str = "manual") -> str:
-    """A run id no other run shares: the time for people, a random suffix for uniqueness."""
-    return f"{prefix}__{time.strftime('%Y%m%dT%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    """A run id no other run shares (it is the run's lock owner): the time for people, a random suffix for
+    uniqueness (:func:`pipeline.util.ids.unique_run_id`)."""
+    return unique_run_id(prefix)
 
 
 def run_release(model: str, conf: dict[str, Any] | None = None, run_id: str | None = None,
@@ -203,6 +208,7 @@ def run_release(model: str, conf: dict[str, Any] | None = None, run_id: str | No
     restore = restore_step(release)
 
     def run(step: Step) -> Any:
+        log.info("%s release %s: %s starts", model, run_id, step.task_id)
         start = time.perf_counter()
         results[step.task_id] = step.call(tasks, StepInput(model, conf, run_id, results))
         while step.waits and not results[step.task_id]["done"]:

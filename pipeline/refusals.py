@@ -21,12 +21,13 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pipeline.errors import ConfigError, ValidationFailed
+from pipeline.errors import ConfigError, Preempted, ValidationFailed
 
 if TYPE_CHECKING:
     from airflow.sdk.definitions.retry_policy import RetryPolicy
 
-REFUSALS: tuple[type[Exception], ...] = (ValidationFailed, ConfigError)
+# A release an on-call rollback preempted (Preempted) stops the same way: the message says who took it and when.
+REFUSALS: tuple[type[Exception], ...] = (ValidationFailed, ConfigError, Preempted)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,39 +14,37 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import steps
-from pipeline.config import FAULTS, ModelConfig
+from pipeline.conf_schema import CONF_OVERRIDES, validate_conf
+from pipeline.config import ModelConfig
+from pipeline.dag_specs import spec_of
 from pipeline.errors import ConfigError, NotFound, ValidationFailed
 from pipeline.export import CONTENT_HASH_KEY
 from pipeline.gates import Verdict
 from pipeline.live.phases import phase_named
 from pipeline.release import canary, live_canary, staging
+from pipeline.release import reconcile as reconcile_module
 from pipeline.release import rollback as rollback_module
 from pipeline.release.context import Release
 from pipeline.release.production import CANARY, STABLE, production_state
 from pipeline.release.registry import Registry, State
-from pipeline.settings import get_paths
 
 log = logging.getLogger(__name__)
 
-# Trigger-conf keys and the config fields they override.
-CONF_OVERRIDES = {
-    "epochs": "train.epochs",
-    "learning_rate": "train.learning_rate",
-    "batch_size": "train.batch_size",
-    "data_source": "data.source",
-    "data_path": "data.path",
-}
-CONF_FLAGS = ("force", "dry_run", "inject_fault")
 _TRAIN_OVERRIDES = {"train.epochs", "train.learning_rate", "train.batch_size"}
 _LOCK_WAIT_S = 900.0  # how long a release waits for another release or rollback of the same model
+_RESTORE_LOCK_WAIT_S = 120.0  # the teardown waits for a rollback that preempted the release to finish
 
 
 def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, dict[str, Any]]:
-    """The model's config with the trigger conf applied, and the flags; bad conf names the field."""
-    conf = {k: v for k, v in (conf or {}).items() if v is not None}
-    unknown = sorted(set(conf) - set(CONF_OVERRIDES) - set(CONF_FLAGS))
-    if unknown:
-        raise ConfigError(f"conf: unknown field(s) {unknown}; allowed: {sorted([*CONF_OVERRIDES, *CONF_FLAGS])}")
+    """The model's config with the trigger conf applied, and the flags; bad conf names the field.
+
+    The conf is checked against the DAG's Params schemas first (:func:`pipeline.conf_schema.validate_conf`): what a
+    trigger is refused for, ``pipeline release --conf`` is refused for. A field that is null takes the config's value
+    where its schema allows null.
+    """
+    conf = dict(conf or {})
+    validate_conf(spec_of(steps.resolve_config(model)), conf)
+    conf = {k: v for k, v in conf.items() if v is not None}
     overrides = {CONF_OVERRIDES[k]: v for k, v in conf.items() if k in CONF_OVERRIDES}
     config = steps.resolve_config(model, overrides=overrides)
     if config.train.runner != "in_process" and set(overrides) & _TRAIN_OVERRIDES:
@@ -54,8 +52,6 @@ def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, di
                           f"changed per run while {model} trains in a container (train.runner: "
                           f"{config.train.runner}); change configs/models/{model}.yaml instead")
     fault = conf.get("inject_fault")
-    if fault is not None and fault not in FAULTS:
-        raise ConfigError(f"conf.inject_fault: unknown fault {fault!r} (known: {list(FAULTS)})")
     if fault and not config.release.allow_fault_injection:
         raise ConfigError(f"conf.inject_fault: {model}'s config does not allow fault injection "
                           "(release.allow_fault_injection is false)")
@@ -64,9 +60,27 @@ def parse_conf(model: str, conf: dict[str, Any] | None) -> tuple[ModelConfig, di
 
 
 def check_conf(model: str, conf: dict[str, Any] | None) -> dict[str, Any]:
-    """First task: refuse bad conf before any side effect."""
+    """First task: refuse bad conf before any side effect (a data file that is not there included)."""
     config, flags = parse_conf(model, conf)
+    path = (conf or {}).get("data_path")
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"conf.data_path (data.path): no readable file at {path!r}")
     return {"model": config.name, **flags}
+
+
+def reconcile(model: str, run_id: str) -> dict[str, Any]:
+    """Second task: a canary left serving by a release that died is rolled back (and recorded) before this one
+    starts; a release still running is left alone (:func:`pipeline.release.reconcile.reconcile`)."""
+    return reconcile_module.reconcile(Release(steps.resolve_config(model)), run_id, reason=f"release {run_id}")
+
+
+def _hold_lock(release: Release, run_id: str) -> None:
+    """Each step that touches a server first confirms this run still holds the model's lock (and extends it).
+
+    Raises:
+        Preempted: an on-call rollback took it: the release stops here, and changes no server.
+    """
+    release.registry.refresh_lock(release.model, run_id)
 
 
 def prepare_data(model: str, conf: dict[str, Any] | None) -> dict[str, Any]:
@@ -112,8 +126,9 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
     ``release: False`` and the DAG stops there (a scheduled retrain on unchanged data is a no-op).
     """
     config, _ = parse_conf(model, conf)
-    exported = steps.export(config, run_dir, snapshot, lineage={"airflow_run_id": run_id, "params": conf or {}})
     registry = Release(config).registry
+    registry.ensure_schema()  # before the version is on disk: a released version always has a registry
+    exported = steps.export(config, run_dir, snapshot, lineage={"airflow_run_id": run_id, "params": conf or {}})
     try:
         record = registry.get_version(model, exported["version"])
     except NotFound:
@@ -121,8 +136,8 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
     state = str(record.state)
     release = exported["created"] or state == "exported"
     if not release:
-        log.warning("%s version %s is this exact model (data, params) and is already %s; nothing new to release",
-                    model, exported["version"], state)
+        log.warning("%s version %s is this exact model (data, params) and is already %s; nothing new to release "
+                    "(change the data, the params or the conf to release another)", model, exported["version"], state)
     return {**exported, "state": state, "release": release}
 
 
@@ -151,7 +166,9 @@ def deploy_staging(model: str, version: int, run_id: str) -> dict[str, Any]:
 
 def validate_staging(model: str, conf: dict[str, Any] | None, version: int, run_id: str) -> dict[str, Any]:
     config, _ = parse_conf(model, conf)
-    verdict = staging.validate_on_staging(Release(config), version, run_id)
+    release = Release(config)
+    _hold_lock(release, run_id)
+    verdict = staging.validate_on_staging(release, version, run_id)
     _enforce(verdict)
     return verdict.to_dict()
 
@@ -164,6 +181,7 @@ def should_promote(conf: dict[str, Any] | None) -> bool:
 def promote_canary(model: str, version: int, run_id: str) -> dict[str, Any]:
     """Live where the profile has a traffic path and production has a stable to compare with; else the label."""
     release = Release(steps.resolve_config(model))
+    _hold_lock(release, run_id)
     if live_canary.live_path_configured(release) and production_state(release).label(STABLE) is not None:
         return live_canary.promote_live(release, version, run_id)
     return {**canary.promote_canary(release, version, run_id), "live": False, "why_not_live": _why_not_live(release)}
@@ -178,6 +196,7 @@ def _why_not_live(release: Release) -> str:
 def canary_check(model: str, version: int, run_id: str) -> dict[str, Any]:
     """The golden and held-out probes through the canary label, before any live request reaches it."""
     release = Release(steps.resolve_config(model))
+    _hold_lock(release, run_id)
     if live_canary.is_live(release, version):
         return canary.canary_gate(release, version, run_id, live=True).to_dict()
     return canary.canary_gate(release, version, run_id).to_dict()
@@ -192,6 +211,7 @@ def live_phase(model: str, version: int, run_id: str, phase: str, budget_s: floa
     """Watch one live phase for up to ``budget_s``: ``done`` once it passed; raises (after the rollback) when it
     failed or could not decide. A release that did not go live has nothing to watch (``done``, and why)."""
     release = Release(steps.resolve_config(model))
+    _hold_lock(release, run_id)
     spec = phase_named(release.config.canary, phase)
     if not live_canary.is_live(release, version):
         if release.registry.get_version(model, version).state is not State.CANARY:
@@ -204,6 +224,7 @@ def live_phase(model: str, version: int, run_id: str, phase: str, budget_s: floa
 
 def finalize(model: str, version: int, run_id: str) -> dict[str, Any]:
     release = Release(steps.resolve_config(model))
+    _hold_lock(release, run_id)  # preempted: the lock is the rollback's now, nothing to free
     try:
         if live_canary.is_live(release, version):
             return live_canary.finalize_live(release, version, run_id)
@@ -213,17 +234,29 @@ def finalize(model: str, version: int, run_id: str) -> dict[str, Any]:
 
 
 def restore_production(model: str, version: int | None, run_id: str) -> dict[str, Any]:
-    """After any failure past staging: make sure the canary is gone and stable untouched; free the locks."""
+    """After any failure past staging: make sure the canary is gone and stable untouched; free the locks.
+
+    It works under the model's lock: still this run's, or, when an on-call rollback preempted the run, taken once
+    the rollback is done (so the two never change a server at the same time).
+    """
     release = Release(steps.resolve_config(model))
+    nothing = {"restored": False, "reason": "no canary of this run on production"}
     try:
-        if version is not None and live_canary.is_live(release, version):
-            return live_canary.rollback_live(release, version, run_id, ["the release failed after promotion"])
-        if version is not None and production_state(release).label(CANARY) == version:
-            return canary.rollback_canary(release, version, ["the release failed after promotion"], run_id)
-        return {"restored": False, "reason": "no canary of this run on production"}
+        if version is None or not _serves_canary(release, version):
+            return nothing  # no lock needed (the run may never have got it: it waited for another release)
+        with release.registry.lock(model, run_id, timeout_s=_RESTORE_LOCK_WAIT_S):
+            if live_canary.is_live(release, version):  # again under the lock: a rollback may have removed it
+                return live_canary.rollback_live(release, version, run_id, ["the release failed after promotion"])
+            if production_state(release).label(CANARY) == version:
+                return canary.rollback_canary(release, version, ["the release failed after promotion"], run_id)
+            return nothing
     finally:
         release.registry.release_lock(model, run_id)
         release.registry.release_lock(live_canary.TRAFFIC_LOCK, run_id)
+
+
+def _serves_canary(release: Release, version: int) -> bool:
+    return live_canary.is_live(release, version) or production_state(release).label(CANARY) == version
 
 
 def rollback(model: str, to_version: int | None, run_id: str | None, reason: str = "on-call rollback") -> dict[str, Any]:
@@ -240,7 +273,7 @@ def monitor(model: str, run_id: str | None) -> dict[str, Any]:
 
 def record_task_failure(model: str, run_id: str | None, task_id: str | None, reason: str) -> str:
     """on_failure_callback body: write the failure to the registry and free this run's lock; returns one line."""
-    registry = Registry(get_paths().registry_url)
+    registry = Registry()  # the home's, guarded: a lost registry is reported, not recreated here
     registry.record_failure(model, run_id, task_id, reason)
     if run_id:
         registry.release_lock(model, run_id)

@@ -42,6 +42,7 @@ class AirflowApiStub:
     requests: list[Received] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     notes: dict[tuple[str, str], str] = field(default_factory=dict)
+    run_states: dict[tuple[str, str], str] = field(default_factory=dict)  # (dag_id, run_id) -> state; else running
     port: int = 0
 
     @property
@@ -78,7 +79,8 @@ class AirflowApiStub:
             key = (unquote(match["dag"]), unquote(match["run"]))
             if got.method == "PATCH":
                 self.notes[key] = got.body["note"]
-            return 200, {"dag_id": key[0], "dag_run_id": key[1], "note": self.notes.get(key)}
+            return 200, {"dag_id": key[0], "dag_run_id": key[1], "note": self.notes.get(key),
+                         "state": self.run_states.get(key, "running")}
         return 404, {"detail": "no such route in the stub"}
 
 

@@ -9,13 +9,14 @@ import pytest
 from pipeline import flow, tasks
 from pipeline.flow import RELEASE_STEPS, RESTORE, new_run_id, run_release
 
-_ORDER = ["check_conf", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
+_ORDER = ["check_conf", "reconcile", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
           "deploy_staging", "validate_staging", "unless_dry_run", "promote_canary", "canary_check",
           "shadow", "canary_5pct", "canary_25pct", "canary_50pct", "finalize"]
 _PHASES = {"shadow": "shadow", "canary_5pct": "5%", "canary_25pct": "25%", "canary_50pct": "50%"}
 # Each step's task function in pipeline.tasks, and what a fake of it returns.
 _FAKES: dict[str, tuple[str, Any]] = {
     "check_conf": ("check_conf", {"model": "m"}),
+    "reconcile": ("reconcile", {"model": "m", "reconciled": True, "actions": []}),
     "prepare_data": ("prepare_data", {"snapshot": "/snap"}),
     "validate_data": ("validate_data", {"success": True}),
     "train": ("train", {"run_dir": "/run"}),
@@ -137,3 +138,20 @@ def test_run_ids_are_unique_within_a_second():
     ids = {new_run_id() for _ in range(200)}
     assert len(ids) == 200 and all(i.startswith("manual__") for i in ids)
     assert flow.new_run_id("cli").startswith("cli__")
+
+
+def test_run_ids_made_in_the_same_instant_in_many_processes_are_unique():
+    import multiprocessing
+
+    from pipeline.util.ids import unique_run_id
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        ids = pool.map(unique_run_id, ["manual"] * 400)
+    assert len(set(ids)) == 400
+
+
+def test_the_second_step_reconciles_production_before_anything_else(calls):
+    run_release("m", {}, run_id="r7")
+    names = [name for name, _ in calls]
+    assert names[:3] == ["check_conf", "reconcile", "prepare_data"]
+    assert dict(calls)["reconcile"] == ("m", "r7")

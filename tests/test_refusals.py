@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError, NotFound, ValidationFailed
+from pipeline.errors import ConfigError, NotFound, Preempted, ValidationFailed
 from pipeline.gates import Verdict
 from pipeline.refusals import Refused, refusal_retry_policy, refusals_end_quietly
 
@@ -50,6 +50,15 @@ def test_a_refused_conf_is_a_refusal_too_and_anything_else_keeps_its_type():
     assert caught.value.kind == "ConfigError"
     with pytest.raises(NotFound):
         refusals_end_quietly(crash)()
+
+
+def test_a_release_preempted_by_a_rollback_stops_as_a_refusal():
+    def preempted() -> None:
+        raise Preempted("mnist: release 'r1' was preempted by 'rollback__x'")
+
+    with pytest.raises(Refused, match="preempted by 'rollback__x'") as caught:
+        refusals_end_quietly(preempted)()
+    assert caught.value.kind == "Preempted"
 
 
 def test_the_wrapped_body_keeps_the_signature_airflow_reads_and_its_name():

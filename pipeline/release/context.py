@@ -37,8 +37,8 @@ class Release:
     _samples: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        if self.registry is None:
-            self.registry = Registry(self.paths.registry_url)
+        if self.registry is None:  # guarded: lost while released versions are on disk, it is refused, not recreated
+            self.registry = Registry(self.paths.registry_url, models_dir=self.paths.models_dir)
 
     @property
     def model(self) -> str:

@@ -26,15 +26,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import NotFound, PipelineError, ValidationFailed
-from pipeline.live.analysis import Analysis, analyze
 from pipeline.live.endpoints import CANARY_INSTANCE, TrafficRouter, TrafficSplit, traffic_config
-from pipeline.live.observations import LogPosition, join, log_position, read_entries
 from pipeline.live.phases import PhaseSpec
-from pipeline.live.routing import HasAccessLog, router_for
-from pipeline.live.store import captured
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
 from pipeline.release.registry import LivePhase, State
@@ -42,6 +38,12 @@ from pipeline.release.retention import apply_retention
 from pipeline.release.served_events import record_served_change
 from pipeline.release.serving_state import ServedState, change_served_state, served_state
 from pipeline.wire import model_config as mc
+
+if TYPE_CHECKING:
+    from pipeline.live.analysis import Analysis
+
+# The analysis, the observations and the router load when a phase is looked at or the split moves, not on import:
+# every on-call rollback imports this module, and its seconds count (bench/crash.py).
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ def is_live(release: Release, version: int) -> bool:
 
 
 def router(release: Release) -> TrafficRouter:
+    from pipeline.live.routing import router_for
+
     return router_for(release.paths)
 
 
@@ -150,6 +154,10 @@ def look_at_phase(release: Release, version: int, run_id: str, phase: PhaseSpec)
                                f"(aborted or rolled back meanwhile); phase {phase.name} ends here")
     record = _phase_record(release, version, run_id, phase)
     elapsed = (datetime.now(UTC) - record.started_at).total_seconds()
+    from pipeline.live.analysis import analyze
+    from pipeline.live.observations import LogPosition, join, read_entries
+    from pipeline.live.store import captured
+
     window = LogPosition.from_dict(record.window) if record.window else None
     since = record.started_at.timestamp()
     captures = captured(release.model, since=since, paths=release.paths)
@@ -178,6 +186,9 @@ def _phase_record(release: Release, version: int, run_id: str, phase: PhaseSpec)
 
 
 def _window_start(traffic: TrafficRouter) -> dict[str, Any]:
+    from pipeline.live.observations import log_position
+    from pipeline.live.routing import HasAccessLog
+
     if isinstance(traffic, HasAccessLog):  # nginx, here or in the compose proxy container: its log's end now
         return log_position(traffic.access_log_path).as_dict()
     return {}  # Gateway API: no access log here; the window is the captured (mirrored) requests

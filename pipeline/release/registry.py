@@ -9,7 +9,10 @@ Tables, created on first use:
 - ``model_versions``: one row per (model, version) with its lineage and its *current* state.
 - ``transitions``: one row per state change (from, to, when, Airflow run id, reason).
 - ``events``: task failures reported by Airflow's ``on_failure_callback``.
-- ``locks``: one row per locked model; cross-process mutual exclusion for releases and rollbacks.
+- ``locks``: one row per locked model; cross-process mutual exclusion for releases and rollbacks. Each row records
+  its holder (host, pid and start time, Airflow run): a lock whose holder died is taken over at once
+  (:mod:`pipeline.release.lock_owner`), an expired one too.
+- ``preemptions``: one row per release lock an on-call rollback took; the release stops at its next step.
 - ``live_phases``: one row per phase of a live canary (shadow, each weighted step): its split, when it started,
   its decision and every figure of its analysis, updated at each look.
 
@@ -23,6 +26,11 @@ The life of a version (``_ALLOWED`` is the full table)::
 Exactly one version of a model is ``promoted`` (= stable now): promoting a version moves the previous
 stable to ``superseded`` in the same transaction, and a partial unique index enforces it in the database.
 
+Every wait is bounded (:data:`WAIT_ENV`), reads never need the write lock (SQLite in WAL mode; the schema is only
+created when missing), and a locked, unreachable or corrupt registry is one :class:`RegistryUnavailable` naming it.
+A registry missing or emptied while released versions are on disk is refused (:class:`RegistryMissing`), never
+recreated empty: ``pipeline registry init --adopt`` registers the versions on disk again.
+
 Imported by DAG files at parse time: stdlib and SQLAlchemy only at module level, no I/O at import.
 """
 
@@ -30,10 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -42,9 +52,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError
 
-from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, PipelineError
+from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, PipelineError, Preempted
+from pipeline.release.lock_owner import RELEASE, Holder, Liveness, liveness, this_process
 from pipeline.settings import get_paths
 
 _log = logging.getLogger(__name__)
@@ -52,7 +63,11 @@ _log = logging.getLogger(__name__)
 _DEFAULT_LOCK_TIMEOUT_S = 600.0
 _DEFAULT_LOCK_TTL_S = 1800.0
 _DEFAULT_LOCK_POLL_S = 0.25
-_DEFAULT_SQLITE_BUSY_TIMEOUT_S = 30.0
+_AIRFLOW_ASK_EVERY_S = 5.0  # how often a waiting acquisition asks Airflow whether the holder's run still runs
+WAIT_ENV = "PIPELINE_REGISTRY_WAIT_S"
+_DEFAULT_WAIT_S = 30.0  # a write waits this long for another writer
+_READ_WAIT_S = 5.0  # a read waits at most this long (WAL: readers do not wait for writers)
+_CONNECT_TIMEOUT_S = 10.0
 # Execution option that marks a connection whose transaction will write (SQLite: BEGIN IMMEDIATE).
 _WRITE_OPTION = "pipeline_registry_write"
 
@@ -103,6 +118,15 @@ class RegistryConflict(PipelineError):
     """The registry refused a change that contradicts what it holds (a transition, a version clash)."""
 
 
+class RegistryUnavailable(PipelineError):
+    """The registry cannot be used now: locked by another process past the wait, unreachable, or corrupt.
+    The message names the file (or the URL, password hidden) and what to do."""
+
+
+class RegistryMissing(RegistryUnavailable):
+    """The registry is missing or empty while released versions exist on disk: it is not recreated empty."""
+
+
 class _UTCDateTime(sa.types.TypeDecorator):
     """Aware UTC datetimes in Python, naive UTC in the database (portable across SQLite and Postgres)."""
 
@@ -126,7 +150,7 @@ model_versions = sa.Table(
     "model_versions",
     _metadata,
     sa.Column("model", sa.String(128), primary_key=True),
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("version", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("state", sa.String(32), nullable=False),
     sa.Column("created_at", _UTCDateTime, nullable=False),
     sa.Column("data_sha256", sa.String(64)),
@@ -151,7 +175,7 @@ transitions = sa.Table(
     _metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("model", sa.String(128), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("from_state", sa.String(32)),
     sa.Column("to_state", sa.String(32), nullable=False),
     sa.Column("at", _UTCDateTime, nullable=False),
@@ -180,14 +204,30 @@ locks = sa.Table(
     sa.Column("owner", sa.String(250), nullable=False),
     sa.Column("acquired_at", _UTCDateTime, nullable=False),
     sa.Column("expires_at", _UTCDateTime, nullable=False),
+    sa.Column("holder", sa.JSON),  # lock_owner.Holder: host, pid, start time, purpose, Airflow run (added later)
 )
+
+# One row per lock an on-call rollback took from a release: the release finds it at its next step and stops.
+preemptions = sa.Table(
+    "preemptions",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("owner", sa.String(250), nullable=False),  # the release that lost the lock
+    sa.Column("by_owner", sa.String(250), nullable=False),
+    sa.Column("at", _UTCDateTime, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Index("ix_preemptions_model_owner", "model", "owner"),
+)
+# Columns added to existing tables after their first release: (table, column), added on first use when missing.
+_ADDED_COLUMNS = (("locks", "holder"),)
 
 live_phases = sa.Table(
     "live_phases",
     _metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("model", sa.String(128), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("phase", sa.String(32), nullable=False),
     sa.Column("canary_percent", sa.Float, nullable=False),
@@ -236,7 +276,7 @@ class TransitionRecord:
 
 @dataclass(frozen=True)
 class FailureEvent:
-    """A task failure reported by Airflow."""
+    """A recorded event: a task failure reported by Airflow (``kind`` failure), a reconcile."""
 
     id: int
     model: str
@@ -244,6 +284,7 @@ class FailureEvent:
     task_id: str | None
     reason: str
     at: datetime
+    kind: str = "failure"
 
 
 @dataclass(frozen=True)
@@ -274,6 +315,7 @@ class LockInfo:
     """Who holds a model's lock and until when.
 
     Attributes:
+        holder: the process that took or last confirmed it (None in rows written before holders were recorded).
         reentered: True when the owner already held the lock before this acquisition.
     """
 
@@ -282,6 +324,32 @@ class LockInfo:
     acquired_at: datetime
     expires_at: datetime
     reentered: bool = False
+    holder: Holder | None = None
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at < _utcnow()
+
+    def describe(self) -> str:
+        """``'<owner>' (<holder>) since <t>, expiring <t>``: who to ask, or what to wait for."""
+        who = f"{self.owner!r}" + (f" ({self.holder.describe()})" if self.holder else "")
+        return f"{who} since {self.acquired_at.isoformat()}, expiring {self.expires_at.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """An on-call rollback took a release's lock: the release stops at its next step."""
+
+    model: str
+    owner: str
+    by_owner: str
+    at: datetime
+    reason: str
+
+    def message(self) -> str:
+        return (f"{self.model}: release {self.owner!r} was preempted by {self.by_owner!r} at {self.at:%H:%M:%SZ} "
+                f"({self.reason or 'on-call rollback'}); it stops here and changes no server. Production serves "
+                f"what the rollback left: `pipeline status {self.model}`")
 
 
 class HeldLock:
@@ -311,21 +379,36 @@ def _utcnow() -> datetime:
 class Registry:
     """The release registry behind one SQLAlchemy URL.
 
-    Construction is cheap and does no I/O: the engine is made, and the tables created, on first use.
+    Construction is cheap and does no I/O: the engine is made, and the tables created, on first use. Every wait is
+    bounded and every database failure is a :class:`RegistryUnavailable` naming the file (or URL) and what to do.
 
     Args:
         url: SQLAlchemy URL; default ``get_paths().registry_url`` (``$PIPELINE_REGISTRY_URL`` or
             ``sqlite:///$PIPELINE_HOME/registry.db``).
+        models_dir: the pipeline home's ``models/`` directory. When given, a registry found missing or empty while
+            versions exported by a release are there raises :class:`RegistryMissing` instead of being created empty
+            (rollback would be impossible). Default: the home's, when ``url`` is the home's registry (whoever opens
+            it: a task, the CLI, an alert, the models pages).
+        guard: False only to create a registry beside such versions on purpose (``pipeline registry init --adopt``).
+        wait_s: how long a write waits for another writer (SQLite's busy timeout, Postgres's ``lock_timeout``);
+            a read waits at most :data:`_READ_WAIT_S`. Default ``$PIPELINE_REGISTRY_WAIT_S`` or 30 s.
 
     Raises:
         ConfigError: the URL cannot be parsed.
     """
 
-    def __init__(self, url: str | URL | None = None) -> None:
+    def __init__(self, url: str | URL | None = None, *, models_dir: Path | None = None, guard: bool = True,
+                 wait_s: float | None = None) -> None:
+        paths = get_paths()
+        url = paths.registry_url if url is None else url
+        if guard and models_dir is None and str(url) == paths.registry_url:
+            models_dir = paths.models_dir
         try:
-            self._url = sa.make_url(url or get_paths().registry_url)
+            self._url = sa.make_url(url)
         except ArgumentError as exc:
             raise ConfigError(f"registry URL {url!r} is not a SQLAlchemy URL: {exc}") from exc
+        self._models_dir = models_dir if guard else None
+        self._wait_s = _configured_wait_s() if wait_s is None else float(wait_s)
         self._engine: Engine | None = None
         self._engine_guard = threading.Lock()
 
@@ -333,6 +416,12 @@ class Registry:
     def url(self) -> str:
         """The URL, password hidden."""
         return self._url.render_as_string(hide_password=True)
+
+    @property
+    def where(self) -> str:
+        """What an error names: the SQLite file, else the URL (password hidden)."""
+        database = _sqlite_file(self._url)
+        return str(database) if database is not None else self.url
 
     def __repr__(self) -> str:
         return f"Registry({self.url!r})"
@@ -342,6 +431,17 @@ class Registry:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
+
+    def ensure_schema(self) -> None:
+        """Connects and creates missing tables now (first use does it anyway).
+
+        Export calls it before it writes a version, so a version a release put on disk always has a registry.
+
+        Raises:
+            RegistryMissing: the registry is missing or empty while released versions are on disk.
+            RegistryUnavailable: it cannot be reached, is locked past the wait, or is corrupt.
+        """
+        self._ready()
 
     # ----------------------------------------------------------------- versions
 
@@ -540,26 +640,27 @@ class Registry:
 
     def record_failure(self, model: str, run_id: str | None, task_id: str | None, reason: str) -> None:
         """Records a failed task (Airflow's ``on_failure_callback``); changes no version's state."""
-        values = dict(
-            model=model, kind="failure", run_id=run_id, task_id=task_id, reason=reason, at=_utcnow()
-        )
+        self.record_event(model, "failure", run_id, task_id, reason)
+
+    def record_event(self, model: str, kind: str, run_id: str | None, task_id: str | None, reason: str) -> None:
+        """Records something that happened to ``model`` (``failure``, ``reconcile``); changes no version's state."""
+        values = dict(model=model, kind=kind, run_id=run_id, task_id=task_id, reason=reason, at=_utcnow())
         with self._write() as conn:
             conn.execute(events.insert().values(**values))
 
     def failures(self, model: str, limit: int | None = None) -> list[FailureEvent]:
         """Recorded task failures of ``model``, newest first."""
-        query = (
-            sa.select(events)
-            .where(events.c.model == model, events.c.kind == "failure")
-            .order_by(events.c.id.desc())
-            .limit(limit)
-        )
+        return self.events(model, "failure", limit)
+
+    def events(self, model: str, kind: str | None = None, limit: int | None = None) -> list[FailureEvent]:
+        """Recorded events of ``model`` (of one ``kind`` when given), newest first."""
+        query = sa.select(events).where(events.c.model == model)
+        if kind is not None:
+            query = query.where(events.c.kind == kind)
         with self._read() as conn:
-            rows = conn.execute(query).mappings()
-            return [
-                FailureEvent(r["id"], r["model"], r["run_id"], r["task_id"], r["reason"], r["at"])
-                for r in rows
-            ]
+            rows = conn.execute(query.order_by(events.c.id.desc()).limit(limit)).mappings()
+            return [FailureEvent(r["id"], r["model"], r["run_id"], r["task_id"], r["reason"], r["at"], r["kind"])
+                    for r in rows]
 
     # -------------------------------------------------------------- live phases
 
@@ -604,23 +705,28 @@ class Registry:
         owner: str,
         timeout_s: float = _DEFAULT_LOCK_TIMEOUT_S,
         ttl_s: float = _DEFAULT_LOCK_TTL_S,
+        *,
+        purpose: str = RELEASE,
+        preempt: Collection[str] = (),
+        reason: str = "",
     ) -> Iterator[HeldLock]:
         """Holds ``model``'s lock for the ``with`` block, across processes and hosts.
 
         If ``owner`` already held the lock (taken by an earlier task of the same Airflow run), the block
-        runs under it and leaves it held on exit.
+        runs under it and leaves it held on exit. See :meth:`acquire_lock` for the rest.
 
         Raises:
             DeadlineExceeded: another owner kept the lock for ``timeout_s``; the message names it.
         """
-        info = self.acquire_lock(model, owner, timeout_s=timeout_s, ttl_s=ttl_s)
+        info = self.acquire_lock(model, owner, timeout_s=timeout_s, ttl_s=ttl_s, purpose=purpose, preempt=preempt,
+                                 reason=reason)
         try:
             yield HeldLock(self, info, ttl_s)
         finally:
             if not info.reentered and not self.release_lock(model, owner):
                 _log.warning(
-                    "lock on %s by %s expired and was taken by another owner during the block; "
-                    "raise ttl_s or call refresh() in long work",
+                    "lock on %s by %s was taken by another owner during the block (it expired, or a rollback "
+                    "preempted it); raise ttl_s or call refresh() in long work",
                     model,
                     owner,
                 )
@@ -631,25 +737,46 @@ class Registry:
         owner: str,
         timeout_s: float = _DEFAULT_LOCK_TIMEOUT_S,
         ttl_s: float = _DEFAULT_LOCK_TTL_S,
+        *,
+        purpose: str = RELEASE,
+        preempt: Collection[str] = (),
+        reason: str = "",
     ) -> LockInfo:
         """Takes ``model``'s lock for ``owner`` until released or ``ttl_s`` passes; waits ``timeout_s``.
 
         Use this (and :meth:`release_lock`) to hold a lock across tasks of one Airflow run, with the
-        run id as owner. Re-acquiring by the same owner succeeds and extends the expiry. An expired lock
-        of another owner (a crashed holder) is taken over.
+        run id as owner. Re-acquiring by the same owner (of the same Airflow run) succeeds, extends the expiry
+        and records the calling process as the holder. The row records who holds it
+        (:class:`~pipeline.release.lock_owner.Holder`). Taken over at once, with a warning naming who held it:
+
+        - an expired lock;
+        - a lock whose holder is dead (:func:`~pipeline.release.lock_owner.liveness`: its process is gone, or its
+          Airflow run no longer runs);
+        - a lock held for one of the ``preempt`` purposes (an on-call rollback preempts a release): recorded as a
+          :class:`Preemption`, which the release finds at its next :meth:`refresh_lock` and stops.
+
+        Args:
+            purpose: what the lock is held for (``release``, ``rollback``, ``reconcile``), recorded with the holder.
+            reason: recorded with a preemption.
 
         Raises:
-            DeadlineExceeded: another owner kept the lock for ``timeout_s``; the message names it.
+            DeadlineExceeded: another owner kept the lock for ``timeout_s``; the message names it and its process.
         """
+        me = this_process(purpose)
+        judge = _HolderJudge()
         deadline = time.monotonic() + timeout_s
         while True:
-            info = self._attempt_lock(model, owner, ttl_s)
+            info = self._attempt_lock(model, owner, ttl_s, me, frozenset(), reason)
+            if info is None:  # a preempting caller does not wait for Airflow's answer: it preempts anyway
+                info = self._take_over_if_dead(model, owner, ttl_s, me, judge, ask_airflow=not preempt)
+            if info is None and preempt:
+                info = self._attempt_lock(model, owner, ttl_s, me, frozenset(preempt), reason)
             if info is not None:
                 return info
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 holder = self.lock_holder(model)
-                raise DeadlineExceeded(_lock_timeout_message(model, owner, timeout_s, holder))
+                raise DeadlineExceeded(_lock_timeout_message(model, owner, timeout_s, holder, judge.last_why))
             time.sleep(min(remaining, _DEFAULT_LOCK_POLL_S * random.uniform(0.5, 1.5)))
 
     def release_lock(self, model: str, owner: str) -> bool:
@@ -659,82 +786,253 @@ class Registry:
             return conn.execute(query).rowcount == 1
 
     def refresh_lock(self, model: str, owner: str, ttl_s: float = _DEFAULT_LOCK_TTL_S) -> LockInfo:
-        """Moves the expiry of ``owner``'s lock to ``ttl_s`` from now.
+        """Confirms ``owner`` still holds the lock: moves its expiry to ``ttl_s`` from now and records this process
+        as its holder. Each release step calls it first.
 
         Raises:
+            Preempted: an on-call rollback took the lock; the message says who, when and why.
             DeadlineExceeded: ``owner`` no longer holds the lock (it expired and another owner took it).
         """
+        me = this_process()
         with self._write() as conn:
-            expires_at = _utcnow() + timedelta(seconds=ttl_s)
-            updated = _update_lock(conn, model, locks.c.owner == owner, expires_at=expires_at)
-            info = _read_lock(conn, model) if updated else None
-        if info is None:
-            raise DeadlineExceeded(
-                f"lock on {model!r} by {owner!r} was lost (now held by "
-                f"{_describe_holder(self.lock_holder(model))}); stop and rerun the release"
-            )
-        return info
+            current = _read_lock(conn, model, for_update=True)
+            info = None
+            if current is not None and current.owner == owner and me.same_run(current.holder):
+                purpose = current.holder.purpose if current.holder else me.purpose
+                holder = Holder(**{**me.as_dict(), "purpose": purpose})
+                expires_at = _utcnow() + timedelta(seconds=ttl_s)
+                _update_lock(conn, model, locks.c.owner == owner, expires_at=expires_at, holder=holder.as_dict())
+                info = _read_lock(conn, model)
+        if info is not None:
+            return info
+        preemption = self.preemption(model, owner)
+        if preemption is not None:
+            raise Preempted(preemption.message())
+        raise DeadlineExceeded(
+            f"lock on {model!r} by {owner!r} was lost (now held by "
+            f"{_describe_holder(self.lock_holder(model))}); stop and rerun the release"
+        )
 
     def lock_holder(self, model: str) -> LockInfo | None:
         """Who holds ``model``'s lock (possibly expired), or None."""
         with self._read() as conn:
             return _read_lock(conn, model)
 
-    def _attempt_lock(self, model: str, owner: str, ttl_s: float) -> LockInfo | None:
-        """One atomic try: re-enter our own lock, take over an expired one, or insert a new row."""
+    def lock_liveness(self, model: str) -> tuple[LockInfo | None, Liveness, str]:
+        """Who holds ``model``'s lock and whether that holder still runs (None, dead, "free" when nobody does).
+
+        An expired lock counts as dead: anyone may take it over."""
+        holder = self.lock_holder(model)
+        if holder is None:
+            return None, Liveness.DEAD, "free"
+        if holder.expired:
+            return holder, Liveness.DEAD, f"expired at {holder.expires_at.isoformat()}"
+        verdict, why = liveness(holder.holder)
+        return holder, verdict, why
+
+    def preemption(self, model: str, owner: str) -> Preemption | None:
+        """The last preemption of ``owner``'s lock on ``model``, or None."""
+        query = (sa.select(preemptions).where(preemptions.c.model == model, preemptions.c.owner == owner)
+                 .order_by(preemptions.c.id.desc()).limit(1))
+        with self._read() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        return Preemption(row["model"], row["owner"], row["by_owner"], row["at"], row["reason"] or "")
+
+    def _attempt_lock(self, model: str, owner: str, ttl_s: float, me: Holder, preempt: frozenset[str],
+                      reason: str) -> LockInfo | None:
+        """One atomic try: insert a new row, re-enter our own lock, or take over an expired or preempted one."""
         now = _utcnow()
-        expires_at = now + timedelta(seconds=ttl_s)
+        values = dict(owner=owner, acquired_at=now, expires_at=now + timedelta(seconds=ttl_s), holder=me.as_dict())
         with self._write() as conn:
-            if _update_lock(conn, model, locks.c.owner == owner, expires_at=expires_at):
-                return _read_lock(conn, model, reentered=True)
-            taken = dict(owner=owner, acquired_at=now, expires_at=expires_at)
-            previous = _read_lock(conn, model)
-            if previous is not None and _update_lock(conn, model, locks.c.expires_at < now, **taken):
-                _log.warning("took over the expired lock on %s from %s", model, previous.owner)
+            current = _read_lock(conn, model, for_update=True)
+            if current is None:
+                try:
+                    with conn.begin_nested():  # a savepoint, so a lost insert race keeps the transaction usable
+                        conn.execute(locks.insert().values(model=model, **values))
+                except IntegrityError:
+                    return None
                 return _read_lock(conn, model)
-            try:
-                with conn.begin_nested():  # a savepoint, so a lost insert race keeps the transaction usable
-                    conn.execute(locks.insert().values(model=model, **taken))
-            except IntegrityError:
+            if current.owner == owner and me.same_run(current.holder):
+                _update_lock(conn, model, locks.c.owner == owner, expires_at=values["expires_at"],
+                             holder=values["holder"])
+                return _read_lock(conn, model, reentered=True)
+            held_for = current.holder.purpose if current.holder else RELEASE
+            if not current.expired and held_for not in preempt:
                 return None
-            return _read_lock(conn, model)
+            _update_lock(conn, model, locks.c.owner == current.owner, **values)
+            if not current.expired:
+                conn.execute(preemptions.insert().values(model=model, owner=current.owner, by_owner=owner, at=now,
+                                                         reason=reason))
+            taken = _read_lock(conn, model)
+        how = "the expired lock" if current.expired else f"the {held_for}'s lock (preempted: {reason or owner})"
+        _log.warning("%s took over %s on %s from %s", owner, how, model, current.describe())
+        return taken
+
+    def _take_over_if_dead(self, model: str, owner: str, ttl_s: float, me: Holder, judge: _HolderJudge,
+                           ask_airflow: bool = True) -> LockInfo | None:
+        """Takes the lock from a holder that is dead (checked outside any transaction: it may ask Airflow)."""
+        current = self.lock_holder(model)
+        if current is None or current.owner == owner:
+            return None  # freed meanwhile, or ours from another run: the next attempt decides
+        verdict, why = judge.judge(current, ask_airflow)
+        if verdict is not Liveness.DEAD:
+            return None
+        now = _utcnow()
+        with self._write() as conn:  # only if the same holder still has it (compare and swap)
+            same = sa.and_(locks.c.owner == current.owner, locks.c.acquired_at == current.acquired_at)
+            taken = _update_lock(conn, model, same, owner=owner, acquired_at=now,
+                                 expires_at=now + timedelta(seconds=ttl_s), holder=me.as_dict())
+            info = _read_lock(conn, model) if taken else None
+        if info is not None:
+            _log.warning("%s took over the lock on %s from %s: its holder is dead (%s)", owner, model,
+                         current.describe(), why)
+        return info
 
     # --------------------------------------------------------------- plumbing
 
     def _ready(self) -> Engine:
-        """The engine, created with the tables on first use."""
+        """The engine, created with the tables on first use (refused when a released home lost its registry)."""
         with self._engine_guard:
             if self._engine is None:
-                engine = _create_engine(self._url)
-                _create_schema(engine)
+                database = _sqlite_file(self._url)
+                if database is not None and (not database.exists() or database.stat().st_size == 0):
+                    self._refuse_if_versions_released()  # before connecting creates the file
+                engine = _create_engine(self._url, self._wait_s)
+                try:
+                    with self._translated(self._wait_s):
+                        _ensure_schema(engine, self._refuse_if_versions_released)
+                except BaseException:
+                    engine.dispose()
+                    raise
                 self._engine = engine
             return self._engine
+
+    def _refuse_if_versions_released(self) -> None:
+        if self._models_dir is None:
+            return
+        found = _released_versions(self._models_dir)
+        if found:
+            listed = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+            raise RegistryMissing(
+                f"the registry {self.where} is missing or empty, but {len(found)} released version(s) are on disk "
+                f"under {self._models_dir} ({listed}); it is not recreated empty (their history and every rollback "
+                "target would be lost). Restore it from a backup, or register the versions on disk again with "
+                "`pipeline registry init --adopt`")
+
+    @contextlib.contextmanager
+    def _translated(self, waited_s: float) -> Iterator[None]:
+        """Database failures as one clear :class:`RegistryUnavailable` naming the registry; conflicts pass."""
+        try:
+            yield
+        except IntegrityError:
+            raise
+        except sa.exc.OperationalError as exc:
+            raise RegistryUnavailable(_operational_message(self.where, exc, waited_s)) from exc
+        except sa.exc.DatabaseError as exc:
+            raise RegistryUnavailable(
+                f"the registry {self.where} is not a readable registry database ({_first_line(exc.orig)}); move it "
+                "aside and restore it from a backup, or register the versions on disk again with "
+                "`pipeline registry init --adopt`") from exc
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         """A connection in a write transaction, committed at the end of the block."""
-        with self._ready().connect() as conn:
+        engine = self._ready()
+        with self._translated(self._wait_s), engine.connect() as conn:
             conn.execution_options(**{_WRITE_OPTION: True})
             with conn.begin():
                 yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._ready().connect() as conn:
+        engine = self._ready()
+        with self._translated(min(self._wait_s, _READ_WAIT_S)), engine.connect() as conn:
             yield conn
+
+
+class _HolderJudge:
+    """Judges a lock's holder while an acquisition waits: a local process at every try, an Airflow run's state at
+    most every :data:`_AIRFLOW_ASK_EVERY_S` (the verdict is kept in between)."""
+
+    def __init__(self) -> None:
+        self._asked: dict[tuple[str, datetime], tuple[float, Liveness, str]] = {}
+        self.last_why = ""
+
+    def judge(self, current: LockInfo, ask_airflow: bool = True) -> tuple[Liveness, str]:
+        key = (current.owner, current.acquired_at)
+        asked = self._asked.get(key)
+        if asked is not None and time.monotonic() - asked[0] < _AIRFLOW_ASK_EVERY_S:
+            verdict, why = asked[1], asked[2]
+        else:
+            verdict, why = liveness(current.holder, ask_airflow=ask_airflow)
+            if ask_airflow and current.holder is not None and current.holder.in_airflow:
+                self._asked[key] = (time.monotonic(), verdict, why)
+        self.last_why = why
+        return verdict, why
 
 
 # ------------------------------------------------------------------- engine
 
 
-def _create_engine(url: URL) -> Engine:
+def _configured_wait_s() -> float:
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    if not raw:
+        return _DEFAULT_WAIT_S
+    try:
+        wait_s = float(raw)
+    except ValueError:
+        raise ConfigError(f"${WAIT_ENV} must be a number of seconds, got {raw!r}") from None
+    if not 0 < wait_s <= 3600:
+        raise ConfigError(f"${WAIT_ENV} must be above 0 and at most 3600 seconds, got {raw!r}")
+    return wait_s
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL (None for other databases and in-memory ones)."""
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:" or \
+            url.database.startswith("file:"):
+        return None
+    return Path(url.database).expanduser()
+
+
+def _create_engine(url: URL, wait_s: float) -> Engine:
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
-    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": _DEFAULT_SQLITE_BUSY_TIMEOUT_S})
+        return _create_server_engine(url, wait_s)
+    database = _sqlite_file(url)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    read_wait_s = min(wait_s, _READ_WAIT_S)
+    engine = sa.create_engine(url, connect_args={"timeout": read_wait_s})
+
+    def begin(conn: Connection) -> None:
+        # BEGIN IMMEDIATE takes the write lock at once (waiting up to the busy timeout). A deferred
+        # transaction that reads and then writes can fail with "database is locked" without waiting.
+        # Reads wait less: in WAL mode they never wait for a writer, only for a checkpoint or a recovery.
+        writes = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={int((wait_s if writes else read_wait_s) * 1000)}")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
+
     sa.event.listen(engine, "connect", _configure_sqlite_connection)
-    sa.event.listen(engine, "begin", _begin_sqlite_transaction)
+    sa.event.listen(engine, "begin", begin)
+    return engine
+
+
+def _create_server_engine(url: URL, wait_s: float) -> Engine:
+    """Postgres (or another server): a bounded connect, and a bounded wait for row locks."""
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": int(_CONNECT_TIMEOUT_S)}
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    if url.get_backend_name() == "postgresql":
+        def bound_lock_waits(dbapi_connection: Any, connection_record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"SET lock_timeout = '{int(wait_s * 1000)}ms'")
+            cursor.close()
+            dbapi_connection.commit()
+
+        sa.event.listen(engine, "connect", bound_lock_waits)
     return engine
 
 
@@ -743,33 +1041,95 @@ def _configure_sqlite_connection(dbapi_connection: Any, connection_record: Any) 
     # (SQLAlchemy's documented recipe), so reads see one snapshot and writers take the lock up front.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    # WAL lets readers go on while a writer commits; the busy timeout makes writers wait, not fail.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(_DEFAULT_SQLITE_BUSY_TIMEOUT_S * 1000)}")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    try:
+        # WAL lets readers go on while a writer commits. It is a property of the file, set once: switching needs
+        # the write lock, so it is only asked for when the file is not in WAL mode yet.
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:  # another process holds the file: read in its mode, switch next time
+                _log.debug("registry: journal mode not switched to WAL (the file is busy)")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
 
 
-def _begin_sqlite_transaction(conn: Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock at once (waiting up to the busy timeout). A deferred
-    # transaction that reads and then writes can fail with "database is locked" without waiting.
-    writes = conn.get_execution_options().get(_WRITE_OPTION, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
-
-
-def _create_schema(engine: Engine) -> None:
-    """Creates missing tables; a second try covers another process creating them at the same time."""
-    for attempt in range(2):
+def _ensure_schema(engine: Engine, refuse_if_released: Callable[[], None]) -> None:
+    """Creates missing tables and columns. Looks first, read-only: a registry that has them all (every use but the
+    first) never waits for the write lock here. A registry without its main table while released versions are on
+    disk is refused (``refuse_if_released``), never recreated empty."""
+    missing = _missing_schema(engine)
+    if not missing:
+        return
+    if model_versions.name in missing:
+        refuse_if_released()
+    for attempt in range(2):  # a second try covers another process creating them at the same time
         try:
             with engine.connect() as conn:
                 conn.execution_options(**{_WRITE_OPTION: True})
                 with conn.begin():
                     _metadata.create_all(conn)
+                    _add_missing_columns(conn)
             return
-        except DBAPIError:
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, IntegrityError):
+            if not _missing_schema(engine):
+                return  # another process created them meanwhile
             if attempt == 1:
                 raise
             time.sleep(_DEFAULT_LOCK_POLL_S)
+
+
+def _missing_schema(engine: Engine) -> set[str]:
+    """Names of the missing tables and ``table.column`` of the missing added columns (empty: all there)."""
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        tables = set(inspector.get_table_names())
+        missing = {table.name for table in _metadata.sorted_tables} - tables
+        for table, column in _ADDED_COLUMNS:
+            if table in tables and column not in {c["name"] for c in inspector.get_columns(table)}:
+                missing.add(f"{table}.{column}")
+    return missing
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    inspector = sa.inspect(conn)
+    for table, column in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            kind = _metadata.tables[table].c[column].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _released_versions(models_dir: Path) -> list[str]:
+    """``model/N`` of every version under ``models_dir`` that a release exported (its metadata names the Airflow
+    or CLI run that registered it); versions built by hand (``pipeline build``) were never registered."""
+    from pipeline.wire.version_dirs import list_versions, read_metadata, version_dir
+
+    found: list[str] = []
+    if not models_dir.is_dir():
+        return found
+    for base in sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for version in list_versions(base):
+            try:
+                metadata = read_metadata(version_dir(base, version))
+            except (OSError, ValueError, PipelineError):
+                continue
+            if metadata.get("airflow_run_id"):
+                found.append(f"{base.name}/{version}")
+    return found
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _operational_message(where: str, exc: sa.exc.OperationalError, waited_s: float) -> str:
+    detail = _first_line(exc.orig)
+    if any(word in detail.lower() for word in ("locked", "busy", "lock timeout", "could not obtain lock")):
+        return (f"the registry {where} is locked by another process: gave up after waiting {waited_s:g}s "
+                f"({detail}). Retry when that process is done (a long write, or a stuck `sqlite3` shell); "
+                f"${WAIT_ENV} sets the wait")
+    return f"the registry {where} cannot be used: {detail}"
 
 
 # ------------------------------------------------------------- version rows
@@ -975,23 +1335,23 @@ def _update_lock(conn: Connection, model: str, condition: Any, **values: Any) ->
     return conn.execute(query).rowcount == 1
 
 
-def _read_lock(conn: Connection, model: str, reentered: bool = False) -> LockInfo | None:
-    row = conn.execute(sa.select(locks).where(locks.c.model == model)).mappings().first()
+def _read_lock(conn: Connection, model: str, reentered: bool = False, for_update: bool = False) -> LockInfo | None:
+    query = sa.select(locks).where(locks.c.model == model)
+    row = conn.execute(query.with_for_update() if for_update else query).mappings().first()
     if row is None:
         return None
-    return LockInfo(row["model"], row["owner"], row["acquired_at"], row["expires_at"], reentered)
+    return LockInfo(row["model"], row["owner"], row["acquired_at"], row["expires_at"], reentered,
+                    Holder.from_dict(row["holder"]))
 
 
 def _describe_holder(holder: LockInfo | None) -> str:
-    if holder is None:
-        return "nobody"
-    since, until = holder.acquired_at.isoformat(), holder.expires_at.isoformat()
-    return f"{holder.owner!r} since {since}, expiring {until}"
+    return "nobody" if holder is None else holder.describe()
 
 
-def _lock_timeout_message(model: str, owner: str, timeout_s: float, holder: LockInfo | None) -> str:
+def _lock_timeout_message(model: str, owner: str, timeout_s: float, holder: LockInfo | None, why: str) -> str:
     return (
-        f"{owner!r} waited {timeout_s:g}s for the lock on {model!r}, held by {_describe_holder(holder)}; "
-        "wait for that release or rollback to finish, or if its holder died, for the lock to expire "
-        "(or release it by hand with Registry.release_lock)"
+        f"{owner!r} waited {timeout_s:g}s for the lock on {model!r}, held by {_describe_holder(holder)}"
+        + (f" ({why})" if why and holder is not None else "")
+        + "; wait for that release or rollback to finish. A holder that died is taken over at once when this host "
+        "or Airflow can tell; `pipeline recover <model>` frees it by hand, and `pipeline rollback` preempts a release"
     )

@@ -16,10 +16,13 @@ from pipeline.errors import NotFound, ValidationFailed
 from pipeline.gates import Verdict
 from pipeline.release import live_canary
 from pipeline.release.context import PRODUCTION, Release
+from pipeline.release.lock_owner import RELEASE, ROLLBACK
 from pipeline.release.probes import Target, golden_probe
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
+from pipeline.release.reconcile import reconcile
 from pipeline.release.registry import State
 from pipeline.release.served_events import record_served_change
+from pipeline.util.ids import unique_run_id
 from pipeline.wire.version_dirs import has_saved_model, read_golden
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,7 @@ log = logging.getLogger(__name__)
 # States a rollback may go to: stable before (superseded since) or validated and never promoted; never the canary
 # under test, a version rolled back, rejected or failed.
 TARGET_STATES = (State.SUPERSEDED, State.VALIDATED)
-_DEFAULT_LOCK_TIMEOUT_S = 90.0  # a release whose live canary was just aborted frees it at its next look
+_DEFAULT_LOCK_TIMEOUT_S = 90.0  # only another rollback (or a reconcile) is waited for: a release is preempted
 
 
 def choose_rollback_target(release: Release, current: int | None, to_version: int | None) -> int:
@@ -91,14 +94,16 @@ def rollback(release: Release, to_version: int | None = None, *, run_id: str | N
              reason: str = "on-call rollback") -> dict[str, Any]:
     """Point production's ``stable`` at a known-good version; the bad one is unloaded and recorded.
 
-    A live canary of the model is aborted first (split 0 at once), then the release lock is waited for: the
-    release that ran the canary fails at its next look and frees it.
+    On-call always wins: a live canary of the model is aborted first (split 0 at once), then the model's lock is
+    taken at once from a release holding it (preempted: recorded, and the release stops at its next step without
+    touching a server again). A dead holder's lock is taken over at once; only another rollback is waited for.
     """
-    owner = run_id or f"rollback-{int(time.time())}"
+    run_id = run_id or unique_run_id("rollback")  # the lock's owner and what the registry records
     aborted = abort_live_canary(release, reason)
     if aborted is not None:
         log.warning("%s: live canary %s aborted (split 0) before the rollback", release.model, aborted)
-    with release.registry.lock(release.model, owner, timeout_s=_DEFAULT_LOCK_TIMEOUT_S):
+    with release.registry.lock(release.model, run_id, timeout_s=_DEFAULT_LOCK_TIMEOUT_S, purpose=ROLLBACK,
+                               preempt=(RELEASE,), reason=reason):
         # Choose and check the target before touching any server: a refused rollback changes nothing.
         target = choose_rollback_target(release, release.registry.stable_version(release.model), to_version)
         started = time.perf_counter()
@@ -143,11 +148,15 @@ def probe_stable(release: Release) -> Verdict:
 
 
 def monitor(release: Release, run_id: str | None = None) -> dict[str, Any]:
-    """Probe stable; when it fails, roll back to the last good version on our own and say why.
+    """Reconcile, then probe stable; when it fails, roll back to the last good version on our own and say why.
 
-    A production server that is down is started again first (it loads what its models.config says): a dead
+    A canary no live release holds (its release died) is rolled back first (:func:`~pipeline.release.reconcile.
+    reconcile`). A production server that is down is started again (it loads what its models.config says): a dead
     process is not a bad model, and must not cost the model its stable version.
     """
+    reconciled = reconcile(release, run_id or unique_run_id("monitor"), reason="canary_monitor")
+    if reconciled["actions"]:
+        log.warning("%s: the monitor reconciled production first: %s", release.model, "; ".join(reconciled["actions"]))
     if production_state(release).versions:
         release.backend(PRODUCTION).start(timeout_s=release.config.serving.load_deadline_s)
     try:
@@ -155,6 +164,6 @@ def monitor(release: Release, run_id: str | None = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - an unreachable or broken stable is a failed probe
         verdict = Verdict("monitor", False, [f"probe failed: {exc}"])
     if verdict.blessed:
-        return {"healthy": True, **verdict.figures}
+        return {"healthy": True, **verdict.figures, "reconciled": reconciled["actions"]}
     rolled = rollback(release, run_id=run_id, reason=f"canary_monitor: {verdict.summary()}")
-    return {"healthy": False, "reasons": verdict.reasons, "rollback": rolled}
+    return {"healthy": False, "reasons": verdict.reasons, "rollback": rolled, "reconciled": reconciled["actions"]}

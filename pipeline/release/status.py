@@ -68,7 +68,8 @@ def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str,
         "on_disk": list_versions(release.base_path),
         "stable": stable,
         "last_good_before_stable": registry.last_good_version(release.model, before=stable),
-        "lock": None if holder is None else f"{holder.owner} until {holder.expires_at:%H:%M:%SZ}",
+        "lock": None if holder is None else f"{holder.owner} until {holder.expires_at:%H:%M:%SZ}"
+                + (f" ({holder.holder.describe()})" if holder.holder else ""),
         "servers": {name: _server_view(release, name) for name in _instances(release)},
         "live": _live_view(release, limit=history),
         "versions": [

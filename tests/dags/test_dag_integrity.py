@@ -60,7 +60,7 @@ def test_each_file_parses_fast_and_imports_nothing_heavy():
 
 def test_release_dag_shape(dagbag):
     dag = dagbag.dags["mnist_release"]
-    order = ["check_conf", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
+    order = ["check_conf", "reconcile", "prepare_data", "validate_data", "train", "evaluate", "export", "has_new_version",
              "deploy_staging", "validate_staging", "unless_dry_run", "promote_canary", "canary_check",
              "shadow", "canary_5pct", "canary_25pct", "canary_50pct", "finalize"]
     assert set(order) | {"restore_production"} == set(dag.task_ids)
@@ -78,7 +78,7 @@ def test_release_tasks_sit_in_stage_groups_and_keep_their_ids(dagbag):
     dag = dagbag.dags["mnist_release"]
     groups = {task.task_id: task.task_group.group_id for task in dag.tasks}
     assert groups == {
-        "check_conf": None,
+        "check_conf": None, "reconcile": None,
         "prepare_data": "data", "validate_data": "data",
         "train": "training", "evaluate": "training", "export": "training", "has_new_version": "training",
         "deploy_staging": "staging", "validate_staging": "staging", "unless_dry_run": "staging",
@@ -89,7 +89,7 @@ def test_release_tasks_sit_in_stage_groups_and_keep_their_ids(dagbag):
     live = dag.task_group.get_task_group_dict()["live"]
     assert live.parent_group.group_id == "production"
     top = [child.group_id if hasattr(child, "children") else child.task_id for child in dag.task_group.children.values()]
-    assert top == ["check_conf", "data", "training", "staging", "production"]  # the graph's one readable row
+    assert top == ["check_conf", "reconcile", "data", "training", "staging", "production"]  # the graph's one readable row
     assert all(group.tooltip for group in dag.task_group.get_task_group_dict().values() if group.group_id)
 
 
@@ -168,6 +168,35 @@ def test_params_schema_refuses_bad_conf(dagbag, field, value):
                                          ("inject_fault", None), ("inject_fault", "label_shift")])
 def test_params_schema_accepts_the_edges(dagbag, field, value):
     assert dagbag.dags["mnist_release"].params.get_param(field).resolve(value) == value
+
+
+@pytest.mark.parametrize("field,value", [
+    ("force", "false"), ("force", "true"), ("force", 1), ("force", True), ("dry_run", "no"), ("dry_run", False),
+    ("epochs", True), ("epochs", 1), ("epochs", 2.0), ("epochs", 2.5), ("epochs", "3"), ("epochs", 0),
+    ("epochs", 1001), ("epochs", None), ("learning_rate", 0.5), ("learning_rate", 1), ("learning_rate", "0.1"),
+    ("batch_size", None), ("batch_size", 0), ("batch_size", 16), ("batch_size", False), ("data_source", "ftp"),
+    ("data_source", "keras"), ("data_path", 7), ("inject_fault", "meteor"), ("inject_fault", "label_shift"),
+    ("inject_fault", None), ("inject_fault", ""),
+])
+def test_the_cli_conf_is_refused_exactly_where_the_dag_params_refuse(dagbag, field, value):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    from pipeline import tasks
+    from pipeline.errors import ConfigError
+
+    param = dagbag.dags["mnist_release"].params.get_param(field)
+    try:
+        param.resolve(value)
+        dag_accepts = True
+    except ParamValidationError:
+        dag_accepts = False
+    try:
+        tasks.parse_conf("mnist", {field: value})
+        cli_accepts = True
+    except ConfigError as exc:
+        cli_accepts = False
+        assert str(exc).startswith(f"conf.{field}"), exc  # the field is named first
+    assert cli_accepts == dag_accepts, f"{field}={value!r}: the DAG {'accepts' if dag_accepts else 'refuses'} it"
 
 
 def test_fault_injection_only_where_config_allows(dagbag):

