@@ -110,7 +110,8 @@ def test_a_live_canary_left_on_the_canary_instance_is_rolled_back_split_first(re
     move(release, 1, State.STAGED, State.VALIDATED, State.PROMOTED)
     change_production(release, [1], {STABLE: 1})
     move(release, 2, State.STAGED, State.VALIDATED, State.CANARY)
-    change_served_state(release.backend(CANARY_INSTANCE), MODEL, release.base_path, [1, 2], {STABLE: 1, CANARY: 2}, 10)
+    change_served_state(release.backend(CANARY_INSTANCE), MODEL, release.base_path, [1, 2], {STABLE: 1, CANARY: 2}, 10,
+                        registry=release.registry)
     router.set_split(TrafficSplit(25, 0), 1)  # the 25 % phase was running when the release died
     lock_of_a_dead_release(release.paths.registry_url, MODEL, "manual__live")
 
