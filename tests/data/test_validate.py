@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +69,10 @@ def test_class_balance_table_counts_missing_classes_as_zero(image_splits):
     assert balance["fraction"].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
-def test_example_table_of_ten_thousand_images_is_fast(image_maker):
-    images = image_maker(10_000, 4, seed=0)  # built outside the timing
-    start = time.perf_counter()
-    example_table({"train": images})
-    assert time.perf_counter() - start < 1.0
+def test_example_table_of_ten_thousand_images_has_a_row_each(image_maker):
+    images = image_maker(10_000, 4, seed=0)
+    table = example_table({"train": images})
+    assert len(table) == 10_000 and set(table["split"]) == {"train"}
 
 
 # --- passing --------------------------------------------------------------------------------
@@ -113,14 +111,13 @@ def test_no_docs_dir_writes_nothing(image_splits, validation_config, tmp_path, m
 
 
 @pytest.mark.slow
-def test_ten_thousand_images_validate_within_budget(image_maker, validation_config, tmp_path):
-    import great_expectations  # noqa: F401 - the import (~3-6 s here) is not what this measures
-
+def test_ten_thousand_images_validate(image_maker, validation_config, tmp_path):
+    """The full-size case passes and writes its Data Docs; its time is bench/build.py's figure, not a test's."""
     images = image_maker(10_000, 4, seed=0)
     splits = {"train": images.subset(np.arange(8000)), "test": images.subset(np.arange(8000, 10_000))}
-    start = time.perf_counter()
-    validate_splits(splits, validation_config, tmp_path)
-    assert time.perf_counter() - start < 5.0
+    report = validate_splits(splits, validation_config, tmp_path)
+    assert report.success
+    assert report.docs_path is not None and report.docs_path.exists()
 
 
 # --- failing, each with a message naming the problem --------------------------------------------

