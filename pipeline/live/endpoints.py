@@ -10,6 +10,7 @@ and Prometheus listen::
       grpc_port: 8500
       capture_port: 8701       # the capture service (mirror + feedback)
       prometheus_port: 9490
+      monitor_mirror_percent: 20  # mirrored to capture while no canary is live: production monitoring's window
 
 Light: pydantic and the profile only; no servers are touched here.
 """
@@ -41,6 +42,9 @@ class TrafficConfig(BaseModel):
     capture_port: int = Field(8701, ge=1, le=65535)
     prometheus_host: str | None = None  # where Prometheus listens (default: host)
     prometheus_port: int = Field(9490, ge=1, le=65535)
+    # The share of live requests mirrored to the capture service while no live canary runs, so production
+    # monitoring (drift, live accuracy) has a window to judge; a canary phase sets its own share.
+    monitor_mirror_percent: float = Field(0.0, ge=0, le=100)
     # nginx_watched only: the runtime directory shared with the proxy container, at the same path in both.
     proxy_dir: str | None = None
     # gateway_api only: the routes whose backend weights and mirror filter the pipeline patches.
@@ -103,6 +107,17 @@ def traffic_config(profile: str | None = None) -> TrafficConfig:
         return TrafficConfig.model_validate(loaded.traffic)
     except ValidationError as exc:
         raise ConfigError(f"serving profile {loaded.name!r}: {describe_errors(exc, 'traffic')}") from None
+
+
+def idle_split(config: TrafficConfig | None = None) -> TrafficSplit:
+    """The split while no live canary runs: nothing to the canary, ``monitor_mirror_percent`` to capture (nothing
+    mirrored where the profile has no ``traffic:`` section)."""
+    if config is None:
+        try:
+            config = traffic_config()
+        except NotFound:
+            return TrafficSplit(0.0, 0.0)
+    return TrafficSplit(0.0, config.monitor_mirror_percent)
 
 
 def live_endpoints(profile: str | None = None) -> LiveEndpoints:

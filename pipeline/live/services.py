@@ -19,7 +19,14 @@ from pathlib import Path
 
 from pipeline.config import list_models
 from pipeline.errors import NotFound, PipelineError
-from pipeline.live.endpoints import CANARY_INSTANCE, PRODUCTION_INSTANCE, TrafficConfig, live_endpoints, traffic_config
+from pipeline.live.endpoints import (
+    CANARY_INSTANCE,
+    PRODUCTION_INSTANCE,
+    TrafficConfig,
+    idle_split,
+    live_endpoints,
+    traffic_config,
+)
 from pipeline.live.proxy import NginxProxy, ProxySpec, UpstreamSpec
 from pipeline.live.routing import proxy_runtime_dir
 from pipeline.serving.backends import get_backend
@@ -62,7 +69,7 @@ def start_live_path(paths: Paths) -> dict[str, str]:
     proxy = NginxProxy(proxy_runtime_dir(paths), supervisor=services)
     spec = ProxySpec(host=config.host, rest_port=config.rest_port, grpc_port=config.grpc_port,
                      stable=UpstreamSpec.of(production), canary=UpstreamSpec.of(canary),
-                     mirror_url=endpoints.capture_url)
+                     mirror_url=endpoints.capture_url, mirror_percent=idle_split(config).mirror_percent)
     if proxy.is_running():  # keep the split in effect: a live canary may be running
         running = proxy.spec()
         spec = spec.model_copy(update={"canary_percent": running.canary_percent,

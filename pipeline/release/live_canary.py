@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import NotFound, PipelineError, ValidationFailed
-from pipeline.live.endpoints import CANARY_INSTANCE, TrafficRouter, TrafficSplit, traffic_config
+from pipeline.live.endpoints import CANARY_INSTANCE, TrafficRouter, TrafficSplit, idle_split, traffic_config
 from pipeline.live.phases import PhaseSpec
 from pipeline.release.context import PRODUCTION, Release
 from pipeline.release.production import CANARY, STABLE, change_production, production_state
@@ -94,7 +94,7 @@ def promote_live(release: Release, version: int, run_id: str) -> dict[str, Any]:
     release.registry.acquire_lock(TRAFFIC_LOCK, run_id, timeout_s=_TRAFFIC_LOCK_WAIT_S, ttl_s=_PHASE_TTL_S)
     traffic = router(release)
     try:
-        traffic.set_split(TrafficSplit(0, 0), _SPLIT_TIMEOUT_S)  # a split left over by a crashed run routes nothing
+        traffic.set_split(idle_split(), _SPLIT_TIMEOUT_S)  # a split left over by a crashed run routes nothing
     except NotFound as exc:
         release.registry.release_lock(TRAFFIC_LOCK, run_id)
         raise NotFound(f"{release.model}: the production endpoint is not running ({exc}); `pipeline up` starts it. "
@@ -236,7 +236,7 @@ def finalize_live(release: Release, version: int, run_id: str | None) -> dict[st
     versions = sorted({version} | ({previous} if previous is not None else set()))
     # Production first: while the split still sends a share to the canary instance, both answer with N.
     change_production(release, versions, {STABLE: version})
-    router(release).set_split(TrafficSplit(0, 0), _SPLIT_TIMEOUT_S)
+    router(release).set_split(idle_split(), _SPLIT_TIMEOUT_S)
     _unload_from_canary(release)
     release.registry.transition(release.model, version, State.PROMOTED, run_id=run_id,
                                 reason=f"live canary passed every phase; stable {previous} -> {version}")
@@ -252,7 +252,7 @@ def finalize_live(release: Release, version: int, run_id: str | None) -> dict[st
 def rollback_live(release: Release, version: int, run_id: str | None, reasons: list[str]) -> dict[str, Any]:
     """Route nothing to the canary (first: users stop seeing it), record the rollback, unload it. Idempotent."""
     started = time.perf_counter()
-    router(release).set_split(TrafficSplit(0, 0), _SPLIT_TIMEOUT_S)
+    router(release).set_split(idle_split(), _SPLIT_TIMEOUT_S)
     split_0 = time.perf_counter() - started
     record = release.registry.get_version(release.model, version)
     if record.state is State.CANARY:

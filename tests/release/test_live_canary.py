@@ -63,13 +63,17 @@ class LiveWorld:
     capture: CaptureService
 
 
+_IDLE_MIRROR_PERCENT = 10  # the share monitoring keeps mirrored once no canary is live
+
+
 def _write_profile(root, ports: list[int]) -> None:
     path = root / "configs" / "serving" / "embedded.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     profile: dict[str, Any] = {
         "instances": {name: {"backend": "local", "rest_port": 0, "grpc_port": 0} for name in _INSTANCES},
         "traffic": {"router": "nginx", "host": "127.0.0.1", "rest_port": ports[0], "grpc_port": ports[1],
-                    "capture_port": ports[2], "prometheus_port": ports[3]},
+                    "capture_port": ports[2], "prometheus_port": ports[3],
+                    "monitor_mirror_percent": _IDLE_MIRROR_PERCENT},
     }
     path.write_text(yaml.safe_dump(profile))
     template = root / "configs" / "proxy" / "nginx.conf.template"  # the world's config dir holds the proxy's too
@@ -186,7 +190,7 @@ def test_a_good_candidate_walks_every_phase_to_stable_and_no_client_request_fail
     assert finalized["stable"] == 2 and finalized["previous"] == 1
     state = production_state(release)
     assert state.labels == {STABLE: 2} and state.versions == (1, 2)
-    assert router_for(release.paths).current_split() == TrafficSplit(0, 0)
+    assert router_for(release.paths).current_split() == TrafficSplit(0, _IDLE_MIRROR_PERCENT)
     assert live_canary.canary_state(release).versions == ()
     assert release.registry.get_version(release.model, 2).state is State.PROMOTED
     phases = sorted(release.registry.live_phases(release.model, run_id="run-good"), key=lambda p: p.id)
@@ -211,7 +215,7 @@ def test_a_bad_candidate_is_rolled_back_by_the_live_analysis_and_no_client_reque
     finally:
         report = clients.finish()
     assert production_state(release).labels == {STABLE: 1} and production_state(release).versions == (1,)
-    assert router_for(release.paths).current_split() == TrafficSplit(0, 0)
+    assert router_for(release.paths).current_split() == TrafficSplit(0, _IDLE_MIRROR_PERCENT)
     assert live_canary.canary_state(release).versions == ()
     assert release.registry.get_version(release.model, 2).state is State.ROLLED_BACK
     assert release.registry.stable_version(release.model) == 1
@@ -238,7 +242,7 @@ def test_an_on_call_rollback_aborts_a_live_canary_first_and_the_phase_ends_there
 
     done = rollback(release, reason="on-call: bad canary")
     assert done["aborted_live_canary"] == 3 and (done["from"], done["to"]) == (2, 1)
-    assert router_for(release.paths).current_split() == TrafficSplit(0, 0)
+    assert router_for(release.paths).current_split() == TrafficSplit(0, _IDLE_MIRROR_PERCENT)
     assert live_canary.canary_state(release).versions == ()
     assert release.registry.get_version(release.model, 3).state is State.ROLLED_BACK
     assert production_state(release).labels == {STABLE: 1}
