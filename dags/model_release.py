@@ -25,7 +25,7 @@ from airflow.sdk import (
     teardown,
 )
 
-from pipeline.assets import served_inlets
+from pipeline.assets import raw_data_asset, served_inlets
 from pipeline.conf_schema import conf_fields, field_schema
 from pipeline.config import LiveCanaryConfig
 from pipeline.dag_specs import ReleaseSpec, release_specs
@@ -173,7 +173,7 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
     model = spec.model
     steps = release_steps(spec.canary)
     restore_spec = restore_step(steps)
-    raw_data = Asset(name=f"{model}_raw_data", uri=f"pipeline://raw-data/{model}")
+    raw_data = raw_data_asset(model)
     with DAG(
         dag_id=f"{model}_release",
         schedule=_schedule(spec, raw_data),
