@@ -189,15 +189,6 @@ def ingest_live_labels(model: str, *, paths: Paths | None = None, config: ModelC
                        skipped=dict(decoded.skipped))
 
 
-def announce_pending(model: str, *, paths: Paths | None = None, config: ModelConfig | None = None) -> IngestResult:
-    """Announce the newest data version if enough ingested examples wait (e.g. Airflow was down at the ingest)."""
-    paths = paths or get_paths()
-    config = config or load_model_config(model)
-    with landing_lock(paths.data_dir, model):
-        parts = committed_parts(paths.data_dir, model)
-        return _nothing(config, paths, parts, "pending", "nothing ingested now")
-
-
 # ---- one ingest -------------------------------------------------------------------------------------------------
 
 
