@@ -380,3 +380,9 @@ def _check_kind(config: ModelConfig, examples: Examples, input_name: str) -> Non
         raise IngestRefused(f"{input_name}: no examples")
     if examples.kind == "image" and examples.x.ndim != 3:
         raise IngestRefused(f"{input_name}: images must be (n, 28, 28)")
+    if examples.kind == "image" and examples.x.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            fractional = int((np.isfinite(examples.x) & (examples.x != np.round(examples.x))).any(axis=(1, 2)).sum())
+        if fractional:
+            raise IngestRefused(f"{input_name}: pixels must be whole grey levels 0..255; {fractional} image(s) hold "
+                                "fractions (scaled to 0..1? multiply by 255 first)")

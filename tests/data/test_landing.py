@@ -112,6 +112,11 @@ def test_pixels_out_of_range_are_refused_whole(world, tmp_path):
     _refusal(world, _npz(tmp_path / "pixels.npz", new, x=x), "pixel_max: values must be between 0 and 255")
 
 
+def test_scaled_pixels_are_refused_whole(world, tmp_path):
+    new = make_images(30, 3, seed=3)
+    _refusal(world, _npz(tmp_path / "scaled.npz", new, x=new.x / 255.0), "hold fractions")
+
+
 def test_a_duplicate_file_and_a_file_of_known_examples_are_refused(world, tmp_path):
     config, paths, base = world
     path = _npz(tmp_path / "new.npz", make_images(40, 3, seed=4))
