@@ -128,7 +128,8 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
     config, _ = parse_conf(model, conf)
     registry = Release(config).registry
     registry.ensure_schema()  # before the version is on disk: a released version always has a registry
-    exported = steps.export(config, run_dir, snapshot, lineage={"airflow_run_id": run_id, "params": conf or {}})
+    exported = steps.export(config, run_dir, snapshot,  # the data version too: `registry init --adopt` reads it
+                            lineage={"airflow_run_id": run_id, "params": conf or {}, **_data_version_of(snapshot)})
     try:
         record = registry.get_version(model, exported["version"])
     except NotFound:
@@ -161,6 +162,8 @@ def _data_version_of(snapshot: str | None) -> dict[str, Any]:
     if manifest_path is None or not manifest_path.is_file():
         return {}
     manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("data_version"):
+        return {}
     parts = [{k: part.get(k) for k in ("sha256", "examples", "added", "origin")} for part in manifest.get("parts", [])]
     return {"data_version": manifest.get("data_version"), "data_parts": parts}
 

@@ -303,3 +303,13 @@ def test_text_files_label_outside_the_set_half_written_and_good(text_world, tmp_
     assert result.new_examples == 30 and result.total_examples is None  # the source was never prepared here
     snapshot = prepare_snapshot(config, paths)
     assert sum(snapshot.manifest["counts"][s]["total"] for s in SPLITS) == 230
+
+
+def test_ingests_at_the_same_time_both_count(world, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [_npz(tmp_path / f"{i}.npz", make_images(25, 3, seed=30 + i)) for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda path: _ingest(world, path), files))
+    assert sorted(r.new_examples for r in results) == [25, 25]
+    assert {p.sha256 for p in _committed(world)} == {r.part for r in results}  # no commit lost the other's part

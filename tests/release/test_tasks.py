@@ -169,3 +169,7 @@ def test_a_retrain_on_ingested_data_records_its_data_version_and_unchanged_data_
     assert record.data_version == ingested.data_version == prepared["data_version"] and prepared["parts"] == 1
     assert [(p["sha256"], p["added"]) for p in record.data_parts] == [(ingested.part, 60)]
     assert (third["version"], third["created"], third["release"]) == (second["version"], False, False)
+    from pipeline.wire.version_dirs import read_metadata
+
+    metadata = read_metadata(Path(second["path"]))  # what `registry init --adopt` would register again
+    assert metadata["data_version"] == ingested.data_version and metadata["data_parts"] == record.data_parts
