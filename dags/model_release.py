@@ -56,7 +56,9 @@ each weighted step of live traffic → finalize: `stable` → N, previous stable
 `restore_production` (a teardown) makes sure no canary of this run is left serving and frees the release lock,
 whatever happened. Each task's docs say what it does and where its report is.
 
-Trigger with the form, or `airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
+Starts on its schedule, on new data (an event of the `{model}_raw_data` asset, posted by `pipeline ingest {model}`
+once enough new labelled examples came in; it trains on the newest data version), or by hand: the form, or
+`airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
 Conf: `epochs`, `learning_rate`, `batch_size`, `data_source`, `data_path`, `force` (skip the baseline gate),
 `dry_run` (stop after staging), `inject_fault` (only where the config allows it; no gate is ever overridden for
 it: `label_shift` is refused by evaluate, `input_convention` (image models: trained on raw 0..255 pixels while
