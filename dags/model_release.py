@@ -25,7 +25,7 @@ from airflow.sdk import (
     teardown,
 )
 
-from pipeline.assets import served_inlets
+from pipeline.assets import raw_data_asset, served_inlets
 from pipeline.conf_schema import conf_fields, field_schema
 from pipeline.config import LiveCanaryConfig
 from pipeline.dag_specs import ReleaseSpec, release_specs
@@ -56,7 +56,9 @@ each weighted step of live traffic → finalize: `stable` → N, previous stable
 `restore_production` (a teardown) makes sure no canary of this run is left serving and frees the release lock,
 whatever happened. Each task's docs say what it does and where its report is.
 
-Trigger with the form, or `airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
+Starts on its schedule, on new data (an event of the `{model}_raw_data` asset, posted by `pipeline ingest {model}`
+once enough new labelled examples came in; it trains on the newest data version), or by hand: the form, or
+`airflow dags trigger {model}_release --conf '{{"epochs": 3}}'`.
 Conf: `epochs`, `learning_rate`, `batch_size`, `data_source`, `data_path`, `force` (skip the baseline gate),
 `dry_run` (stop after staging), `inject_fault` (only where the config allows it; no gate is ever overridden for
 it: `label_shift` is refused by evaluate, `input_convention` (image models: trained on raw 0..255 pixels while
@@ -173,7 +175,7 @@ def build_release_dag(spec: ReleaseSpec) -> DAG:
     model = spec.model
     steps = release_steps(spec.canary)
     restore_spec = restore_step(steps)
-    raw_data = Asset(name=f"{model}_raw_data", uri=f"pipeline://raw-data/{model}")
+    raw_data = raw_data_asset(model)
     with DAG(
         dag_id=f"{model}_release",
         schedule=_schedule(spec, raw_data),

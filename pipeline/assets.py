@@ -6,6 +6,9 @@ automatic, on-call, the monitor's, ``pipeline rollback`` from a shell) posts an 
 names the version, labels, accuracy, run and reason (:mod:`pipeline.release.served_events`). Airflow's Assets view
 is then the history of each environment.
 
+``Asset(name="mnist_raw_data", uri="pipeline://raw-data/mnist")``: a new data version of the model (ingested files
+or live labels, :mod:`pipeline.data.landing`); its events start ``mnist_release`` (data-aware scheduling).
+
 Airflow knows an asset once a parsed DAG declares it: the DAGs name these as the inlets of the tasks that read
 what is served (:func:`served_inlets`). Light: names are plain strings; Airflow is imported only to build Assets.
 """
@@ -58,6 +61,23 @@ def served_inlets(model: str, task_id: str) -> list[Asset]:
     """The served assets a release task reads (its ``inlets``; none for most tasks)."""
     environment = _RELEASE_INLETS.get(task_id)
     return [served_asset(model, environment)] if environment else []
+
+
+def raw_data_asset_name(model: str) -> str:
+    """``<model>_raw_data``: new labelled data of the model (its events start ``<model>_release``)."""
+    return f"{model}_raw_data"
+
+
+def raw_data_asset_uri(model: str) -> str:
+    """``pipeline://raw-data/<model>``."""
+    return f"pipeline://raw-data/{model}"
+
+
+def raw_data_asset(model: str) -> Asset:
+    """The Airflow Asset whose events announce a new data version of ``model`` (:mod:`pipeline.data.landing`)."""
+    from airflow.sdk import Asset
+
+    return Asset(name=raw_data_asset_name(model), uri=raw_data_asset_uri(model))
 
 
 def rollbacks_made_outside_airflow(extras: list[dict[str, Any]]) -> list[dict[str, Any]]:

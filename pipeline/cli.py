@@ -183,6 +183,19 @@ def _status(args: argparse.Namespace) -> Any:
     return "\n\n".join(format_status(s) for s in statuses)
 
 
+@command("ingest")
+def _ingest(args: argparse.Namespace) -> Any:
+    from pipeline.data.landing import ingest_file, ingest_live_labels
+
+    if bool(args.path) == bool(args.live):
+        raise PipelineError("give a file to ingest, or --live for the labelled live requests (not both)")
+    if args.live:
+        result = ingest_live_labels(args.model, paths=_paths(args))
+    else:
+        result = ingest_file(args.model, args.path, paths=_paths(args), file_format=args.format)
+    return result.as_dict() if args.json else result.describe()
+
+
 @command("feedback")
 def _feedback(args: argparse.Namespace) -> Any:
     from pipeline.live.feedback import DEFAULT_FEEDBACK_WINDOW_S, ingest_feedback_file
@@ -311,6 +324,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="versions on disk, what each server serves, labels, registry history")
     p.add_argument("model", nargs="?")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("ingest", help="add new labelled examples as a new data version (a file, or the live "
+                                      "requests whose labels came back) and announce it on <model>_raw_data")
+    p.add_argument("model", help="model name (its config gives the class names and the retrain threshold)")
+    p.add_argument("path", nargs="?", help=".npz (x, y) for image models; .csv (text,label) or .jsonl for text ones")
+    p.add_argument("--live", action="store_true", help="ingest the captured live requests that have a label")
+    p.add_argument("--format", choices=("npz", "csv", "jsonl"), help="the file's format (default: its suffix)")
+    p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p = sub.add_parser("feedback", help="delayed true labels of captured requests, by request id (JSONL or CSV)")
     p.add_argument("model", help="model name (its config gives the class names)")
     p.add_argument("file", help='lines {"request_id": ..., "label": ...} or request_id,label (a class index or '

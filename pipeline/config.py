@@ -41,6 +41,9 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     limit: int | None = Field(None, gt=0)  # keep at most this many examples (tests, quick runs)
+    # Ingested labelled examples (pipeline ingest, live labels) needed since the last announced data version before
+    # the <model>_raw_data event is posted: a trickle of labels must not start a release per request.
+    retrain_min_new_examples: int = Field(200, ge=1)
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataConfig:

@@ -31,7 +31,8 @@ def prepare_data(config: ModelConfig, paths: Paths | None = None) -> dict[str, A
     from pipeline.data.prepare import prepare_snapshot
 
     snapshot = prepare_snapshot(config, paths or get_paths())
-    return {"snapshot": str(snapshot.path), "sha256": snapshot.sha256, "counts": snapshot.manifest["counts"]}
+    return {"snapshot": str(snapshot.path), "sha256": snapshot.sha256, "counts": snapshot.manifest["counts"],
+            "data_version": snapshot.manifest.get("data_version"), "parts": len(snapshot.manifest.get("parts", []))}
 
 
 def validate_data(config: ModelConfig, snapshot_path: str | Path) -> dict[str, Any]:

@@ -128,11 +128,13 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
     config, _ = parse_conf(model, conf)
     registry = Release(config).registry
     registry.ensure_schema()  # before the version is on disk: a released version always has a registry
-    exported = steps.export(config, run_dir, snapshot, lineage={"airflow_run_id": run_id, "params": conf or {}})
+    exported = steps.export(config, run_dir, snapshot,  # the data version too: `registry init --adopt` reads it
+                            lineage={"airflow_run_id": run_id, "params": conf or {}, **_data_version_of(snapshot)})
     try:
         record = registry.get_version(model, exported["version"])
     except NotFound:
-        record = registry.register_version(model, exported["version"], _lineage(run_dir, run_id, conf, exported))
+        record = registry.register_version(model, exported["version"],
+                                           _lineage(run_dir, run_id, conf, exported, snapshot))
     state = str(record.state)
     release = exported["created"] or state == "exported"
     if not release:
@@ -141,14 +143,29 @@ def export(model: str, conf: dict[str, Any] | None, run_dir: str, snapshot: str,
     return {**exported, "state": state, "release": release}
 
 
-def _lineage(run_dir: str, run_id: str, conf: dict[str, Any] | None, exported: dict[str, Any]) -> dict[str, Any]:
+def _lineage(run_dir: str, run_id: str, conf: dict[str, Any] | None, exported: dict[str, Any],
+             snapshot: str | None = None) -> dict[str, Any]:
     run = json.loads((Path(run_dir) / "run.json").read_text())
+    data = _data_version_of(snapshot)
     return {
         "data_sha256": run["snapshot"]["sha256"], "airflow_run_id": run_id, "training_run_id": run["run_id"],
         "params": conf or {}, "metrics": json.loads((Path(run_dir) / "metrics.json").read_text()),
         "export_path": exported["path"],
         CONTENT_HASH_KEY: exported[CONTENT_HASH_KEY],  # checked before any server is pointed at the version
+        **data,
     }
+
+
+def _data_version_of(snapshot: str | None) -> dict[str, Any]:
+    """The data version and ingested parts a snapshot was prepared from (none for the configured source alone)."""
+    manifest_path = Path(snapshot) / "manifest.json" if snapshot else None
+    if manifest_path is None or not manifest_path.is_file():
+        return {}
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("data_version"):
+        return {}
+    parts = [{k: part.get(k) for k in ("sha256", "examples", "added", "origin")} for part in manifest.get("parts", [])]
+    return {"data_version": manifest.get("data_version"), "data_parts": parts}
 
 
 def has_new_version(exported: dict[str, Any]) -> bool:

@@ -226,3 +226,23 @@ def test_a_lost_registry_is_refused_then_adopted_from_disk(capsys, tmp_path, mon
     assert main(["status", "mnist", "--json"]) == 0
     status = json.loads(capsys.readouterr().out)[0]
     assert status["stable"] == 4 and status["last_good_before_stable"] == 2  # a rollback target again
+
+
+def test_ingest_refuses_a_half_written_file_and_takes_a_whole_one(capsys, tmp_path, monkeypatch):
+    import numpy as np
+
+    from tests.conftest import synthetic_images
+
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PIPELINE_AIRFLOW_API_URL", raising=False)
+    x, y = synthetic_images(30, seed=4)
+    np.savez(tmp_path / "new.npz", x=x, y=y)
+    (tmp_path / "new.npz.part").write_bytes((tmp_path / "new.npz").read_bytes())
+
+    assert main(["ingest", "mnist"]) == 2
+    assert "give a file to ingest, or --live" in capsys.readouterr().err
+    assert main(["ingest", "mnist", str(tmp_path / "new.npz.part")]) == 2
+    assert "still being written" in capsys.readouterr().err
+    assert main(["ingest", "mnist", str(tmp_path / "new.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: file:new.npz: 30 new example(s)" in out and "not announced: 30 ingested example(s)" in out

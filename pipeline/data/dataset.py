@@ -41,6 +41,21 @@ class Examples:
         return Examples(self.kind, self.x[index], self.y[index], self.class_names, self.source)
 
 
+def read_examples(directory: Path, name: str, kind: Kind, class_names: tuple[str, ...],
+                  source: dict[str, Any] | None = None) -> Examples:
+    """Examples written as ``<directory>/<name>.npz`` (images) or ``<name>.jsonl`` (texts)."""
+    if kind == "image":
+        with np.load(directory / f"{name}.npz") as data:
+            x, y = data["x"], data["y"]
+    else:
+        # split("\n"), not splitlines(): texts may hold \x85 or \u2028, which JSON leaves unescaped.
+        text = (directory / f"{name}.jsonl").read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.split("\n") if line]
+        x = np.array([r["text"] for r in rows], dtype=object)
+        y = np.array([r["label"] for r in rows], dtype=np.int64)
+    return Examples(kind, x, y, class_names, dict(source or {}))
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A prepared, split, content-addressed data set on disk."""
@@ -64,16 +79,7 @@ class Snapshot:
         """Load one split (``train``, ``val`` or ``test``)."""
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
-        if self.kind == "image":
-            with np.load(self.path / f"{name}.npz") as data:
-                x, y = data["x"], data["y"]
-        else:
-            # split("\n"), not splitlines(): texts may hold \x85 or \u2028, which JSON leaves unescaped.
-            text = (self.path / f"{name}.jsonl").read_text(encoding="utf-8")
-            rows = [json.loads(line) for line in text.split("\n") if line]
-            x = np.array([r["text"] for r in rows], dtype=object)
-            y = np.array([r["label"] for r in rows], dtype=np.int64)
-        return Examples(self.kind, x, y, self.class_names, self.manifest.get("source", {}))
+        return read_examples(self.path, name, self.kind, self.class_names, self.manifest.get("source", {}))
 
     @classmethod
     def open(cls, path: str | Path) -> Snapshot:

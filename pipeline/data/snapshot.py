@@ -54,6 +54,14 @@ def stratified_split(examples: Examples, val_fraction: float, test_fraction: flo
     return {name: examples.subset(np.sort(np.concatenate(idx))) for name, idx in parts.items()}
 
 
+def split_by_digest(examples: Examples, val_fraction: float, test_fraction: float) -> dict[str, Examples]:
+    """Each example's split from its own digest: the same example always lands in the same split, whatever else
+    is added, so data appended later never moves an old example (nor leaks a test example into train)."""
+    draws = np.array([int(d[:16], 16) / 2**64 for d in example_digests(examples)], dtype=np.float64)
+    where = np.where(draws < test_fraction, "test", np.where(draws < test_fraction + val_fraction, "val", "train"))
+    return {name: examples.subset(np.flatnonzero(where == name)) for name in SPLITS}
+
+
 def content_hash(splits: dict[str, Examples]) -> str:
     """sha256 over class names and every split's examples and labels, in a fixed order."""
     digest = hashlib.sha256()
@@ -68,7 +76,8 @@ def content_hash(splits: dict[str, Examples]) -> str:
     return digest.hexdigest()
 
 
-def _write_split(directory: Path, name: str, part: Examples) -> str:
+def write_split(directory: Path, name: str, part: Examples) -> str:
+    """Write ``part`` as ``<directory>/<name>.npz`` or ``.jsonl`` (read back by ``dataset.read_examples``); its sha256."""
     if part.kind == "image":
         path = directory / f"{name}.npz"
         np.savez_compressed(path, x=part.x, y=part.y.astype(np.int64))
@@ -94,7 +103,7 @@ def write_snapshot(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sha[:12]}-", dir=final.parent))
     try:
-        files = {name: _write_split(tmp, name, part) for name, part in splits.items()}
+        files = {name: write_split(tmp, name, part) for name, part in splits.items()}
         first = splits[SPLITS[0]]
         manifest = {
             "manifest_version": _MANIFEST_VERSION,

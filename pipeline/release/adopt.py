@@ -68,7 +68,8 @@ def _lineage(release: Release, version: int, run_id: str) -> dict[str, Any]:
     return {"data_sha256": metadata.get("data_snapshot_sha256"),
             "airflow_run_id": metadata.get("airflow_run_id") or run_id, "training_run_id": metadata.get("run_id"),
             "params": metadata.get("params") or {}, "metrics": metadata.get("metrics") or {},
-            "export_path": str(release.version_dir(version)), "adopted_by": run_id}
+            "export_path": str(release.version_dir(version)), "adopted_by": run_id,
+            "data_version": metadata.get("data_version"), "data_parts": metadata.get("data_parts") or []}
 
 
 def _staging_proof(release: Release, version: int) -> str | None:

@@ -111,6 +111,8 @@ _LINEAGE_COLUMNS = (
     "params",
     "metrics",
     "export_path",
+    "data_version",
+    "data_parts",
 )
 
 
@@ -160,6 +162,8 @@ model_versions = sa.Table(
     sa.Column("metrics", sa.JSON),
     sa.Column("export_path", sa.Text),
     sa.Column("extra", sa.JSON),
+    sa.Column("data_version", sa.String(64)),  # the data version trained on (pipeline.data.parts; added later)
+    sa.Column("data_parts", sa.JSON),  # its ingested parts: sha256, examples, origin (added later)
 )
 # The database itself guarantees that a model has at most one stable version.
 sa.Index(
@@ -220,7 +224,7 @@ preemptions = sa.Table(
     sa.Index("ix_preemptions_model_owner", "model", "owner"),
 )
 # Columns added to existing tables after their first release: (table, column), added on first use when missing.
-_ADDED_COLUMNS = (("locks", "holder"),)
+_ADDED_COLUMNS = (("locks", "holder"), ("model_versions", "data_version"), ("model_versions", "data_parts"))
 
 live_phases = sa.Table(
     "live_phases",
@@ -258,6 +262,8 @@ class VersionRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     export_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    data_version: str | None = None
+    data_parts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -1177,6 +1183,8 @@ def _version_record(row: Mapping[Any, Any]) -> VersionRecord:
         metrics=row["metrics"] or {},
         export_path=row["export_path"],
         extra=row["extra"] or {},
+        data_version=row.get("data_version"),
+        data_parts=list(row.get("data_parts") or []),
     )
 
 

@@ -74,7 +74,8 @@ def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str,
         "live": _live_view(release, limit=history),
         "versions": [
             {"version": r.version, "state": str(r.state), "created": f"{r.created_at:%Y-%m-%d %H:%MZ}",
-             "data": (r.data_sha256 or "")[:10], "run": r.airflow_run_id,
+             "data": (r.data_sha256 or "")[:10], "data_version": (r.data_version or "")[:10] or None,
+             "parts": len(r.data_parts), "run": r.airflow_run_id,
              "metrics": {k: round(v, 4) for k, v in r.metrics.items() if isinstance(v, (int, float))}}
             for r in registry.versions(release.model)
         ],
@@ -108,7 +109,8 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append("  versions")
     for v in status["versions"]:
         metrics = " ".join(f"{k}={val}" for k, val in sorted(v["metrics"].items())[:3])
-        lines.append(f"    {v['version']:>3} {v['state']:<11} {v['created']}  data {v['data']}  {metrics}")
+        parts = f" +{v['parts']} part(s)" if v.get("parts") else ""
+        lines.append(f"    {v['version']:>3} {v['state']:<11} {v['created']}  data {v['data']}{parts}  {metrics}")
     lines.append("  history (newest first)")
     for t in status["history"]:
         lines.append(f"    {t['at']} v{t['version']} {t['from'] or '-'} -> {t['to']}  {t['reason'][:90]}")

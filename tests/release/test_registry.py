@@ -93,6 +93,33 @@ def test_register_stores_lineage_in_state_exported(registry: Registry) -> None:
     assert registration.run_id == "manual__1"
 
 
+def test_the_data_version_and_parts_a_version_was_trained_on_are_recorded(registry: Registry) -> None:
+    parts = [{"sha256": "cd" * 32, "examples": 120, "added": 118, "origin": {"kind": "live", "requests": 130}}]
+    record = registry.register_version(_MODEL, 1, {"airflow_run_id": "r1", "data_version": "ef" * 32,
+                                                   "data_parts": parts})
+
+    assert (record.data_version, record.data_parts, record.extra) == ("ef" * 32, parts, {})
+    assert registry.get_version(_MODEL, 1) == record
+    assert registry.register_version(_MODEL, 2, {"airflow_run_id": "r2"}).data_parts == []
+
+
+def test_a_registry_from_before_data_versions_gets_their_columns(tmp_path: Path) -> None:
+    old = Registry(_url(tmp_path))
+    _export(old, 1)
+    old.close()
+    with sqlite3.connect(tmp_path / "registry.db") as db:  # as a registry written before the columns existed
+        db.execute("ALTER TABLE model_versions DROP COLUMN data_version")
+        db.execute("ALTER TABLE model_versions DROP COLUMN data_parts")
+
+    reopened = Registry(_url(tmp_path))
+    try:
+        assert reopened.get_version(_MODEL, 1).data_version is None
+        reopened.register_version(_MODEL, 2, {"airflow_run_id": "run-2", "data_version": "ab" * 32})
+        assert reopened.get_version(_MODEL, 2).data_version == "ab" * 32
+    finally:
+        reopened.close()
+
+
 def test_register_is_idempotent_for_the_same_run(registry: Registry) -> None:
     first = registry.register_version(_MODEL, 1, {"airflow_run_id": "r1", "metrics": {"accuracy": 0.9}})
     again = registry.register_version(_MODEL, 1, {"airflow_run_id": "r1", "metrics": {"accuracy": 0.1}})

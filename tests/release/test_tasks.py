@@ -125,3 +125,51 @@ def test_per_run_training_params_are_refused_when_training_in_a_container(tmp_pa
     with pytest.raises(ConfigError, match=r"\['epochs'\] cannot be changed per run"):
         tasks.check_conf("mnist", {"epochs": 3})
     assert tasks.check_conf("mnist", {"dry_run": True})["dry_run"] is True
+
+
+def test_a_retrain_on_ingested_data_records_its_data_version_and_unchanged_data_releases_nothing(tmp_path,
+                                                                                               monkeypatch):
+    import numpy as np
+    import yaml
+
+    from pipeline.data.landing import ingest_file
+    from pipeline.release.registry import Registry, State
+    from pipeline.settings import REPO_ROOT
+    from tests.conftest import synthetic_images
+
+    x, y = synthetic_images(400, seed=1)
+    np.savez(tmp_path / "base.npz", x=x, y=y)
+    raw = yaml.safe_load((REPO_ROOT / "configs/models/mnist.yaml").read_text())
+    raw["data"] = {"source": "npz", "path": str(tmp_path / "base.npz"), "retrain_min_new_examples": 10}
+    raw["train"].update(architecture="softmax", epochs=1)
+    (tmp_path / "configs" / "models").mkdir(parents=True)
+    (tmp_path / "configs" / "models" / "mnist.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setenv("PIPELINE_CONFIG_DIR", str(tmp_path / "configs"))
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
+    for name in ("PIPELINE_REGISTRY_URL", "PIPELINE_AIRFLOW_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+    def retrain(run_id: str) -> tuple[dict, dict]:
+        prepared = tasks.prepare_data("mnist", {})
+        run_dir = tasks.train("mnist", {}, prepared["snapshot"])["run_dir"]
+        return prepared, tasks.export("mnist", {}, run_dir, prepared["snapshot"], run_id)
+
+    _, first = retrain("run-1")
+    new_x, new_y = synthetic_images(60, seed=2)
+    np.savez(tmp_path / "new.npz", x=new_x, y=new_y)
+    ingested = ingest_file("mnist", tmp_path / "new.npz")
+    prepared, second = retrain("run-2")
+    registry = Registry()
+    registry.transition("mnist", second["version"], State.STAGED, run_id="run-2")  # the release went on
+    _, third = retrain("run-3")
+
+    assert first["created"] and registry.get_version("mnist", first["version"]).data_version is None
+    assert second["created"] and second["release"] and second["version"] == first["version"] + 1
+    record = registry.get_version("mnist", second["version"])
+    assert record.data_version == ingested.data_version == prepared["data_version"] and prepared["parts"] == 1
+    assert [(p["sha256"], p["added"]) for p in record.data_parts] == [(ingested.part, 60)]
+    assert (third["version"], third["created"], third["release"]) == (second["version"], False, False)
+    from pipeline.wire.version_dirs import read_metadata
+
+    metadata = read_metadata(Path(second["path"]))  # what `registry init --adopt` would register again
+    assert metadata["data_version"] == ingested.data_version and metadata["data_parts"] == record.data_parts
