@@ -89,10 +89,10 @@ with DAG(
 
         probe()
 
-        # An alarm (DriftAlarm, a refusal) fails at once; a crash is tried again once, later.
+        # An alarm (DriftAlarm, a refusal) fails at once; a task that never ran is tried again, as the probe is.
         @task(task_id=f"drift_{_model}", on_failure_callback=[_on_drift, *alert_notifiers(DRIFT)],
-              inlets=[served_asset(_model, PRODUCTION)],
-              retries=1, retry_delay=pendulum.duration(seconds=30), retry_policy=refusal_retry_policy())
+              inlets=[served_asset(_model, PRODUCTION)],  # it judges the traffic production answered
+              retries=2, retry_delay=pendulum.duration(seconds=30), retry_policy=refusal_retry_policy())
         @refusals_end_quietly
         def drift(model: str = _model, **context) -> dict:
             """Judges the live traffic captured since the last run for drift and accuracy; writes the report and
