@@ -100,15 +100,11 @@ def run_monitor(config: ModelConfig, run_id: str, registry: Registry, paths: Pat
         return MonitorOutcome(run, None, False, [summary])
     facts.update({"reference": f"snapshot {reference.snapshot[:12]}, {reference.size} training examples",
                   "reference predictions": reference.prediction_source})
-    window_features = features_of(reference.kind, window.instances, reference.vocabulary) if window.instances else {}
-    verdict = judge_window(reference.features, window_features, _distribution_tests(reference, window, config),
-                           accuracy_test(window.correct, len(window.labelled), reference.expected_accuracy,
-                                         settings), len(window.instances), settings)
+    verdict, window_features = judge(reference, window, config)
     same_version = previous is not None and previous.version == version
-    streak = _streak(verdict, previous.streak if same_version and previous is not None else 0)
+    streak = next_streak(verdict, previous.streak if same_version and previous is not None else 0)
     accuracy_before = same_version and previous is not None and previous.accuracy_dropped
-    alarm = (verdict.drifted and streak == settings.sustained_windows) or \
-        (verdict.accuracy_dropped and not accuracy_before)
+    alarm = raises_alarm(verdict, streak, settings.sustained_windows, accuracy_before)
     acting = verdict.drifted and streak >= settings.sustained_windows or verdict.accuracy_dropped
     decision = NO_VERDICT if not verdict.judged else ALARM if alarm else DRIFT if (
         verdict.drifted or verdict.accuracy_dropped) else OK
@@ -134,6 +130,17 @@ def run_monitor(config: ModelConfig, run_id: str, registry: Registry, paths: Pat
     return MonitorOutcome(run, verdict, alarm, reasons, figures.get("retrain"))
 
 
+def judge(reference: Reference, window: LiveWindow, config: ModelConfig) -> tuple[WindowVerdict, dict[str, Any]]:
+    """Every test of one window against the reference (what each run decides on; ``bench/drift.py`` too), and
+    the window's features."""
+    settings = config.monitoring
+    window_features = features_of(reference.kind, window.instances, reference.vocabulary) if window.instances else {}
+    accuracy = accuracy_test(window.correct, len(window.labelled), reference.expected_accuracy, settings)
+    verdict = judge_window(reference.features, window_features, _distribution_tests(reference, window, config),
+                           accuracy, len(window.instances), settings)
+    return verdict, window_features
+
+
 def _distribution_tests(reference: Reference, window: LiveWindow, config: ModelConfig) -> list[DistributionTest]:
     settings = config.monitoring
     tests = [distribution_test("predicted classes", window.predicted_counts(), reference.prediction_shares,
@@ -145,11 +152,16 @@ def _distribution_tests(reference: Reference, window: LiveWindow, config: ModelC
     return tests
 
 
-def _streak(verdict: WindowVerdict, previous: int) -> int:
+def next_streak(verdict: WindowVerdict, previous: int) -> int:
     """Drifted windows in a row: one more on drift, back to 0 on a clean window, unchanged without a verdict."""
     if not verdict.judged:
         return previous
     return previous + 1 if verdict.drifted else 0
+
+
+def raises_alarm(verdict: WindowVerdict, streak: int, sustained: int, accuracy_dropped_before: bool) -> bool:
+    """The alarm, on the run where it first holds: the streak reaches ``sustained``, or the accuracy drops."""
+    return (verdict.drifted and streak == sustained) or (verdict.accuracy_dropped and not accuracy_dropped_before)
 
 
 def _expectations(reference: Reference, window_features: dict[str, Any], config: ModelConfig) -> dict[str, Any]:
