@@ -125,7 +125,7 @@ def feature_tests(reference: Mapping[str, Any], window: Mapping[str, Any], confi
                  for name, r, p in zip(names, raw, corrected, strict=True))
 
 
-def js_divergence(p: Sequence[float], q: Sequence[float]) -> float:
+def js_divergence(p: Any, q: Any) -> float:
     """Jensen-Shannon divergence (base 2, 0..1) of two distributions over the same categories."""
     import numpy as np
 

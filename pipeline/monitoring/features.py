@@ -64,8 +64,9 @@ def digit_features(pixels: Any) -> dict[str, np.ndarray]:
     grid = np.arange(SIDE, dtype=np.float32)
     centroid_x = (images.sum(axis=1) * grid).sum(axis=1) / safe
     centroid_y = (images.sum(axis=2) * grid).sum(axis=1) / safe
-    written = images >= _INK_LEVEL
-    cols, rows = written.any(axis=1), written.any(axis=2)
+    written: np.ndarray = np.asarray(images >= _INK_LEVEL)
+    cols: np.ndarray = np.asarray(written.any(axis=1))
+    rows: np.ndarray = np.asarray(written.any(axis=2))
     width = np.where(cols.any(axis=1), SIDE - cols[:, ::-1].argmax(axis=1) - cols.argmax(axis=1), 0)
     height = np.where(rows.any(axis=1), SIDE - rows[:, ::-1].argmax(axis=1) - rows.argmax(axis=1), 0)
     padded = np.pad(written, ((0, 0), (1, 1), (1, 1)))

@@ -751,7 +751,9 @@ class Registry:
         values = {column: run.get(column) for column in _MONITOR_FIELDS}
         values.update(at=_utcnow(), figures=dict(run.get("figures") or {}), summary=str(run.get("summary") or ""))
         with self._write() as conn:
-            row_id = conn.execute(monitor_runs.insert().values(**values)).inserted_primary_key[0]
+            inserted = conn.execute(monitor_runs.insert().values(**values)).inserted_primary_key
+            assert inserted is not None
+            row_id = inserted[0]
             row = conn.execute(sa.select(monitor_runs).where(monitor_runs.c.id == row_id)).mappings().one()
         return _monitor_run(row)
 

@@ -65,7 +65,8 @@ def _monitor_view(release: Release) -> dict[str, Any] | None:
     verdict = last.figures.get("verdict") or {}
     features = verdict.get("features") or []
     worst = max(features, key=lambda f: f.get("statistic", 0.0), default=None)
-    predictions = next((d for d in verdict.get("distributions") or [] if d.get("name") == "predicted classes"), {})
+    predictions: dict[str, Any] = next(
+        (d for d in verdict.get("distributions") or [] if d.get("name") == "predicted classes"), {})
     accuracy = verdict.get("accuracy") or {}
     return {"at": f"{last.at:%Y-%m-%d %H:%M:%SZ}", "run": last.run_id, "version": last.version,
             "decision": last.decision, "streak": last.streak, "requests": last.requests, "labelled": last.labelled,
