@@ -45,11 +45,18 @@ log = logging.getLogger(__name__)
 
 OK, DRIFT, ALARM, NO_VERDICT = "ok", "drift", "alarm", "no_verdict"
 _HISTORY_PLOTTED = 30
+# A window ends this long before the run: a request the proxy received just before is still on its way through
+# the capture service's queue, and the next window (which starts where this one ended) will see it.
+_SETTLE_S = 10.0
 Retrain = Callable[[str], Any]
 
 
 class DriftAlarm(ValidationFailed):
     """Sustained drift or a live accuracy drop: the run is recorded; the message is its summary and reasons."""
+
+
+def _clock() -> float:
+    return time.time()
 
 
 def ingest_live_labels(model: str) -> Any:
@@ -79,9 +86,10 @@ class MonitorOutcome:
 
 def run_monitor(config: ModelConfig, run_id: str, registry: Registry, paths: Paths, now: float | None = None,
                 retrain: Retrain = ingest_live_labels, expectations: bool = True) -> MonitorOutcome:
-    """One monitor run of ``config.name`` (see the module docstring)."""
+    """One monitor run of ``config.name`` (see the module docstring); ``now``: where the window ends (default: a
+    few seconds ago, so that captures still in flight fall into the next window rather than none)."""
     model, settings = config.name, config.monitoring
-    until = time.time() if now is None else now
+    until = _clock() - _SETTLE_S if now is None else now
     previous = next(iter(registry.monitor_runs(model, limit=1)), None)
     since = previous.window_until if previous is not None else None
     version = registry.stable_version(model)

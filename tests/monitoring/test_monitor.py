@@ -111,3 +111,34 @@ def test_the_window_size_comes_from_the_config(tmp_path) -> None:
     world = monitor_world(tmp_path, window_requests=200, min_requests=150)
     outcome = _run(world, "cfg", world.send(300))
     assert outcome.run.requests == 200 and outcome.run.decision == OK
+
+
+def test_the_cli_and_the_dag_task_run_it_and_an_alarm_is_an_error_with_the_reasons(tmp_path, monkeypatch,
+                                                                                     capsys) -> None:
+    from pipeline import tasks
+    from pipeline.cli import main
+    from pipeline.monitoring import monitor
+    from pipeline.monitoring.monitor import DriftAlarm
+    from pipeline.release.context import Release
+    from pipeline.release.status import format_status, model_status
+
+    world = monitor_world(tmp_path)
+    monkeypatch.setattr(monitor, "_clock", lambda: world.clock + 60)  # each run comes a minute after the traffic
+    monkeypatch.setenv("PIPELINE_HOME", str(world.paths.home))
+    monkeypatch.delenv("PIPELINE_REGISTRY_URL", raising=False)
+    world.send(300)
+    assert main(["monitor", MODEL, "--no-gx"]) == 0
+    out = capsys.readouterr().out
+    assert f"{MODEL} stable 1: ok" in out and "report: " in out
+
+    world.send(300, shift="translate")
+    assert tasks.monitor_drift(MODEL, "scheduled-1")["decision"] == DRIFT
+    world.send(300, shift="translate")
+    with pytest.raises(DriftAlarm, match=r"mnist stable 1: alarm .*centroid_[xy] drifted"):
+        tasks.monitor_drift(MODEL, "scheduled-2")
+    world.send(300, shift="translate")
+    assert main(["monitor", MODEL, "--no-gx", "--json"]) == 0  # still drifting, alerted already: not again
+
+    text = format_status(model_status(Release(world.config)))
+    assert "  monitor     " in text and " drift (streak 3)" in text and "max KS" in text
+    assert "reports/mnist/monitor/" in text

@@ -4,7 +4,8 @@ filled with live requests (real held-out digits, a known share shifted) whose an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ class MonitorWorld:
     registry: Registry
     config: ModelConfig
     held_out: Examples
-    clock: float = 1_800_000_000.0
+    clock: float = field(default_factory=lambda: time.time() - 86_400)  # captured in the past day
     sent: int = 0
 
     def send(self, count: int, shift: str | None = None, share: float = 0.2, wrong_share: float = 0.0,
@@ -37,12 +38,14 @@ class MonitorWorld:
         Stable answers the true label, except for a ``wrong_share`` of the requests (an accuracy drop).
         """
         seed = self.sent if seed is None else seed
+        last = self.registry.monitor_runs(MODEL, limit=1)
+        self.clock = max([self.clock, *(run.window_until for run in last)])  # after what the last run judged
         inputs, labels = window(self.held_out, count, seed, shift, share)
         wrong = np.random.default_rng(seed + 1).random(count) < wrong_share
         with CaptureStore.for_model(MODEL, self.paths) as store:
             for index in range(count):
                 self.sent += 1
-                self.clock += 0.5
+                self.clock += 0.01
                 request_id = f"req-{self.sent}"
                 answer = int((labels[index] + 1) % 10 if wrong[index] else labels[index])
                 body = json.dumps({"instances": [np.round(inputs[index], 4).tolist()]})
