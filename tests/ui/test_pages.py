@@ -287,6 +287,20 @@ def test_a_drift_task_links_to_its_monitor_report_and_only_its_files_are_served(
     assert client.get(f"{PREFIX}/reports/{MODEL}/monitor/{quote(run, safe='')}/features.png").content == PNG
     assert client.get(f"{PREFIX}/reports/{MODEL}/monitor/{quote(run, safe='')}/window.json").status_code == 400
     assert client.get(f"{PREFIX}/reports/{MODEL}/monitor/%2e%2e/index.html").status_code in (400, 404)
+    before = read(client.get(f"{PREFIX}/models/{MODEL}").text)
+    assert "No monitor run recorded." in client.get(f"{PREFIX}/models/{MODEL}").text and "monitor" not in before.by_id
+    world.registry.record_monitor_run({
+        "model": MODEL, "version": 2, "run_id": run, "window_until": 1.0, "requests": 300, "labelled": 250,
+        "decision": "alarm", "drifted": True, "accuracy_dropped": False, "streak": 2, "summary": "mnist: alarm",
+        "report": f"reports/{MODEL}/monitor/{run}/index.html",
+        "figures": {"verdict": {"features": [{"name": "stroke", "statistic": 0.2}],
+                                "accuracy": {"accuracy": 0.9, "expected": 0.97}}}})
+    model_page = client.get(f"{PREFIX}/models/{MODEL}").text
+    row = read(model_page).table("monitor")[0]
+    assert row.cells[2] == "alarm (streak 2)" and row.cells[4] == "0.2 (stroke)" and "0.900" in row.cells[6]
+    report_link = next(href for href, text in row.links if text == "report")
+    opened = client.get(report_link)
+    assert opened.status_code == 200 and "production monitor" in opened.text
     missing = links.task_report_link("canary_monitor", "never-ran", f"drift_{MODEL}", links.MONITOR_REPORT)
     assert missing is not None
     reply = client.get("/" + missing.removeprefix(f"plugin/{links.NAV_ROUTE}/"), follow_redirects=False)
