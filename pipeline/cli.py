@@ -196,6 +196,23 @@ def _ingest(args: argparse.Namespace) -> Any:
     return result.as_dict() if args.json else result.describe()
 
 
+@command("monitor")
+def _monitor(args: argparse.Namespace) -> Any:
+    from pipeline.monitoring.monitor import DriftAlarm, run_monitor
+    from pipeline.release.registry import Registry
+    from pipeline.util.ids import unique_run_id
+
+    config, paths = _config(args), _paths(args)
+    registry = Registry(paths.registry_url, models_dir=paths.models_dir)
+    outcome = run_monitor(config, unique_run_id("monitor"), registry, paths, expectations=not args.no_gx)
+    if outcome.alarm:  # exit 2 with the reasons: what a cron job or a script watches for
+        raise DriftAlarm(outcome.run.summary)
+    if args.json:
+        return outcome.as_dict()
+    return "\n".join([outcome.run.summary, f"  report: {paths.home / outcome.run.report}" if outcome.run.report
+                      else "  no report"])
+
+
 @command("feedback")
 def _feedback(args: argparse.Namespace) -> Any:
     from pipeline.live.feedback import DEFAULT_FEEDBACK_WINDOW_S, ingest_feedback_file
@@ -230,7 +247,8 @@ def _traffic(args: argparse.Namespace) -> Any:
     spec = TrafficSpec(args.model, rest_url=rest_url, grpc_target=grpc_target, feedback_url=feedback_url,
                        rps=args.rps, duration_s=args.duration, apis=apis,
                        label_delay_s=args.label_delay, label_share=args.label_share, signature_name=args.signature,
-                       seed=args.seed, max_in_flight=args.max_in_flight, timeout_s=args.timeout)
+                       seed=args.seed, max_in_flight=args.max_in_flight, timeout_s=args.timeout,
+                       shift=args.shift, shift_share=args.shift_share)
     check_endpoints(spec, configured_endpoints())  # before anything is read or sent
     load_model_config(args.model)  # an unknown model fails here, naming the known ones
     paths = _paths(args)
@@ -332,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("npz", "csv", "jsonl"), help="the file's format (default: its suffix)")
     p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p = sub.add_parser("monitor", help="judge the live traffic captured since the last monitor run for drift and "
+                                       "accuracy (what canary_monitor's drift task does); exits 2 on an alarm")
+    _add_model_args(p)
+    p.add_argument("--no-gx", action="store_true", help="skip the Great Expectations suite (the tests still run)")
     p = sub.add_parser("feedback", help="delayed true labels of captured requests, by request id (JSONL or CSV)")
     p.add_argument("model", help="model name (its config gives the class names)")
     p.add_argument("file", help='lines {"request_id": ..., "label": ...} or request_id,label (a class index or '
@@ -357,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the shuffle of the examples (default 0)")
     p.add_argument("--max-in-flight", type=int, default=16, help="requests in flight at most (default 16)")
     p.add_argument("--timeout", type=float, default=10.0, help="each request's deadline in seconds (default 10)")
+    p.add_argument("--shift", help="send a share of the digits shifted, as from a new scanner "
+                                   "(pipeline.monitoring.shifts: thicken, translate, faint); labels kept")
+    p.add_argument("--shift-share", type=float, default=0.2, help="share of the examples shifted (default 0.2)")
     p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("up", help="start the embedded staging/production servers and Airflow standalone")

@@ -137,6 +137,37 @@ class LiveCanaryConfig(_Strict):
         return steps
 
 
+class MonitoringConfig(_Strict):
+    """Production monitoring on live traffic (``canary_monitor``'s drift task, ``pipeline monitor``).
+
+    Each run judges the captured requests since the previous run (the newest ``window_requests`` of them) against
+    the stable version's training snapshot; a test drifts only when it is significant (``alpha``, Holm-corrected
+    over the features) and at least as big as its threshold. ``sustained_windows`` drifted windows in a row raise
+    the alarm; so does a significant live accuracy drop of ``max_accuracy_drop`` or more.
+    """
+
+    window_requests: int = Field(300, ge=10)  # the newest captured requests a run judges
+    min_requests: int = Field(100, ge=10)  # fewer since the last run: no verdict (the run says so)
+    reference_size: int = Field(5000, ge=100)  # training examples the reference features are computed on
+    alpha: float = Field(0.01, gt=0, lt=0.5)  # family-wise error of one window's tests
+    min_ks_statistic: float = Field(0.1, gt=0, le=1)  # the smallest feature shift (KS distance) that counts
+    max_prediction_js: float = Field(0.05, gt=0, le=1)  # Jensen-Shannon (base 2) of predicted classes
+    max_token_js: float = Field(0.05, gt=0, le=1)  # e-mails: Jensen-Shannon of the token distribution
+    vocabulary_size: int = Field(20_000, ge=100)  # e-mails: training tokens counted as known (OOV rate)
+    top_tokens: int = Field(50, ge=5)  # e-mails: tokens compared one by one (the rest as one bucket)
+    max_accuracy_drop: float = Field(0.05, gt=0, lt=1)  # live accuracy below the version's test accuracy
+    min_labels: int = Field(50, ge=1)  # labelled requests a window needs before its accuracy is judged
+    sustained_windows: int = Field(2, ge=1)  # drifted windows in a row that raise the alarm
+    retrain_on_drift: bool = False  # on alarm: ingest the labelled live requests (which may start a retrain)
+
+    @model_validator(mode="after")
+    def _min_within_window(self) -> MonitoringConfig:
+        if self.min_requests > self.window_requests:
+            raise ValueError(f"min_requests ({self.min_requests}) must not exceed window_requests "
+                             f"({self.window_requests})")
+        return self
+
+
 class ModelConfig(_Strict):
     """Everything the pipeline needs to release one model."""
 
@@ -150,6 +181,7 @@ class ModelConfig(_Strict):
     serving: ServingConfig = ServingConfig()
     release: ReleaseConfig = ReleaseConfig()
     canary: LiveCanaryConfig = LiveCanaryConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def with_overrides(self, overrides: dict[str, Any]) -> ModelConfig:
         """A copy with dotted overrides applied (``{"train.epochs": 3}``), validated again."""

@@ -1,12 +1,14 @@
 """Tell people: a one-line note on the DAG run, and alerts through Airflow's notifiers.
 
 The DAGs' callbacks use this module (``dags/``: ``on_failure_callback`` of every release task, of ``model_rollback``
-and of ``canary_monitor``'s probes; ``on_success_callback`` of ``model_rollback``). Four events:
+and of ``canary_monitor``'s probes and drift tasks; ``on_success_callback`` of ``model_rollback``). The events:
 
 ``release_failed``   a task of ``<model>_release`` failed (a refused gate, a live phase that rolled back, a crash)
 ``rollback``         ``model_rollback`` moved production's stable version
 ``rollback_failed``  ``model_rollback`` was refused or failed
 ``probe_failed``     ``canary_monitor``'s probe of production failed (it rolled back on its own, or tried to)
+``drift``            ``canary_monitor``'s drift task raised the alarm: sustained input or prediction drift, or a live
+                     accuracy drop, on production's live traffic (:mod:`pipeline.monitoring`)
 ``rollback_outside_airflow``  production was rolled back outside Airflow (``pipeline rollback`` from a shell, the
                      automatic rollback of ``pipeline release``): ``production_changes``, which every event of a
                      production asset starts, found it among its triggering events (one alert per rollback)
@@ -49,12 +51,14 @@ ROLLBACK = "rollback"
 ROLLBACK_FAILED = "rollback_failed"
 PROBE_FAILED = "probe_failed"
 ROLLBACK_OUTSIDE = "rollback_outside_airflow"
-EVENTS = (RELEASE_FAILED, ROLLBACK, ROLLBACK_FAILED, PROBE_FAILED, ROLLBACK_OUTSIDE)
+DRIFT = "drift"
+EVENTS = (RELEASE_FAILED, ROLLBACK, ROLLBACK_FAILED, PROBE_FAILED, ROLLBACK_OUTSIDE, DRIFT)
 
 _CONNECT_TIMEOUT_S = 5.0
 _SEND_TIMEOUT_S = 15.0
 _RELEASE_SUFFIX = "_release"
 _PROBE_PREFIX = "probe_"
+_DRIFT_PREFIX = "drift_"
 # A failure callback without an exception: the task's code never raised (it was killed, timed out, or its process
 # could not start or reach Airflow's API); its log says which.
 _NO_EXCEPTION = "the task ended without an error of its own (killed, timed out, or it never started): see its log"
@@ -89,6 +93,8 @@ class Alert:
             return f"{self.model} rolled back: stable {self.previous} -> {self.version}"
         if self.event == ROLLBACK_OUTSIDE:
             return f"{self.model} rolled back outside Airflow; {served}"
+        if self.event == DRIFT:
+            return f"{self.model} production drifting: stable {self.version} on live traffic; {served}"
         if self.event == ROLLBACK_FAILED:
             target = f" to version {self.version}" if self.version is not None else ""
             return f"{self.model} rollback{target} failed; {served}"
@@ -167,6 +173,8 @@ def describe(context: Mapping[str, Any], event: str) -> Alert:
         reason = str(params.get("reason") or "on-call rollback")
     elif event == ROLLBACK_FAILED:
         version = params.get("to_version")
+    elif event == DRIFT:  # the version watched: production's stable one
+        version = facts.stable
     else:  # PROBE_FAILED: the version that failed is the one this run rolled back, else the stable one it probed
         version = facts.rolled_back[0] if facts.rolled_back else facts.stable
     return Alert(event, model, version, facts.stable, reason or _NO_EXCEPTION, dag_id, run_id,
@@ -346,6 +354,8 @@ def _model_of(event: str, dag_id: str, task_id: str, params: Mapping[str, Any]) 
         return dag_id.removesuffix(_RELEASE_SUFFIX)
     if event == PROBE_FAILED:
         return task_id.rsplit(".", 1)[-1].removeprefix(_PROBE_PREFIX)  # a task group may prefix the id
+    if event == DRIFT:
+        return task_id.rsplit(".", 1)[-1].removeprefix(_DRIFT_PREFIX)
     return str(params.get("model"))
 
 

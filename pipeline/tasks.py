@@ -288,6 +288,20 @@ def monitor(model: str, run_id: str | None) -> dict[str, Any]:
     return result
 
 
+def monitor_drift(model: str, run_id: str | None) -> dict[str, Any]:
+    """``canary_monitor``'s drift task: one monitor run over the live window since the last
+    (:mod:`pipeline.monitoring.monitor`). An alarm fails the task after the run is recorded (and, where the config
+    says so, the ingest was asked for a retrain), so that its notifiers alert with the reasons."""
+    from pipeline.monitoring.monitor import DriftAlarm, run_monitor
+    from pipeline.util.ids import unique_run_id
+
+    release = Release(steps.resolve_config(model))
+    outcome = run_monitor(release.config, run_id or unique_run_id("monitor"), release.registry, release.paths)
+    if outcome.alarm:
+        raise DriftAlarm(outcome.run.summary)
+    return outcome.as_dict()
+
+
 def record_task_failure(model: str, run_id: str | None, task_id: str | None, reason: str) -> str:
     """on_failure_callback body: write the failure to the registry and free this run's lock; returns one line."""
     registry = Registry()  # the home's, guarded: a lost registry is reported, not recreated here

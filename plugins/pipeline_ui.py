@@ -5,7 +5,8 @@
 - ``external_views``: "Models" in the UI's navigation; the UI frames the pages at ``/plugin/models``.
 - ``global_operator_extra_links``: from a release's ``validate_data`` to the snapshot's Data Docs, from ``train`` to
   the training curve and the confusion matrix, from ``evaluate``, ``validate_staging``, ``canary_check``, ``shadow``
-  and each ``canary_<k>pct`` to the gate's verdict page, and from every task of our DAGs to its model's page. A link
+  and each ``canary_<k>pct`` to the gate's verdict page, from ``canary_monitor``'s ``drift_<model>`` to the monitor
+  run's report, and from every task of our DAGs to its model's page. A link
   names the run, the task and the report; the pages find the artifact when it is clicked.
 
 The stack points ``AIRFLOW__CORE__PLUGINS_FOLDER`` here (``pipeline/stack.py``); check with ``airflow plugins``.
@@ -71,6 +72,11 @@ class ModelPageLink(_ReportLink):
     kind = links.MODEL_PAGE
 
 
+class MonitorReportLink(_ReportLink):
+    name = links.LINK_NAMES[links.MONITOR_REPORT]
+    kind = links.MONITOR_REPORT
+
+
 class PipelineUiPlugin(AirflowPlugin):
     name = "pipeline_ui"
     fastapi_apps = [{"app": LazyApp(_build_app), "url_prefix": links.APP_PREFIX, "name": "Models (pipeline)"}]
@@ -82,4 +88,4 @@ class PipelineUiPlugin(AirflowPlugin):
         "destination": "nav",
     }]
     global_operator_extra_links = [DataDocsLink(), TrainingCurveLink(), ConfusionMatrixLink(), VerdictLink(),
-                                   ModelPageLink()]
+                                   ModelPageLink(), MonitorReportLink()]

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import notify
 from pipeline.notify import (
+    DRIFT,
     PROBE_FAILED,
     RELEASE_FAILED,
     ROLLBACK,
@@ -145,6 +146,19 @@ def test_a_failed_probe_names_the_version_that_failed_and_what_serves_now(receiv
     sent = hook.requests[0].body
     assert (sent["model"], sent["version"], sent["stable"]) == ("mnist", 2, 1)
     assert "20 of 20 predictions differ" in sent["reason"] and "/dags/canary_monitor/runs/" in sent["run_url"]
+
+
+def test_drift_names_the_model_the_stable_version_and_the_reasons(receivers):
+    sink, hook = receivers
+    drift = context("canary_monitor", "drift_mnist", exception=Refused(
+        "mnist stable 1: alarm (300 instances, drifted windows in a row 2/2): stroke drifted (KS 0.180, p 1e-08)"))
+    for notifier in alert_notifiers(DRIFT):
+        notifier(drift)
+
+    assert sink.mails[0].subject == "mnist production drifting: stable 1 on live traffic; production serves stable 1"
+    sent = hook.requests[0].body
+    assert (sent["event"], sent["model"], sent["version"]) == ("drift", "mnist", 1)
+    assert "stroke drifted" in sent["reason"] and sent["task_id"] == "drift_mnist"
 
 
 def test_a_refused_rollback_names_the_version_asked_for(receivers):

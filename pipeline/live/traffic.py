@@ -96,6 +96,9 @@ class TrafficSpec:
         timeout_s: each request's deadline (0 < timeout <= 60); requests are not retried.
         stable_version: production's stable version, whose training snapshot's test split is sent; None: the
             newest prepared snapshot of the model.
+        shift: a known shift of digits (:mod:`pipeline.monitoring.shifts`) applied to a seeded ``shift_share``
+            of the examples, labels kept ("a new scanner"); None sends them as they are.
+        shift_share: the share of the examples shifted (0-1).
     """
 
     model: str
@@ -112,12 +115,19 @@ class TrafficSpec:
     max_in_flight: int = 16
     timeout_s: float = 10.0
     stable_version: int | None = None
+    shift: str | None = None
+    shift_share: float = 0.2
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not _MODEL_NAME.fullmatch(self.model) or ".." in self.model:
             raise ConfigError(f"traffic model: expected a model name, got {self.model!r}")
         _check_range("rps", self.rps, 0, MAX_RPS, low_open=True)
         _check_range("duration_s", self.duration_s, 0, MAX_DURATION_S, low_open=True)
+        _check_range("shift_share", self.shift_share, 0, 1)
+        if self.shift is not None:
+            from pipeline.monitoring.shifts import shift_named
+
+            shift_named(self.shift)  # an unknown shift is refused before anything is sent
         _check_range("label_delay_s", self.label_delay_s, 0, MAX_LABEL_DELAY_S)
         _check_range("label_share", self.label_share, 0, 1)
         _check_range("timeout_s", self.timeout_s, 0, 60, low_open=True)
@@ -288,6 +298,14 @@ def _newest_snapshot(model: str, paths: Paths) -> Path:
     if not manifests:
         raise NotFound(f"{model} has no prepared data snapshot under {root}; run `pipeline data {model}` first")
     return max(manifests, key=lambda path: (path.stat().st_mtime_ns, path.parent.name)).parent
+
+
+def shifted(examples: HeldOut, shift: str, share: float, seed: int) -> HeldOut:
+    """The examples with a seeded ``share`` of them shifted (:func:`pipeline.monitoring.shifts.shift_share`)."""
+    from pipeline.monitoring.shifts import shift_share
+
+    inputs, mask = shift_share(examples.inputs, shift, share, seed)
+    return HeldOut(inputs, examples.labels, f"{examples.source}; {int(mask.sum())} of them shifted ({shift})")
 
 
 def example_order(count: int, seed: int) -> np.ndarray:
@@ -718,6 +736,8 @@ def run_traffic(spec: TrafficSpec, paths: Paths | None = None, examples: HeldOut
     """
     check_endpoints(spec, configured_endpoints())
     examples = load_held_out(spec.model, paths, spec.stable_version) if examples is None else examples
+    if spec.shift is not None:
+        examples = shifted(examples, spec.shift, spec.shift_share, spec.seed)
     order = example_order(len(examples.labels), spec.seed)
     prefix = f"traffic-{secrets.token_hex(4)}"
     tally = _Tally(spec.apis)

@@ -15,6 +15,9 @@ Tables, created on first use:
 - ``preemptions``: one row per release lock an on-call rollback took; the release stops at its next step.
 - ``live_phases``: one row per phase of a live canary (shadow, each weighted step): its split, when it started,
   its decision and every figure of its analysis, updated at each look.
+- ``monitor_runs``: one row per production monitor run (:mod:`pipeline.monitoring`): the stable version watched,
+  the live window it judged, its verdict (drift, accuracy drop, the streak of drifted windows, the alarm), every
+  figure of its tests and where its report is.
 
 The life of a version (``_ALLOWED`` is the full table)::
 
@@ -247,6 +250,29 @@ live_phases = sa.Table(
 )
 
 
+monitor_runs = sa.Table(
+    "monitor_runs",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("model", sa.String(128), nullable=False),
+    sa.Column("version", sa.BigInteger),  # the stable version watched (None: nothing stable)
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("at", _UTCDateTime, nullable=False),
+    sa.Column("window_since", sa.Float),  # Unix seconds; None: from the first capture
+    sa.Column("window_until", sa.Float, nullable=False),
+    sa.Column("requests", sa.Integer, nullable=False),
+    sa.Column("labelled", sa.Integer, nullable=False),
+    sa.Column("decision", sa.String(16), nullable=False),  # ok | drift | alarm | no_verdict
+    sa.Column("drifted", sa.Boolean, nullable=False),
+    sa.Column("accuracy_dropped", sa.Boolean, nullable=False),
+    sa.Column("streak", sa.Integer, nullable=False),  # drifted windows in a row, this one included
+    sa.Column("figures", sa.JSON),
+    sa.Column("report", sa.Text),  # the report page, relative to the pipeline home
+    sa.Column("summary", sa.Text, nullable=False, default=""),
+    sa.Index("ix_monitor_runs_model_id", "model", "id"),
+)
+
+
 @dataclass(frozen=True)
 class VersionRecord:
     """One version of a model as the registry knows it: lineage and current state."""
@@ -314,6 +340,28 @@ class LivePhase:
     @property
     def running(self) -> bool:
         return self.decision == "running"
+
+
+@dataclass(frozen=True)
+class MonitorRun:
+    """One production monitor run as recorded: the window it judged, its verdict and its figures."""
+
+    id: int
+    model: str
+    version: int | None
+    run_id: str
+    at: datetime
+    window_since: float | None
+    window_until: float
+    requests: int
+    labelled: int
+    decision: str
+    drifted: bool
+    accuracy_dropped: bool
+    streak: int
+    figures: dict[str, Any]
+    report: str | None
+    summary: str
 
 
 @dataclass(frozen=True)
@@ -701,6 +749,26 @@ class Registry:
         with self._read() as conn:
             rows = conn.execute(query.order_by(live_phases.c.id.desc()).limit(limit)).mappings()
             return [_live_phase(row) for row in rows]
+
+    # ------------------------------------------------------------------ monitor runs
+
+    def record_monitor_run(self, run: Mapping[str, Any]) -> MonitorRun:
+        """Record one monitor run (the fields of :class:`MonitorRun` but ``id`` and ``at``); returns it."""
+        values = {column: run.get(column) for column in _MONITOR_FIELDS}
+        values.update(at=_utcnow(), figures=dict(run.get("figures") or {}), summary=str(run.get("summary") or ""))
+        with self._write() as conn:
+            inserted = conn.execute(monitor_runs.insert().values(**values)).inserted_primary_key
+            assert inserted is not None
+            row_id = inserted[0]
+            row = conn.execute(sa.select(monitor_runs).where(monitor_runs.c.id == row_id)).mappings().one()
+        return _monitor_run(row)
+
+    def monitor_runs(self, model: str, limit: int | None = None) -> list[MonitorRun]:
+        """Monitor runs of ``model``, newest first."""
+        query = sa.select(monitor_runs).where(monitor_runs.c.model == model)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(monitor_runs.c.id.desc()).limit(limit)).mappings()
+            return [_monitor_run(row) for row in rows]
 
     # -------------------------------------------------------------------- locks
 
@@ -1198,6 +1266,17 @@ def _live_phase(row: Mapping[Any, Any]) -> LivePhase:
     return LivePhase(row["id"], row["model"], row["version"], row["run_id"], row["phase"], row["canary_percent"],
                      row["mirror_percent"], row["started_at"], row["updated_at"], row["decision"],
                      dict(row["figures"] or {}), row["summary"] or "", dict(row["window"] or {}))
+
+
+_MONITOR_FIELDS = ("model", "version", "run_id", "window_since", "window_until", "requests", "labelled", "decision",
+                   "drifted", "accuracy_dropped", "streak", "report")
+
+
+def _monitor_run(row: Mapping[Any, Any]) -> MonitorRun:
+    return MonitorRun(row["id"], row["model"], row["version"], row["run_id"], row["at"], row["window_since"],
+                      float(row["window_until"]), int(row["requests"]), int(row["labelled"]), row["decision"],
+                      bool(row["drifted"]), bool(row["accuracy_dropped"]), int(row["streak"]),
+                      dict(row["figures"] or {}), row["report"], row["summary"] or "")
 
 
 def _transition_record(row: Mapping[Any, Any]) -> TransitionRecord:

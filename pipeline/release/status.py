@@ -57,6 +57,25 @@ def _live_view(release: Release, limit: int) -> dict[str, Any]:
     return view
 
 
+def _monitor_view(release: Release) -> dict[str, Any] | None:
+    """The last production monitor run (:mod:`pipeline.monitoring`): its verdict and headline figures."""
+    last = next(iter(release.registry.monitor_runs(release.model, limit=1)), None)
+    if last is None:
+        return None
+    verdict = last.figures.get("verdict") or {}
+    features = verdict.get("features") or []
+    worst = max(features, key=lambda f: f.get("statistic", 0.0), default=None)
+    predictions: dict[str, Any] = next(
+        (d for d in verdict.get("distributions") or [] if d.get("name") == "predicted classes"), {})
+    accuracy = verdict.get("accuracy") or {}
+    return {"at": f"{last.at:%Y-%m-%d %H:%M:%SZ}", "run": last.run_id, "version": last.version,
+            "decision": last.decision, "streak": last.streak, "requests": last.requests, "labelled": last.labelled,
+            "max_ks": None if worst is None else {"feature": worst["name"], "statistic": round(worst["statistic"], 4)},
+            "prediction_js": None if not predictions else round(predictions["js"], 4),
+            "live_accuracy": accuracy.get("accuracy"), "expected_accuracy": accuracy.get("expected"),
+            "report": last.report, "summary": last.summary}
+
+
 def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str, Any]:
     """Everything on-call needs to know about one model, as a dict."""
     registry = release.registry
@@ -72,6 +91,7 @@ def model_status(release: Release, history: int = _DEFAULT_HISTORY) -> dict[str,
                 + (f" ({holder.holder.describe()})" if holder.holder else ""),
         "servers": {name: _server_view(release, name) for name in _instances(release)},
         "live": _live_view(release, limit=history),
+        "monitor": _monitor_view(release),
         "versions": [
             {"version": r.version, "state": str(r.state), "created": f"{r.created_at:%Y-%m-%d %H:%MZ}",
              "data": (r.data_sha256 or "")[:10], "data_version": (r.data_version or "")[:10] or None,
@@ -106,6 +126,18 @@ def format_status(status: dict[str, Any]) -> str:
         if phase["decision"] in ("fail", "undecided"):  # why, and what moved: the figures against their limits
             summary = summary[:4] + [line for line in summary if line.startswith(("reason:", "root cause:"))]
         lines.extend(f"      {line}" for line in summary[:4 + 6])
+    monitor = status.get("monitor")
+    if monitor:
+        ks = monitor["max_ks"]
+        accuracy = "-" if monitor["live_accuracy"] is None else f"{monitor['live_accuracy']:.3f}"
+        largest = "-" if ks is None else f"{ks['statistic']} ({ks['feature']})"
+        js = "-" if monitor["prediction_js"] is None else monitor["prediction_js"]
+        lines.append(f"  monitor     {monitor['at']} v{monitor['version']} {monitor['decision']} (streak "
+                     f"{monitor['streak']})  {monitor['requests']} requests, {monitor['labelled']} labelled  "
+                     f"max KS {largest}  prediction JS {js}  "
+                     f"live accuracy {accuracy}")
+        if monitor["report"]:
+            lines.append(f"    report {monitor['report']}")
     lines.append("  versions")
     for v in status["versions"]:
         metrics = " ".join(f"{k}={val}" for k, val in sorted(v["metrics"].items())[:3])

@@ -10,6 +10,7 @@ Pages (server-rendered, Jinja2 templates under ``templates/``)::
                                                 checks, tests and the plot .../versions/<N>/live.png)
     /reports/<model>/data/<sha256>/<path>       the snapshot's Great Expectations Data Docs
     /reports/<model>/runs/<run_id>/<file>       a training run's curve, confusion matrix and metrics
+    /reports/<model>/monitor/<run_id>/<file>    a production monitor run's report page and plots
     /runs/report?dag_id&run_id&task_id&kind     where a task's extra link goes: finds the report of that run
 
 Every route needs Airflow's login (:mod:`pipeline.ui.auth`); a rollback is triggered through Airflow's REST API
@@ -197,6 +198,17 @@ def create_app(paths: Paths | None = None, airflow: Airflow | None = None, *, ap
             raise Refused(f"a training run's reports are {sorted(_RUN_FILES)}, not {file_name!r}")
         return FileResponse(safe_file(pages.training_dir(model, run_id), file_name, pages.paths.home))
 
+    @app.get("/reports/{model}/monitor/{run_id}/{file_name}", name="monitor_file")
+    def monitor_file(model: str, run_id: str, file_name: str) -> Response:
+        from pipeline.monitoring.report import REPORT_FILES
+
+        checked_name(model, MODEL_NAME, "model name")
+        checked_name(run_id, RUN_ID, "run id")
+        if file_name not in REPORT_FILES:
+            raise Refused(f"a monitor run's reports are {sorted(REPORT_FILES)}, not {file_name!r}")
+        root = pages.paths.home / "reports" / model / "monitor" / run_id
+        return FileResponse(safe_file(root, file_name, pages.paths.home), headers={"Cache-Control": "no-store"})
+
     @app.get("/runs/report", name="task_report")
     def task_report(request: Request, dag_id: Annotated[str, Query(max_length=250)],
                     run_id: Annotated[str, Query(max_length=250)], task_id: Annotated[str, Query(max_length=250)],
@@ -224,6 +236,13 @@ def _find_report(to: Callable[..., str], pages: Pages, client: Airflow, token: s
     """
     if kind not in links.reports_of_task(dag_id, task_id):
         raise NotFound(f"task {task_id} of {dag_id} has no {kind!r} report")
+    if kind == links.MONITOR_REPORT:  # the drift task names its model; the run id names the report
+        watched = links.monitored_model(task_id)
+        if watched is None or not RUN_ID.fullmatch(run_id):
+            raise NotFound(f"task {task_id} of {dag_id} has no monitor report")
+        if not (pages.paths.home / "reports" / watched / "monitor" / run_id / "index.html").is_file():
+            raise NotFound(f"run {run_id} of {task_id} wrote no report (yet)")
+        return to("monitor_file", model=watched, run_id=run_id, file_name="index.html")
     model = links.release_model(dag_id)
     if model is None:  # model_rollback / canary_monitor: the run's conf names the model, when it does
         conf_model = client.run_conf(token, dag_id, run_id).get("model")

@@ -26,9 +26,11 @@ TRAINING_CURVE = "training_curve"
 CONFUSION_MATRIX = "confusion_matrix"
 VERDICT = "verdict"
 MODEL_PAGE = "model"
-REPORT_KINDS = (DATA_DOCS, TRAINING_CURVE, CONFUSION_MATRIX, VERDICT, MODEL_PAGE)
+MONITOR_REPORT = "monitor_report"
+REPORT_KINDS = (DATA_DOCS, TRAINING_CURVE, CONFUSION_MATRIX, VERDICT, MODEL_PAGE, MONITOR_REPORT)
 LINK_NAMES = {DATA_DOCS: "Data Docs", TRAINING_CURVE: "Training curve", CONFUSION_MATRIX: "Confusion matrix",
-              VERDICT: "Verdict", MODEL_PAGE: "Model page"}
+              VERDICT: "Verdict", MODEL_PAGE: "Model page", MONITOR_REPORT: "Monitor report"}
+DRIFT_TASK_PREFIX = "drift_"  # canary_monitor's drift_<model> tasks write reports/<model>/monitor/<run_id>/
 TRAINING_FILES = {TRAINING_CURVE: "training_curve.png", CONFUSION_MATRIX: "confusion_matrix.png"}
 
 # Gates whose verdict a task writes (pipeline.release: serving/verdicts/<model>/<N>/<gate>.json; evaluate writes
@@ -45,6 +47,12 @@ def release_model(dag_id: str) -> str | None:
     return None
 
 
+def monitored_model(task_id: str) -> str | None:
+    """The model a ``canary_monitor`` drift task watches (None for any other task)."""
+    model = task_id.removeprefix(DRIFT_TASK_PREFIX)
+    return model if model != task_id and re.fullmatch(r"[a-z][a-z0-9_]{0,62}", model) else None
+
+
 def gate_of_task(task_id: str) -> str | None:
     """The gate whose verdict ``task_id`` writes: ``staging``, ``canary``, ``evaluate``, ``live_shadow``, ..."""
     if task_id in _TASK_GATES:
@@ -59,6 +67,8 @@ def reports_of_task(dag_id: str, task_id: str) -> tuple[str, ...]:
     if release_model(dag_id) is not None:
         kinds = _TASK_REPORTS.get(task_id, ()) + ((VERDICT,) if gate_of_task(task_id) else ())
         return (*kinds, MODEL_PAGE)
+    if dag_id == MONITOR_DAG and monitored_model(task_id) is not None:
+        return (MONITOR_REPORT, MODEL_PAGE)
     if dag_id in (ROLLBACK_DAG, MONITOR_DAG):
         return (MODEL_PAGE,)
     return ()

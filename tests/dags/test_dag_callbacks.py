@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from pipeline.notify import PROBE_FAILED, RELEASE_FAILED, ROLLBACK, SmtpAlertNotifier, WebhookNotifier
+from pipeline.notify import DRIFT, PROBE_FAILED, RELEASE_FAILED, ROLLBACK, SmtpAlertNotifier, WebhookNotifier
 from pipeline.refusals import Refused
 from tests.airflow_stub import (
     AirflowApiStub,
@@ -80,6 +80,10 @@ def test_rollback_and_probe_callbacks_are_wired(dagbag):
     assert rollback.on_failure_callback[0].__name__ == "_on_failure"
     probe = dagbag.dags["canary_monitor"].get_task("probe_spam")
     assert {n.event for n in probe.on_failure_callback[1:]} == {PROBE_FAILED}
+    drift = dagbag.dags["canary_monitor"].get_task("drift_spam")
+    assert drift.on_failure_callback[0].__name__ == "_on_drift"
+    assert {n.event for n in drift.on_failure_callback[1:]} == {DRIFT}
+    assert names(drift.inlets) == ["spam_production"]
 
 
 @pytest.fixture

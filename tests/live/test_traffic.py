@@ -68,7 +68,7 @@ def spec(**fields: Any) -> TrafficSpec:
     ("rest_url", "http://127.0.0.1:99999"), ("rest_url", "http://127.0.0.1:8501/v1/models"),
     ("grpc_target", None), ("grpc_target", "127.0.0.1"), ("grpc_target", "http://127.0.0.1:8500"),
     ("feedback_url", "capture:8701"), ("model", ""), ("model", "../etc"), ("model", "a/b"),
-    ("signature_name", ""),
+    ("signature_name", ""), ("shift_share", 1.5), ("shift_share", -0.1),
 ])
 def test_a_bad_value_is_a_config_error_naming_the_field(field: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=f"traffic {field}"):
@@ -253,6 +253,43 @@ class FakeClient:
 
     def close(self) -> None:
         self.closed = True
+
+
+class RecordingClient:
+    """Answers class 0 and keeps every instance it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def predict_answer(self, model: str, instances: Any = None, request_id: str | None = None,
+                       **_: Any) -> PredictAnswer:
+        with self._lock:
+            self.sent.append(np.asarray(instances).reshape(-1))
+        return PredictAnswer({"classes": np.array([0])}, request_id)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_shift_sends_its_share_of_the_digits_shifted_with_their_labels() -> None:
+    from pipeline.monitoring.shifts import thicken
+
+    digits = np.zeros((10, 784), dtype=np.float32)
+    digits[:, 400] = 1.0  # one lit pixel: thickened, it lights its four neighbours
+    examples = HeldOut(digits, np.arange(10), "ten dots")
+    client = RecordingClient()
+    report = run_traffic(spec(rps=400, duration_s=0.025, apis=("rest",), feedback_url=None, shift="thicken",
+                              shift_share=0.3), examples=examples, clients={"rest": client})
+    assert report.planned == 10 and "3 of them shifted (thicken)" in report.examples
+    shifted = [x for x in client.sent if x.sum() == 5]
+    assert len(shifted) == 3 and all(np.array_equal(x, thicken(digits[0])) for x in shifted)
+    assert sum(x.sum() == 1 for x in client.sent) == 7
+
+
+def test_an_unknown_shift_is_refused_before_anything_is_sent() -> None:
+    with pytest.raises(ConfigError, match="unknown shift 'smudge'"):
+        spec(shift="smudge")
 
 
 def test_the_report_counts_what_each_api_did() -> None:

@@ -839,3 +839,25 @@ def test_a_version_up_to_int64_is_stored_and_read_back(registry: Registry) -> No
     registry.transition(_MODEL, MAX_VERSION, State.STAGED, run_id="r", reason="big")
     assert registry.get_version(_MODEL, MAX_VERSION).version == MAX_VERSION
     assert [t.version for t in registry.history(_MODEL)] == [MAX_VERSION, MAX_VERSION]
+
+
+def test_monitor_runs_are_recorded_with_their_figures_newest_first(registry: Registry) -> None:
+    first = registry.record_monitor_run({
+        "model": _MODEL, "version": 3, "run_id": "scheduled-1", "window_since": None, "window_until": 1000.5,
+        "requests": 300, "labelled": 120, "decision": "drift", "drifted": True, "accuracy_dropped": False,
+        "streak": 1, "figures": {"verdict": {"features": [{"name": "ink", "statistic": 0.21}]}},
+        "report": "reports/mnist/monitor/scheduled-1/index.html", "summary": "mnist stable 3: drift"})
+    registry.record_monitor_run({
+        "model": _MODEL, "version": 3, "run_id": "scheduled-2", "window_since": 1000.5, "window_until": 1300.0,
+        "requests": 12, "labelled": 0, "decision": "no_verdict", "drifted": False, "accuracy_dropped": False,
+        "streak": 1, "figures": {}, "report": None, "summary": "too few"})
+    registry.record_monitor_run({
+        "model": "other", "version": None, "run_id": "scheduled-1", "window_until": 1.0, "requests": 0,
+        "labelled": 0, "decision": "no_verdict", "drifted": False, "accuracy_dropped": False, "streak": 0})
+
+    runs = registry.monitor_runs(_MODEL)
+    assert [r.run_id for r in runs] == ["scheduled-2", "scheduled-1"]
+    assert runs[1] == first and runs[1].figures["verdict"]["features"][0]["statistic"] == 0.21
+    assert (runs[0].window_since, runs[0].window_until, runs[0].report) == (1000.5, 1300.0, None)
+    assert registry.monitor_runs(_MODEL, limit=1)[0].run_id == "scheduled-2"
+    assert registry.monitor_runs("other")[0].version is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
@@ -266,3 +266,42 @@ def test_which_task_links_to_which_report():
     assert link is not None and link.startswith("plugin/models/airflow/pipeline/runs/report?")
     assert parse_qs(urlsplit(link).query) == {"dag_id": [dag], "run_id": ["manual__2026+1"], "task_id": ["train"],
                                               "kind": [links.TRAINING_CURVE]}
+
+
+def test_a_drift_task_links_to_its_monitor_report_and_only_its_files_are_served(client, world):
+    run = "scheduled__2026-11-28T17:00:00+00:00"
+    report = world.paths.home / "reports" / MODEL / "monitor" / run
+    report.mkdir(parents=True)
+    (report / "index.html").write_text("<h1>mnist: production monitor</h1>")
+    (report / "features.png").write_bytes(PNG)
+    (report / "window.json").write_text("{}")
+    assert links.reports_of_task("canary_monitor", f"drift_{MODEL}") == (links.MONITOR_REPORT, links.MODEL_PAGE)
+    assert links.reports_of_task("canary_monitor", f"probe_{MODEL}") == (links.MODEL_PAGE,)
+    link = links.task_report_link("canary_monitor", run, f"drift_{MODEL}", links.MONITOR_REPORT)
+    assert link is not None
+    reply = client.get("/" + link.removeprefix(f"plugin/{links.NAV_ROUTE}/"), follow_redirects=False)
+    target = f"{PREFIX}/reports/{MODEL}/monitor/{quote(run, safe='')}/index.html"
+    assert reply.status_code == 303 and unquote(reply.headers["location"]) == unquote(target)
+    page = client.get(reply.headers["location"])
+    assert page.status_code == 200 and "production monitor" in page.text
+    assert client.get(f"{PREFIX}/reports/{MODEL}/monitor/{quote(run, safe='')}/features.png").content == PNG
+    assert client.get(f"{PREFIX}/reports/{MODEL}/monitor/{quote(run, safe='')}/window.json").status_code == 400
+    assert client.get(f"{PREFIX}/reports/{MODEL}/monitor/%2e%2e/index.html").status_code in (400, 404)
+    before = read(client.get(f"{PREFIX}/models/{MODEL}").text)
+    assert "No monitor run recorded." in client.get(f"{PREFIX}/models/{MODEL}").text and "monitor" not in before.by_id
+    world.registry.record_monitor_run({
+        "model": MODEL, "version": 2, "run_id": run, "window_until": 1.0, "requests": 300, "labelled": 250,
+        "decision": "alarm", "drifted": True, "accuracy_dropped": False, "streak": 2, "summary": "mnist: alarm",
+        "report": f"reports/{MODEL}/monitor/{run}/index.html",
+        "figures": {"verdict": {"features": [{"name": "stroke", "statistic": 0.2}],
+                                "accuracy": {"accuracy": 0.9, "expected": 0.97}}}})
+    model_page = client.get(f"{PREFIX}/models/{MODEL}").text
+    row = read(model_page).table("monitor")[0]
+    assert row.cells[2] == "alarm (streak 2)" and row.cells[4] == "0.2 (stroke)" and "0.900" in row.cells[6]
+    report_link = next(href for href, text in row.links if text == "report")
+    opened = client.get(report_link)
+    assert opened.status_code == 200 and "production monitor" in opened.text
+    missing = links.task_report_link("canary_monitor", "never-ran", f"drift_{MODEL}", links.MONITOR_REPORT)
+    assert missing is not None
+    reply = client.get("/" + missing.removeprefix(f"plugin/{links.NAV_ROUTE}/"), follow_redirects=False)
+    assert reply.status_code == 404 and "wrote no report" in reply.text

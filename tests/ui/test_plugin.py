@@ -15,7 +15,7 @@ from pipeline.settings import REPO_ROOT
 from pipeline.ui import links
 
 TiKey = namedtuple("TiKey", "dag_id task_id run_id try_number map_index")
-LINK_NAMES = ["Data Docs", "Training curve", "Confusion matrix", "Verdict", "Model page"]
+LINK_NAMES = ["Data Docs", "Training curve", "Confusion matrix", "Verdict", "Model page", "Monitor report"]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +55,8 @@ def test_each_release_task_links_to_its_report_and_other_dags_get_none(plugin_mo
         assert "kind=verdict" in link("Verdict", task)
     assert link("Verdict", "train") == "" and link("Data Docs", "train") == ""  # not drawn on other tasks
     assert link("Model page", "rollback", "model_rollback") != ""
+    assert "kind=monitor_report" in link("Monitor report", "drift_mnist", "canary_monitor")
+    assert link("Monitor report", "probe_mnist", "canary_monitor") == ""
     assert all(link(name, "train", "someone_elses_dag") == "" for name in LINK_NAMES)
 
 
@@ -82,5 +84,6 @@ def test_airflow_loads_the_plugin_from_the_folder_the_stack_sets(tmp_path):
                                        "name": "Models (pipeline)"}]
     assert plugin["external_views"][0]["url_route"] == "models"
     assert [entry.split(".")[-1].split()[0] for entry in plugin["global_operator_extra_links"]] == [
-        "DataDocsLink", "TrainingCurveLink", "ConfusionMatrixLink", "VerdictLink", "ModelPageLink"]
+        "DataDocsLink", "TrainingCurveLink", "ConfusionMatrixLink", "VerdictLink", "ModelPageLink",
+        "MonitorReportLink"]
     assert "Failed to import" not in proc.stderr and "pipeline_ui" not in proc.stderr
