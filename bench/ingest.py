@@ -34,17 +34,7 @@ from pipeline.data.landing import ingest_file, ingest_live_labels, validate_part
 from pipeline.data.prepare import prepare_snapshot  # noqa: E402
 from pipeline.live.store import Capture, CaptureStore, VariantAnswer, capture_db_path  # noqa: E402
 from pipeline.settings import Paths  # noqa: E402
-
-
-def _digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct learnable fake digits: a bright block per class on noise (as tests.conftest.synthetic_images)."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 10, size=n).astype(np.int64)
-    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-    for i, label in enumerate(y):
-        row, col = divmod(int(label), 4)
-        x[i, 2 + 8 * row: 8 + 8 * row, 2 + 7 * col: 8 + 7 * col] = 255
-    return x, y
+from tests.conftest import synthetic_images as _digits  # noqa: E402  (learnable fake digits, as the tests use)
 
 
 def _timed(fn):
