@@ -10,14 +10,31 @@ ways take turns call by call (req/s there is 1 / mean latency); at 8 they altern
 a busy VM hits them alike. Each row also reports the CPU the server process and this (client) process
 used, in cores, which shows where the time goes.
 
-Targets (issue 13): at concurrency 8, REST and gRPC with batching >= 60 % of the floor's throughput; at concurrency
-1, batching must not raise the p50 (reported as the difference to the plain server; noise on a shared VM is
-~0.1 ms).
+Which client produced which row (read this before comparing numbers across versions of this bench):
+
+* ``in_process``: no client; the floor.
+* ``rest``, ``grpc``, ``rest_batched``, ``grpc_batched``: the project's Python client (``ServingClient``), one per
+  thread, in this process. Its ``client cpu`` is this process's. On 2 cores these threads take about as much CPU
+  per request as the server, from the server: these rows measure client and server together. They were the only
+  rows before the external tools were added (issue 13's "today about 21-25 %" and 0.40/0.47 came from them).
+* ``rest_wrk``, ``rest_batched_wrk``: ``wrk`` (one event-loop thread, ``concurrency`` connections) POSTing the same
+  JSON body the Python client sends. ``grpc_h2load``, ``grpc_batched_h2load``: ``h2load`` POSTing the same
+  ``PredictRequest`` gRPC-framed over h2c. Their ``client cpu`` is the tool's own (its rusage). These rows are the
+  server's throughput with a client that costs little CPU (bench/loadgen.py). Their p50/p99 are each run's
+  percentiles averaged over the rounds, weighted by requests.
+
+A missing tool is named in the output and its rows are left out (the summary then uses the Python-client rows and
+says so); ``make system-deps`` installs both.
+
+Targets (issue 13): at concurrency 8, REST and gRPC with batching >= 60 % of the floor's throughput (judged on the
+``wrk``/``h2load`` rows when present; the Python-client ratio is shown beside it); at concurrency 1, batching must
+not raise the p50 (reported as the difference to the plain server on the Python client's call-by-call
+alternation, whose paired median is the most precise figure here; noise on a shared VM is ~0.1 ms).
 
 Usage::
 
-    .venv/bin/python bench/batching.py [--model-base-path var/models/mnist] [--seconds 24] [--rounds 4]
-        [--parameters configs/serving/batching.config] [--json out.json]
+    .venv/bin/python bench/batching.py [--model-base-path var/models/mnist] [--seconds 36] [--rounds 4]
+        [--parameters configs/serving/batching.config] [--no-external] [--json out.json]
 
 With no version under the model base path, the bench's small CNN of the same signature is built in a temporary
 directory. Nothing is written outside a temporary directory.
@@ -37,17 +54,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402  (bench/loadgen.py: wrk and h2load)
 import serving as serving_bench  # noqa: E402  (bench/serving.py: model, load and timing helpers)
 
 _MODEL = serving_bench._MODEL
 _REPO = Path(__file__).resolve().parent.parent
 _DEFAULT_PARAMETERS = _REPO / "configs" / "serving" / "batching.config"
-_DEFAULT_SECONDS = 24.0  # per concurrency, shared by every way and round
+_DEFAULT_SECONDS = 36.0  # per concurrency, shared by every way and round
 _DEFAULT_ROUNDS = 4
 _CONCURRENCIES = (1, 8)
 _WARMUP_CALLS = 20
 _TARGET_RATIO = 0.60
 _WAYS = ("in_process", "rest", "grpc", "rest_batched", "grpc_batched")
+_EXTERNAL_SUFFIX = {"rest": "_wrk", "grpc": "_h2load"}
 
 
 def callers(endpoints: dict[str, Any], signature: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
@@ -74,36 +93,94 @@ def callers(endpoints: dict[str, Any], signature: Any, inputs: Any) -> dict[str,
     return ways
 
 
+def external_ways(endpoints: dict[str, Any], inputs: Any) -> tuple[dict[str, loadgen.ExternalLoad], list[str]]:
+    """The wrk/h2load ways (``rest_wrk``, ``grpc_batched_h2load``...) for the tools present; lines naming the rest."""
+    from tensorflow_serving.apis import predict_pb2
+
+    from pipeline.serving.client import _JSON_ENCODER
+    from pipeline.wire.tensors import fill_tensor_proto
+
+    missing = loadgen.missing_tools()
+    rest_body = _JSON_ENCODER.encode({"signature_name": serving_bench._SIGNATURE, "instances": inputs.tolist()})
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name, request.model_spec.version_label = _MODEL, "stable"
+    request.model_spec.signature_name = serving_bench._SIGNATURE
+    fill_tensor_proto(request.inputs["images"], inputs)
+    grpc_body = request.SerializeToString()
+    ways: dict[str, loadgen.ExternalLoad] = {}
+    for server, suffix in (("plain", ""), ("batched", "_batched")):
+        endpoint = endpoints[server]
+        if "rest" not in missing:
+            ways[f"rest{suffix}_wrk"] = loadgen.ExternalLoad(
+                "wrk", f"http://{endpoint.host}:{endpoint.rest_port}/v1/models/{_MODEL}/labels/stable:predict",
+                rest_body.encode() if isinstance(rest_body, str) else rest_body)
+        if "grpc" not in missing:
+            loadgen.check_grpc_body(f"{endpoint.host}:{endpoint.grpc_port}", grpc_body)
+            ways[f"grpc{suffix}_h2load"] = loadgen.ExternalLoad(
+                "h2load", f"http://{endpoint.host}:{endpoint.grpc_port}{loadgen.PREDICT_METHOD}",
+                loadgen.grpc_frame(grpc_body))
+    return ways, list(missing.values())
+
+
+def server_of(way: str) -> str:
+    return "batched" if "_batched" in way else "plain"
+
+
 def cpu_seconds(process: Any) -> float:
     times = process.cpu_times()
     return float(times.user + times.system)
 
 
-def measure(ways: dict[str, Callable[[], Any]], servers: dict[str, Any], concurrency: int, seconds: float,
+def measure(ways: dict[str, Any], servers: dict[str, Any], concurrency: int, seconds: float,
             rounds: int) -> list[dict[str, Any]]:
-    """Every way at one concurrency, in alternating rounds; throughput, latency and CPU per way."""
+    """Every way at one concurrency, in alternating rounds; throughput, latency and CPU per way.
+
+    A way is a no-argument callable (run from ``concurrency`` threads of this process) or a
+    :class:`loadgen.ExternalLoad` (its tool keeps ``concurrency`` requests in flight; its CPU is the tool's).
+    """
     import psutil
 
     me = psutil.Process()
-    server_of = {way: servers.get("batched" if way.endswith("_batched") else "plain") for way in ways}
     results: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
     cpu: dict[str, list[float]] = {way: [0.0, 0.0] for way in ways}  # [server, client] CPU seconds
     per_run = seconds / rounds / len(ways)
     for round_index in range(rounds):
         order = list(ways) if round_index % 2 == 0 else list(reversed(list(ways)))
         for way in order:
-            server = server_of[way] if way != "in_process" else None
+            server = servers[server_of(way)] if way != "in_process" else None
             server_before, client_before = (cpu_seconds(server) if server else 0.0), cpu_seconds(me)
-            results[way].append(serving_bench.run_load(ways[way], concurrency, per_run))
+            external = isinstance(ways[way], loadgen.ExternalLoad)
+            result = ways[way].run(concurrency, per_run) if external else serving_bench.run_load(ways[way], concurrency,
+                                                                                                  per_run)
+            results[way].append(result)
             cpu[way][0] += (cpu_seconds(server) - server_before) if server else 0.0
-            cpu[way][1] += cpu_seconds(me) - client_before
+            cpu[way][1] += result["client_cpu_s"] if external else cpu_seconds(me) - client_before
     rows = []
     for way in ways:
-        figures = serving_bench.merge_loads(results[way])
+        external = isinstance(ways[way], loadgen.ExternalLoad)
+        figures = merge_external(results[way]) if external else serving_bench.merge_loads(results[way])
         elapsed = sum(result["elapsed_s"] for result in results[way])
-        rows.append({"way": way, "concurrency": concurrency, **{k: round(v, 3) for k, v in figures.items()},
+        rows.append({"way": way, "concurrency": concurrency, "client": client_of(way, ways[way]),
+                     **{k: round(v, 3) for k, v in figures.items()},
                      "server_cores": round(cpu[way][0] / elapsed, 2), "client_cores": round(cpu[way][1] / elapsed, 2)})
     return rows
+
+
+def client_of(way: str, call: Any) -> str:
+    """Who made the load of a row: "python" (ServingClient threads), "wrk", "h2load", or "-" (the floor)."""
+    if isinstance(call, loadgen.ExternalLoad):
+        return call.tool
+    return "-" if way == "in_process" else "python"
+
+
+def merge_external(results: list[dict[str, Any]]) -> dict[str, float]:
+    """One row from several runs of an external tool: counts summed, percentiles weighted by requests."""
+    requests = sum(result["requests"] for result in results)
+    weight = max(requests, 1)
+    return {"requests": requests, "errors": sum(result["errors"] for result in results),
+            "p50_ms": sum(result["p50_ms"] * result["requests"] for result in results) / weight,
+            "p99_ms": sum(result["p99_ms"] * result["requests"] for result in results) / weight,
+            "throughput_rps": requests / sum(result["elapsed_s"] for result in results)}
 
 
 def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, Any],
@@ -127,12 +204,12 @@ def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, A
             cpu[way][0] += (cpu_seconds(server) - server_before) if server else 0.0
             cpu[way][1] += cpu_seconds(me) - client_before
     rows = []
-    for way in ways:
+    for way, call in ways.items():
         values = sorted(latencies[way])
         plain = way.removesuffix("_batched")
         paired = (sorted(b - a for a, b in zip(latencies[plain], latencies[way], strict=False))
                   if way.endswith("_batched") else [])
-        rows.append({"way": way, "concurrency": 1, "requests": len(values), "errors": 0,
+        rows.append({"way": way, "concurrency": 1, "client": client_of(way, call), "requests": len(values), "errors": 0,
                      "p50_ms": round(serving_bench._percentile(values, 50) * 1e3, 3),
                      "p99_ms": round(serving_bench._percentile(values, 99) * 1e3, 3),
                      "throughput_rps": round(len(values) / busy[way], 3),
@@ -142,45 +219,70 @@ def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, A
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Throughput ratios to the floor at concurrency 8, and the p50 change batching brings at concurrency 1."""
-    def row(way: str, concurrency: int) -> dict[str, Any]:
-        return next(r for r in rows if (r["way"], r["concurrency"]) == (way, concurrency))
+    """Throughput ratios to the floor at concurrency 8, and the p50 change batching brings at concurrency 1.
 
-    floor = row("in_process", 8)["throughput_rps"]
+    The c8 ratio is judged on the external tool's rows (wrk, h2load) when they were measured, else on the Python
+    client's; ``client`` says which, and ``python_client`` always gives the Python client's ratio beside it.
+    """
+    def row(way: str, concurrency: int) -> dict[str, Any] | None:
+        return next((r for r in rows if (r["way"], r["concurrency"]) == (way, concurrency)), None)
+
+    def rps(way: str, concurrency: int) -> float:
+        found = row(way, concurrency)
+        assert found is not None, way
+        return float(found["throughput_rps"])
+
+    floor = rps("in_process", 8)
     summary: dict[str, Any] = {}
     for protocol in ("rest", "grpc"):
-        plain, batched = row(protocol, 8)["throughput_rps"], row(f"{protocol}_batched", 8)["throughput_rps"]
-        ratio = batched / floor
-        summary[f"{protocol}_c8_ratio"] = {"value": round(ratio, 3), "without_batching": round(plain / floor, 3),
-                                           "target": _TARGET_RATIO, "met": ratio >= _TARGET_RATIO}
-        p50_delta = row(f"{protocol}_batched", 1)["p50_ms"] - row(protocol, 1)["p50_ms"]
-        summary[f"{protocol}_c1_p50_delta_ms"] = {"value": round(p50_delta, 3),
-                                                  "paired_median_ms": row(f"{protocol}_batched", 1).get("paired_delta_p50_ms"),
-                                                  "without_batching_ms": row(protocol, 1)["p50_ms"],
-                                                  "with_batching_ms": row(f"{protocol}_batched", 1)["p50_ms"]}
+        suffix = _EXTERNAL_SUFFIX[protocol]
+        external = row(f"{protocol}_batched{suffix}", 8) is not None and row(f"{protocol}{suffix}", 8) is not None
+        judged = suffix if external else ""
+        ratio = rps(f"{protocol}_batched{judged}", 8) / floor
+        summary[f"{protocol}_c8_ratio"] = {
+            "value": round(ratio, 3), "client": suffix.lstrip("_") if external else "python",
+            "without_batching": round(rps(f"{protocol}{judged}", 8) / floor, 3),
+            "python_client": round(rps(f"{protocol}_batched", 8) / floor, 3),
+            "python_client_without_batching": round(rps(protocol, 8) / floor, 3),
+            "target": _TARGET_RATIO, "met": ratio >= _TARGET_RATIO}
+        plain_c1, batched_c1 = row(protocol, 1), row(f"{protocol}_batched", 1)
+        assert plain_c1 is not None and batched_c1 is not None
+        summary[f"{protocol}_c1_p50_delta_ms"] = {"value": round(batched_c1["p50_ms"] - plain_c1["p50_ms"], 3),
+                                                  "client": "python",
+                                                  "paired_median_ms": batched_c1.get("paired_delta_p50_ms"),
+                                                  "without_batching_ms": plain_c1["p50_ms"],
+                                                  "with_batching_ms": batched_c1["p50_ms"]}
+        tool_plain, tool_batched = row(f"{protocol}{suffix}", 1), row(f"{protocol}_batched{suffix}", 1)
+        if tool_plain is not None and tool_batched is not None:
+            summary[f"{protocol}_c1_p50_delta_ms"][f"{suffix.lstrip('_')}_ms"] = round(
+                tool_batched["p50_ms"] - tool_plain["p50_ms"], 3)
     return summary
 
 
 def render_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
-    header = (f"{'way':<14}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'/floor':>8}"
+    header = (f"{'way':<21}{'client':>7}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'/floor':>8}"
               f"{'server cpu':>11}{'client cpu':>11}{'err':>5}")
     lines = [header, "-" * len(header)]
     floors = {r["concurrency"]: r["throughput_rps"] for r in rows if r["way"] == "in_process"}
     for r in rows:
-        ratio = r["throughput_rps"] / floors[r["concurrency"]]
-        lines.append(f"{r['way']:<14}{r['concurrency']:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+        ratio = r["throughput_rps"] / floors[r["concurrency"]] if r["concurrency"] in floors else float("nan")
+        lines.append(f"{r['way']:<21}{r['client']:>7}{r['concurrency']:>5}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
                      f"{r['throughput_rps']:>9.0f}{ratio:>8.2f}{r['server_cores']:>11.2f}{r['client_cores']:>11.2f}"
                      f"{r['errors']:>5}")
     lines.append("")
     for protocol in ("rest", "grpc") if summary else ():
         item = summary[f"{protocol}_c8_ratio"]
         verdict = "met" if item["met"] else "MISSED"
-        lines.append(f"{protocol} conc 8 / floor: {item['value']:.2f} with batching, {item['without_batching']:.2f} "
-                     f"without (target >= {item['target']}): {verdict}")
+        lines.append(f"{protocol} conc 8 / floor ({item['client']} client): {item['value']:.2f} with batching, "
+                     f"{item['without_batching']:.2f} without (target >= {item['target']}): {verdict}; "
+                     f"python client: {item['python_client']:.2f} with, {item['python_client_without_batching']:.2f} "
+                     f"without")
         delta = summary[f"{protocol}_c1_p50_delta_ms"]
-        lines.append(f"{protocol} conc 1 p50: {delta['with_batching_ms']:.2f} ms with batching, "
+        tool = next((f"; {key[:-3]} {value:+.2f} ms" for key, value in delta.items()
+                     if key in ("wrk_ms", "h2load_ms")), "")
+        lines.append(f"{protocol} conc 1 p50 (python client): {delta['with_batching_ms']:.2f} ms with batching, "
                      f"{delta['without_batching_ms']:.2f} ms without ({delta['value']:+.2f} ms; median of call-by-call "
-                     f"differences {delta['paired_median_ms']:+.3f} ms)")
+                     f"differences {delta['paired_median_ms']:+.3f} ms{tool})")
     return "\n".join(lines)
 
 
@@ -200,6 +302,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "embedded profile)")
     parser.add_argument("--concurrencies", type=int, nargs="+", default=list(_CONCURRENCIES),
                         help="client threads to measure at (the summary needs 1 and 8)")
+    parser.add_argument("--no-external", action="store_true",
+                        help="leave out the wrk/h2load rows (Python-client rows only, as before they were added)")
     parser.add_argument("--json", type=Path, help="also write the JSON document here")
     return parser.parse_args(argv)
 
@@ -243,14 +347,23 @@ def main(argv: list[str] | None = None) -> int:
                 write_config(backend.config_path, config)
                 endpoints[name] = backend.start(timeout_s=120)
                 backend.apply_config(config, timeout_s=60)
-                processes[name] = psutil.Process(json.loads(backend.state_path.read_text())["pid"])
+                processes[name] = psutil.Process(backend.pid())
             ways = callers(endpoints, signature, serving_bench.sample_inputs(1))
             for call in ways.values():
                 for _ in range(_WARMUP_CALLS):
                     call()
-            rows = [row for concurrency in args.concurrencies
-                    for row in (measure_interleaved(ways, processes, args.seconds) if concurrency == 1 else
-                                measure(ways, processes, concurrency, args.seconds, args.rounds))]
+            external, missing = external_ways(endpoints, serving_bench.sample_inputs(1)) if not args.no_external \
+                else ({}, [])
+            for line in missing:
+                print(f"warning: {line}; its rows are left out", file=sys.stderr)
+            rows = []
+            for concurrency in args.concurrencies:
+                if concurrency == 1:  # the Python ways call by call; the tools in rounds of their own
+                    rows += measure_interleaved(ways, processes, args.seconds)
+                    rows += measure(external, processes, 1, args.seconds * len(external) / 9, args.rounds) \
+                        if external else []
+                else:
+                    rows += measure({**ways, **external}, processes, concurrency, args.seconds, args.rounds)
         finally:
             for backend in backends.values():
                 backend.stop()
@@ -258,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(rows) if {1, 8} <= set(args.concurrencies) else {}
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     report = {"model_source": model_source, "intra_op_threads": args.intra_op_threads, "cpus": psutil.cpu_count(),
+              "missing_tools": missing,
               "load_average_1min_start_end": load,
               "batching_parameters": parameters, "rows": rows, "summary": summary}
     print(render_table(rows, summary))

@@ -421,13 +421,19 @@ class BatchQueue:
             return self._run(arrays)
         scheduler = self._scheduler
         with scheduler._cond:
-            if self._closed:
-                inline, tasks = None, None  # unloaded meanwhile: run unbatched, below
+            alone = self._take_slot_alone(size)
+            if self._closed or alone:
+                inline, tasks = None, None  # unloaded meanwhile (run unbatched), or alone in its slot: below
             else:
                 tasks = self._enqueue(arrays, size)
                 inline = self._take_inline(tasks)
                 if inline is None and scheduler._free_slots > 0:
                     scheduler._cond.notify()  # a free thread runs it now, or sleeps until its batch's timeout
+        if alone:
+            try:
+                return self._run(arrays)
+            finally:
+                scheduler._release_inline_slot()
         if tasks is None:
             return self._run(arrays)
         if inline is not None:
@@ -475,6 +481,20 @@ class BatchQueue:
                 self._batches.append(_Batch(now))
             self._batches[-1].add(task)
         return tasks
+
+    def _take_slot_alone(self, size: int) -> bool:
+        """Take a slot for a request that would be a batch of its own, run at once, exactly as submitted.
+
+        That is: no timeout to wait for, a free slot, nothing queued, and a size that needs no padding or
+        splitting. It then runs in the caller's thread with no task, batch or hand-off: at concurrency 1 batching
+        costs two lock round trips over the plain call.
+        """
+        options = self._options
+        if (options.batch_timeout_micros or self._scheduler._free_slots <= 0 or self._batches or self._closed
+                or size > options.execution_batch_size or _padding_rows(options.allowed_batch_sizes, size)):
+            return False
+        self._scheduler._free_slots -= 1
+        return True
 
     def _take_inline(self, tasks: list[_Task]) -> _Batch | None:
         """The open batch, to run in the caller's thread, when nothing waits ahead of it and a slot is free."""

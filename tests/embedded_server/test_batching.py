@@ -146,6 +146,41 @@ def test_a_lone_request_runs_at_once_in_its_own_thread(schedulers: Any) -> None:
     assert len(model.calls) == 1
 
 
+def test_a_lone_request_is_run_as_submitted_with_no_task_or_hand_over(schedulers: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.embedded_server import batching
+
+    def no_task(*args: Any) -> None:
+        raise AssertionError("a lone request was queued as a task")
+
+    seen: list[dict[str, np.ndarray]] = []
+    scheduler = schedulers()
+    queue = scheduler.queue(lambda arrays: seen.append(arrays) or {"y": arrays["x"] + 1})
+    monkeypatch.setattr(batching, "_Task", no_task)
+    request = rows(1.0, 2.0)
+
+    assert queue.submit(request)["y"].tolist() == [2.0, 3.0]
+    assert seen[0] is request  # not copied, concatenated or split
+    assert queue.submit(request)["y"].tolist() == [2.0, 3.0]  # the slot came back
+    assert scheduler._free_slots == 1
+
+
+def test_a_lone_requests_error_is_its_own_and_frees_the_slot(schedulers: Any, pool: ThreadPoolExecutor) -> None:
+    def fails(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+        raise ServingError("INVALID_ARGUMENT", "bad rows")
+
+    scheduler = schedulers()
+    with pytest.raises(ServingError, match="bad rows"):
+        scheduler.queue(fails).submit(rows(1.0))
+    model = Model()
+    queue = scheduler.queue(model)
+    first = occupy(queue, model, pool)  # the only slot is free again: a request can take and hold it
+    futures = queue_up(queue, pool, [rows(1.0), rows(2.0)])
+    model.let_go()
+    assert [future.result(_WAIT_S)["y"].tolist() for future in [first, *futures]] == [[-9.0], [11.0], [21.0]]
+    assert [len(call["x"]) for call in model.calls] == [1, 2]
+
+
 def test_the_timeout_flushes_a_lone_request(schedulers: Any, pool: ThreadPoolExecutor) -> None:
     model = Model()
     queue = schedulers(batch_timeout_micros=200_000, max_batch_size=8).queue(model)
