@@ -3,8 +3,10 @@
 TF Serving has no such limits (its gRPC port takes INT_MAX-sized messages, and a 40-byte request whose shape says
 [300000, 784] allocates all of it); these are this server's own, each a flag with a safe default:
 
-* ``--max_request_bytes`` (64 MiB): a REST body (413, before it is read) and a gRPC message (RESOURCE_EXHAUSTED,
-  from gRPC itself).
+* ``--max_request_bytes`` (64 MiB): a REST body (413, before it is read); a gRPC message may be half of it
+  (RESOURCE_EXHAUSTED, from gRPC itself). The budget of one request is 2 x ``--max_request_bytes`` of memory, and
+  grpcio alone holds a message three times while it hands it to Python (its slices, a bytearray, the bytes; an
+  identity deserializer measured +191 MB for a 62 MiB message), so a message may take 1/2 of the limit.
 * ``--max_tensor_elements`` (2**24): the elements of one input tensor, REST or gRPC (INVALID_ARGUMENT, before
   the tensor is allocated: a gRPC tensor's shape is checked before its values are read).
 * REST bodies may hold at most one JSON value per :data:`JSON_VALUE_BYTES` bytes of ``--max_request_bytes``
@@ -23,6 +25,7 @@ from pipeline.wire.status import invalid_argument
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
 JSON_VALUE_BYTES = 48  # a parsed JSON number costs ~40 bytes (a float, its list slot, the list's slack)
+GRPC_MESSAGE_SHARE = 2  # a gRPC message may be this fraction of --max_request_bytes (see the module doc)
 MAX_RANK = 254  # TensorFlow's TensorShape::MaxDimensions()
 
 
@@ -32,6 +35,10 @@ class RequestLimits:
 
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     max_tensor_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS
+
+    @property
+    def max_grpc_message_bytes(self) -> int:
+        return max(1, self.max_request_bytes // GRPC_MESSAGE_SHARE)
 
     @property
     def max_json_values(self) -> int:

@@ -32,7 +32,7 @@ def _prediction_stub(server: Any) -> Any:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
-                                    options=[("grpc.max_send_message_length", -1)])
+                                    options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
     return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
@@ -78,6 +78,29 @@ def test_a_grpc_message_over_the_size_limit_is_resource_exhausted(small_server: 
         with pytest.raises(grpc.RpcError) as caught:
             stub.Predict(request, timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # a gRPC message may take half of --max_request_bytes (grpcio holds it three times on its way in)
+        request = _request([3 << 16], tensor_content=b"\0" * (3 << 18))  # 0.75 MiB
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_large_grpc_tensor_is_answered_from_its_own_bytes(serve: Any, make_base_path: Any,
+                                                            half_plus_two_dir: Path) -> None:
+    import numpy as np
+
+    from pipeline.wire.tensors import to_ndarray
+
+    base = make_base_path(MODEL, {1: half_plus_two_dir})
+    server = serve(model_name=MODEL, model_base_path=str(base), max_request_bytes=16 << 20)
+    values = np.arange(1 << 20, dtype=np.float32)  # 4 MiB: split out of the message and shared with TensorFlow
+    channel, stub = _prediction_stub(server)
+    with channel:
+        answer = stub.Predict(_request([1 << 20], tensor_content=values.tobytes()), timeout=60)
+        np.testing.assert_array_equal(to_ndarray(answer.outputs["y"]), values / 2 + 2)
+        with pytest.raises(grpc.RpcError) as caught:  # content that does not fit the shape: still refused
+            stub.Predict(_request([(1 << 20) + 1], tensor_content=values.tobytes()), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # ------------------------------------------------------------------ REST
