@@ -10,8 +10,12 @@ TF Serving has no such limits (its gRPC port takes INT_MAX-sized messages, and a
 * ``--max_tensor_elements`` (2**24): the elements of one input tensor, REST or gRPC (INVALID_ARGUMENT, before
   the tensor is allocated: a gRPC tensor's shape is checked before its values are read).
 * REST bodies may hold at most one JSON value per :data:`JSON_VALUE_BYTES` bytes of ``--max_request_bytes``
-  (1.4 Mi values at the default): a parsed value costs about that much in Python, so the parsed request stays
-  within the size of the largest body. The parse stops as soon as the count passes the limit.
+  (1.4 Mi values at the default), bytes inside strings counting one value per :data:`JSON_VALUE_BYTES`: a parsed
+  value costs about that much in Python (a string its length), so the parsed request stays within the size of the
+  largest body. One JSON string may be at most half of ``--max_request_bytes``: rapidjson holds a string twice
+  while it makes it (its buffer and the Python ``str``), and a DT_STRING input costs its bytes and TensorFlow's
+  copy, so a longer string could not stay within 2 x ``--max_request_bytes``. The parse stops as soon as a count
+  passes its limit.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pipeline.wire.status import invalid_argument
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
 JSON_VALUE_BYTES = 48  # a parsed JSON number costs ~40 bytes (a float, its list slot, the list's slack)
+JSON_STRING_SHARE = 2  # one JSON string may be this fraction of --max_request_bytes (see the module doc)
 GRPC_MESSAGE_SHARE = 2  # a gRPC message may be this fraction of --max_request_bytes (see the module doc)
 MAX_RANK = 254  # TensorFlow's TensorShape::MaxDimensions()
 
@@ -43,6 +48,10 @@ class RequestLimits:
     @property
     def max_json_values(self) -> int:
         return max(1, self.max_request_bytes // JSON_VALUE_BYTES)
+
+    @property
+    def max_json_string_bytes(self) -> int:
+        return max(1, self.max_request_bytes // JSON_STRING_SHARE)
 
 
 def check_tensor_proto(alias: str, proto: Any, max_elements: int) -> None:

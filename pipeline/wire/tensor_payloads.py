@@ -15,13 +15,12 @@ expect (groups, a truncated field, a key that is not UTF-8, a tensor with very m
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from pipeline.util.memory import return_freed_memory
 
 ALIGNMENT = 64  # EIGEN_MAX_ALIGN_BYTES: TensorFlow shares (does not copy) a numpy buffer aligned so
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -182,18 +181,3 @@ def parse_predict_request(data: bytes) -> SplitPredictRequest:
         return SplitPredictRequest(predict_pb2.PredictRequest.FromString(data))
     return SplitPredictRequest(predict_pb2.PredictRequest.FromString(stripped), contents)
 
-
-def return_freed_memory() -> None:
-    """glibc's ``malloc_trim(0)``: hand the heap's free pages back to the OS (nothing elsewhere)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc
-        return None
