@@ -11,7 +11,8 @@ the same run:
   Target: p99 <= 50 ms.
 * **Peak RSS of one request** (the kernel's high-water mark, reset before each request): a 200 MB valid body, the
   largest valid float request the JSON value limit admits, a body just under the size limit of one long string,
-  a 40-byte gRPC request whose shape claims [300000, 784], a gRPC message just under its limit (half of
+  a 40-byte gRPC request whose shape claims [300000, 784], one value broadcast to the most elements the server
+  takes and to the most bytes a gRPC message carries, a gRPC message just under its limit (half of
   --max_request_bytes) and one of 62 MiB (refused, RESOURCE_EXHAUSTED). Target:
   <= baseline + 2 x --max_request_bytes. (The model's answer is small, as a classifier's is; a model that echoes
   a 60 MB input back costs its answer too.)
@@ -53,6 +54,7 @@ _MODEL = "mnist_like"
 _PIXELS = 784
 _MAX_REQUEST_BYTES = 64 << 20  # the server's default, passed explicitly
 _MAX_GRPC_MESSAGE_BYTES = _MAX_REQUEST_BYTES // 2  # pipeline.embedded_server.limits.GRPC_MESSAGE_SHARE
+_MAX_TENSOR_ELEMENTS = 1 << 24  # the server's default --max_tensor_elements
 _PACE_S = 0.01
 _BIG = 200 << 20
 _NOFILE = 1024
@@ -361,6 +363,12 @@ def rss_cases(server: Server) -> dict[str, dict[str, Any]]:
     over_limit_rows = (_MAX_REQUEST_BYTES - (1 << 20)) // (4 * _PIXELS)
     over_limit = _grpc_request(np.zeros((over_limit_rows, _PIXELS), dtype=np.float32))
     cases[f"grpc_{huge_shape.ByteSize()}_bytes_shape_300000x784"] = lambda: grpc_call(huge_shape)
+    for rows in (_MAX_TENSOR_ELEMENTS // _PIXELS, _MAX_GRPC_MESSAGE_BYTES // (4 * _PIXELS)):  # one value broadcast
+        broadcast = _grpc_request(_image())
+        broadcast.inputs["x"].ClearField("tensor_content")
+        broadcast.inputs["x"].float_val.append(1.0)
+        broadcast.inputs["x"].tensor_shape.dim[0].size = rows
+        cases[f"grpc_{broadcast.ByteSize()}_bytes_shape_{rows}x784"] = lambda request=broadcast: grpc_call(request)
     cases[f"grpc_{near_limit_rows}x784_{near_limit.ByteSize() >> 20}mb_tensor"] = lambda: grpc_call(near_limit)
     cases[f"grpc_{over_limit_rows}x784_{over_limit.ByteSize() >> 20}mb_tensor"] = lambda: grpc_call(over_limit)
     try:

@@ -98,7 +98,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             if method == "predict":
                 for alias, proto in request.inputs.items():
-                    check_tensor_proto(alias, proto, self.limits.max_tensor_elements)
+                    check_tensor_proto(alias, proto, self.limits.max_tensor_elements,
+                                       self.limits.max_grpc_message_bytes)
             servable = api.resolve(self.manager, spec)
             response = servable.predict(request, contents) if method == "predict" else getattr(servable, method)(request)
             if self.metrics is not None:

@@ -8,7 +8,9 @@ TF Serving has no such limits (its gRPC port takes INT_MAX-sized messages, and a
   grpcio alone holds a message three times while it hands it to Python (its slices, a bytearray, the bytes; an
   identity deserializer measured +191 MB for a 62 MiB message), so a message may take 1/2 of the limit.
 * ``--max_tensor_elements`` (2**24): the elements of one input tensor, REST or gRPC (INVALID_ARGUMENT, before
-  the tensor is allocated: a gRPC tensor's shape is checked before its values are read).
+  the tensor is allocated: a gRPC tensor's shape is checked before its values are read). A gRPC tensor may also
+  take no more bytes than a gRPC message may (2**24 int64s are 128 MiB; one value broadcast to that shape is a
+  40-byte message).
 * REST bodies may hold at most one JSON value per :data:`JSON_VALUE_BYTES` bytes of ``--max_request_bytes``
   (1.4 Mi values at the default), bytes inside strings counting one value per :data:`JSON_VALUE_BYTES`: a parsed
   value costs about that much in Python (a string its length), so the parsed request stays within the size of the
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.wire.status import invalid_argument
+from pipeline.wire.tensors import item_size
 
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
@@ -54,8 +57,9 @@ class RequestLimits:
         return max(1, self.max_request_bytes // JSON_STRING_SHARE)
 
 
-def check_tensor_proto(alias: str, proto: Any, max_elements: int) -> None:
-    """Refuse a ``TensorProto`` whose shape is invalid or has more than ``max_elements`` elements.
+def check_tensor_proto(alias: str, proto: Any, max_elements: int, max_bytes: int | None = None) -> None:
+    """Refuse a ``TensorProto`` whose shape is invalid, has more than ``max_elements`` elements or, as an array,
+    would take more than ``max_bytes`` (a few values broadcast to a large shape: its message is tiny).
 
     Raises:
         ServingError: INVALID_ARGUMENT, before anything of the size the shape claims is allocated.
@@ -69,3 +73,7 @@ def check_tensor_proto(alias: str, proto: Any, max_elements: int) -> None:
     if count > max_elements:
         raise invalid_argument(f"Input tensor {alias} has {count} elements (shape {dims}), more than the "
                                f"{max_elements} this server takes (--max_tensor_elements)")
+    size = item_size(proto.dtype)
+    if max_bytes is not None and size is not None and count * size > max_bytes:
+        raise invalid_argument(f"Input tensor {alias} would take {count * size} bytes (shape {dims}), more than the "
+                               f"{max_bytes} this server takes in one gRPC message (half of --max_request_bytes)")

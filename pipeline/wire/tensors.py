@@ -30,6 +30,12 @@ _DATATYPE_BY_NUMPY: dict[np.dtype[Any], int] = {
 _NUMPY_BY_DATATYPE = {datatype: dtype.newbyteorder("<") for dtype, datatype in _DATATYPE_BY_NUMPY.items()}
 
 
+def item_size(datatype: int) -> int | None:
+    """Bytes per element of a ``DataType`` whose tensor_content is a numpy array's bytes (None: others)."""
+    dtype = _NUMPY_BY_DATATYPE.get(datatype)
+    return None if dtype is None else dtype.itemsize
+
+
 class TensorConversionError(ValueError):
     """A TensorProto whose content does not fit its dtype and shape."""
 

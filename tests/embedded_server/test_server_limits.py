@@ -71,6 +71,18 @@ def test_a_40_byte_grpc_request_claiming_a_huge_tensor_is_refused(small_server: 
         assert list(answer.outputs["y"].float_val) or answer.outputs["y"].tensor_content
 
 
+def test_a_tensor_that_would_expand_past_a_grpc_message_is_refused() -> None:
+    from pipeline.embedded_server.limits import check_tensor_proto
+    from pipeline.wire.status import ServingError
+
+    tensor = _request([1000, 1000], float_val=[1.0]).inputs["x"]  # 4 MB as an array, from a 20-byte tensor
+    check_tensor_proto("x", tensor, 1 << 24)
+    check_tensor_proto("x", tensor, 1 << 24, max_bytes=4_000_000)
+    with pytest.raises(ServingError, match="would take 4000000 bytes") as caught:
+        check_tensor_proto("x", tensor, 1 << 24, max_bytes=1 << 20)
+    assert caught.value.code == "INVALID_ARGUMENT"
+
+
 def test_a_grpc_message_over_the_size_limit_is_resource_exhausted(small_server: Any) -> None:
     channel, stub = _prediction_stub(small_server)
     with channel:
