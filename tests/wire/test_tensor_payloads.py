@@ -8,6 +8,7 @@ import pytest
 from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import predict_pb2
 
+from pipeline.wire import tensor_payloads
 from pipeline.wire.tensor_payloads import (
     ALIGNMENT,
     SplitPredictRequest,
@@ -18,6 +19,11 @@ from pipeline.wire.tensor_payloads import (
     split_predict_request,
 )
 from pipeline.wire.tensors import fill_tensor_proto, to_ndarray, to_tf_tensor
+
+
+@pytest.fixture(autouse=True)
+def split_every_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tensor_payloads, "SPLIT_ABOVE_BYTES", 0)  # the tests' messages are small
 
 
 def request(**inputs: object) -> predict_pb2.PredictRequest:
@@ -122,3 +128,12 @@ def test_a_large_aligned_array_is_shared_with_tensorflow_and_a_small_one_copied(
     small[0] = 42.0
     assert float(copied[0]) == 0.0
     assert to_tf_tensor(large.astype(np.float64), tf.float32).dtype == tf.float32  # a dtype change: converted
+
+
+def test_a_small_message_is_parsed_by_protobuf_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tensor_payloads, "SPLIT_ABOVE_BYTES", 1 << 10)
+    small = request(x=np.ones(4, np.float32))
+    assert parse_predict_request(small.SerializeToString()) == small
+    large = request(x=np.ones(1024, np.float32))
+    split = parse_predict_request(large.SerializeToString())
+    assert isinstance(split, SplitPredictRequest) and rejoined(split) == large
