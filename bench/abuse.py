@@ -10,7 +10,8 @@ the same run:
   and parsed up to its error). p50/p99/max of the clients per attack; the floor is the same clients unattacked.
   Target: p99 <= 50 ms.
 * **Peak RSS of one request** (the kernel's high-water mark, reset before each request): a 200 MB valid body, the
-  largest valid float request the JSON value limit admits, a body just under the size limit of one long string,
+  largest valid float request the JSON value limit admits, a body just under the size limit of one long string
+  and one of 1 MB strings,
   a 40-byte gRPC request whose shape claims [300000, 784], one value broadcast to the most elements the server
   takes and to the most bytes a gRPC message carries, a gRPC message just under its limit (half of
   --max_request_bytes) and one of 62 MiB (refused, RESOURCE_EXHAUSTED). Target:
@@ -336,12 +337,16 @@ def rss_cases(server: Server) -> dict[str, dict[str, Any]]:
     row = b"[" + b", ".join([b"0.123456"] * _PIXELS) + b"]"
     floats = b'{"instances": [' + b", ".join([row] * rows) + b"]}"
     string = b'{"instances": ["' + b"a" * (_MAX_REQUEST_BYTES - 64) + b'"]}'
+    piece = b'"' + b"a" * ((1 << 20) - 4) + b'"'
+    strings = b'{"instances": [' + b", ".join([piece] * (_MAX_REQUEST_BYTES // len(piece) - 1)) + b"]}"
     valid_200mb = b'{"instances": [' + b", ".join([row] * (_BIG // len(row))) + b"]}"
     cases: dict[str, Callable[[], Any]] = {
         f"rest_{len(valid_200mb) >> 20}mb_valid_refused": lambda: attack_content_length(server, valid_200mb),
         f"rest_{rows}x784_floats_{len(floats) >> 20}mb": lambda: requests.post(url, data=floats,
                                                                                timeout=300).status_code,
         f"rest_{len(string) >> 20}mb_one_string": lambda: requests.post(url, data=string, timeout=300).status_code,
+        f"rest_{len(strings) >> 20}mb_1mb_strings": lambda: requests.post(url, data=strings,
+                                                                         timeout=300).status_code,
     }
     channel = grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", -1),
                                                                  ("grpc.max_receive_message_length", -1)])
