@@ -8,9 +8,9 @@
 * The chunks' values are counted as they go (the ``,`` ``:`` ``[`` ``{`` bytes outside strings, an upper bound of
   the Python objects the parse makes, plus one value per :data:`STRING_BYTES_PER_VALUE` bytes inside strings, as a
   Python string costs its length): past ``max_values`` the parse stops, before the rest is built in memory.
-* A string longer than ``max_string_bytes`` stops the parse as soon as the scan passes that length: rapidjson
-  holds a string twice while it makes it (its buffer, then the Python ``str``), so one string of the body's size
-  would cost the body three times over.
+* Strings holding more than ``max_string_bytes`` in all stop the parse as soon as the scan passes that many:
+  a parsed string costs its length again beside the body (rapidjson also holds the one it is making in its
+  buffer), so a body of strings would otherwise cost two to three times its size.
 * Nesting deeper than python-rapidjson allows (the interpreter's recursion limit; TF Serving's parser has no such
   limit) is read by :func:`_parse_deep`, an iterative reader that uses rapidjson for every string and number.
 """
@@ -38,13 +38,12 @@ _STRUCTURAL[[ord(","), ord(":"), ord("["), ord("{")]] = True
 STRING_BYTES_PER_VALUE = 48  # bytes inside strings counted as one value (limits.JSON_VALUE_BYTES)
 
 
-class StringTooLong(ServingError):
-    """The body holds a JSON string longer than the server takes (INVALID_ARGUMENT)."""
+class TooManyStringBytes(ServingError):
+    """The body's strings hold more bytes than the server takes (INVALID_ARGUMENT)."""
 
-    def __init__(self, max_string_bytes: int, offset: int):
-        super().__init__("INVALID_ARGUMENT", f"JSON string at offset {offset} is longer than {max_string_bytes} "
-                                             "bytes, the most this server takes in one string (half of "
-                                             "--max_request_bytes)")
+    def __init__(self, max_string_bytes: int):
+        super().__init__("INVALID_ARGUMENT", f"JSON request has more than {max_string_bytes} bytes in strings, the "
+                                             "most this server takes (half of --max_request_bytes)")
 
 
 class TooManyValues(ServingError):
@@ -62,11 +61,11 @@ def parse_json(body: bytes | bytearray | str, max_values: int | None = None,
     Args:
         body: the request body (UTF-8).
         max_values: refuse a body with more values than this (None: no limit); string bytes count as values too.
-        max_string_bytes: refuse a body with a longer string than this (None: no limit).
+        max_string_bytes: refuse a body whose strings hold more bytes than this in all (None: no limit).
 
     Raises:
         ServingError: INVALID_ARGUMENT, with TF Serving's ``JSON Parse error: ...`` message, :class:`TooManyValues`
-            or :class:`StringTooLong`.
+            or :class:`TooManyStringBytes`.
     """
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogatepass")
@@ -137,8 +136,8 @@ class _ScanLimits:
         self.active = max_values is not None or max_string_bytes is not None
 
     def check(self, counter: _ValueCounter) -> None:
-        if self.max_string_bytes is not None and counter.longest_string > self.max_string_bytes:
-            raise StringTooLong(self.max_string_bytes, counter.longest_string_at)
+        if self.max_string_bytes is not None and counter.string_bytes > self.max_string_bytes:
+            raise TooManyStringBytes(self.max_string_bytes)
         if self.max_values is not None and counter.values > self.max_values:
             raise TooManyValues(self.max_values)
 
@@ -151,7 +150,7 @@ def _scan(body: bytes | bytearray, max_values: int | None, max_string_bytes: int
 
 
 class _ValueCounter:
-    """Counts ``,`` ``:`` ``[`` ``{`` outside strings, and the bytes and longest run inside strings, over
+    """Counts ``,`` ``:`` ``[`` ``{`` outside strings, and the bytes inside strings, over
     consecutive chunks (numpy; state carried between chunks).
 
     One more than the count bounds the number of values (keys included) in a JSON text; :attr:`values` adds one
@@ -161,11 +160,7 @@ class _ValueCounter:
     def __init__(self) -> None:
         self.count = 1
         self.string_bytes = 0
-        self.longest_string = 0  # bytes from an opening quote to its closing one (or to the end scanned so far)
-        self.longest_string_at = 0
-        self._offset = 0  # of the next chunk in the body
         self._in_string = 0
-        self._string_start = 0  # offset of the opening quote of the string open at the end of the last chunk
         self._backslashes = 0  # length of the run of backslashes that ended the previous chunk
 
     @property
@@ -182,27 +177,8 @@ class _ValueCounter:
         inside = (np.cumsum(quotes, dtype=np.int64) + self._in_string) & 1
         self.count += int(np.count_nonzero(_STRUCTURAL[data] & (inside == 0)))
         self.string_bytes += int(np.count_nonzero(inside))
-        self._measure_strings(np.flatnonzero(quotes) + self._offset, self._offset + len(chunk))
         self._in_string = int(inside[-1])
-        self._offset += len(chunk)
         return self
-
-    def _measure_strings(self, toggles: np.ndarray, end: int) -> None:
-        """The longest string so far, from this chunk's unescaped quotes (alternately opening and closing)."""
-        if self._in_string:
-            toggles = np.concatenate(([self._string_start], toggles))
-        opens, closes = toggles[0::2], toggles[1::2]
-        if len(closes):
-            lengths = closes - opens[:len(closes)]
-            longest = int(np.argmax(lengths))
-            self._note(int(lengths[longest]), int(opens[longest]))
-        if len(opens) > len(closes):  # a string still open at the end of the chunk
-            self._string_start = int(opens[-1])
-            self._note(end - self._string_start, self._string_start)
-
-    def _note(self, length: int, offset: int) -> None:
-        if length > self.longest_string:
-            self.longest_string, self.longest_string_at = length, offset
 
     def _escaped(self, data: np.ndarray) -> np.ndarray:
         """Which bytes follow an odd run of backslashes (the previous chunk's trailing run included)."""

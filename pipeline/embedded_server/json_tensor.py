@@ -145,7 +145,7 @@ def parse_json(body: bytes | bytearray | str, max_values: int | None = None,
 
     Raises:
         ServingError: INVALID_ARGUMENT (TF Serving's ``JSON Parse error: ...`` / ``Is not object``), also when the
-            body holds more than ``max_values`` values or a string longer than ``max_string_bytes``.
+            body holds more than ``max_values`` values or more than ``max_string_bytes`` bytes in strings.
     """
     doc = json_reader.parse_json(body, max_values, max_string_bytes)
     if not isinstance(doc, dict):

@@ -14,10 +14,11 @@ TF Serving has no such limits (its gRPC port takes INT_MAX-sized messages, and a
 * REST bodies may hold at most one JSON value per :data:`JSON_VALUE_BYTES` bytes of ``--max_request_bytes``
   (1.4 Mi values at the default), bytes inside strings counting one value per :data:`JSON_VALUE_BYTES`: a parsed
   value costs about that much in Python (a string its length), so the parsed request stays within the size of the
-  largest body. One JSON string may be at most half of ``--max_request_bytes``: rapidjson holds a string twice
-  while it makes it (its buffer and the Python ``str``), and a DT_STRING input costs its bytes and TensorFlow's
-  copy, so a longer string could not stay within 2 x ``--max_request_bytes``. The parse stops as soon as a count
-  passes its limit.
+  largest body. A body's strings may hold at most half of ``--max_request_bytes`` in all: a parsed string costs
+  its length beside the body, rapidjson holds the one it is making twice (its buffer and the Python ``str``), and
+  a DT_STRING input costs its bytes and TensorFlow's copy; at half, body + strings + buffer stay within 1.5 x
+  ``--max_request_bytes`` (measured: 64 MiB of 1 MB strings peaked at +128 MB before, refused at +96 now). The
+  parse stops as soon as a count passes its limit.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pipeline.wire.tensors import item_size
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 DEFAULT_MAX_TENSOR_ELEMENTS = 1 << 24
 JSON_VALUE_BYTES = 48  # a parsed JSON number costs ~40 bytes (a float, its list slot, the list's slack)
-JSON_STRING_SHARE = 2  # one JSON string may be this fraction of --max_request_bytes (see the module doc)
+JSON_STRING_SHARE = 2  # a body's strings may hold this fraction of --max_request_bytes (see the module doc)
 GRPC_MESSAGE_SHARE = 2  # a gRPC message may be this fraction of --max_request_bytes (see the module doc)
 MAX_RANK = 254  # TensorFlow's TensorShape::MaxDimensions()
 

@@ -11,7 +11,7 @@ import pytest
 import rapidjson
 
 from pipeline.embedded_server import json_reader
-from pipeline.embedded_server.json_reader import StringTooLong, TooManyValues, parse_json
+from pipeline.embedded_server.json_reader import TooManyStringBytes, TooManyValues, parse_json
 from pipeline.wire.status import ServingError
 
 
@@ -98,9 +98,8 @@ def test_values_are_counted_outside_strings_only() -> None:
     assert _counted(b'["\\\\", 2]').count == 3  # an escaped backslash does not escape the quote after it
 
 
-def test_strings_are_measured_their_bytes_and_the_longest() -> None:
+def test_string_bytes_are_counted_and_count_as_values() -> None:
     counter = _counted(b'{"ab": "abcdef", "c": "x\\"y"}')
-    assert counter.longest_string == 7 and counter.longest_string_at == 7  # "abcdef": quote to quote
     assert counter.string_bytes == 3 + 7 + 2 + 5  # each string's bytes from its opening quote
     assert _counted(b'["' + b"a" * 96 + b'"]').values == 2 + 97 // json_reader.STRING_BYTES_PER_VALUE  # [ and its bytes
 
@@ -110,21 +109,24 @@ def test_counting_carries_string_state_across_chunks() -> None:
     whole = _counted(text)
     for size in (1, 3, 4, 7):
         chunked = _counted(text, size)
-        assert (chunked.count, chunked.string_bytes, chunked.longest_string, chunked.longest_string_at) == (
-            whole.count, whole.string_bytes, whole.longest_string, whole.longest_string_at), size
-    assert whole.longest_string == 41
+        assert (chunked.count, chunked.string_bytes) == (whole.count, whole.string_bytes), size
+    assert whole.string_bytes == 8 + 3 + 3 + 41 + 9  # each from its opening quote; the last never closes
 
 
-def test_a_string_longer_than_the_limit_stops_the_parse_early(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_strings_over_the_limit_stop_the_parse_early(monkeypatch: pytest.MonkeyPatch) -> None:
     reads = []
     original = json_reader._ChunkReader.read
     monkeypatch.setattr(json_reader._ChunkReader, "read", lambda self, size: reads.append(size) or original(self, size))
     body = b'{"instances": ["' + b"a" * (8 << 20) + b'"]}'
-    with pytest.raises(StringTooLong, match="JSON string at offset 15 is longer than 1048576 bytes"):
+    with pytest.raises(TooManyStringBytes, match="more than 1048576 bytes in strings"):
         parse_json(body, max_string_bytes=1 << 20)
     assert len(reads) * json_reader._CHUNK_BYTES < 2 << 20  # stopped soon after the limit, not at the end
     assert len(parse_json(body, max_string_bytes=9 << 20)["instances"][0]) == 8 << 20
-    with pytest.raises(StringTooLong):  # a small body is scanned whole before it is parsed
+    many = b"[" + b", ".join([b'"' + b"a" * 1000 + b'"'] * 2000) + b"]"  # 2 MB of strings, none long
+    with pytest.raises(TooManyStringBytes):
+        parse_json(many, max_string_bytes=1 << 20)
+    assert len(parse_json(many, max_string_bytes=3 << 20)) == 2000
+    with pytest.raises(TooManyStringBytes):  # a small body is scanned whole before it is parsed
         parse_json(b'["' + b"a" * 100 + b'"]', max_string_bytes=50)
     with pytest.raises(TooManyValues):  # string bytes count as values
         parse_json(b'["' + b"a" * 4800 + b'"]', max_values=50)
