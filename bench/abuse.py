@@ -10,8 +10,11 @@ the same run:
   and parsed up to its error). p50/p99/max of the clients per attack; the floor is the same clients unattacked.
   Target: p99 <= 50 ms.
 * **Peak RSS of one request** (the kernel's high-water mark, reset before each request): a 200 MB valid body, the
-  largest valid float request the JSON value limit admits, a body just under the size limit of one long string,
-  a 40-byte gRPC request whose shape claims [300000, 784], and a gRPC message just under the limit. Target:
+  largest valid float request the JSON value limit admits, a body just under the size limit of one long string
+  and one of 1 MB strings,
+  a 40-byte gRPC request whose shape claims [300000, 784], one value broadcast to the most elements the server
+  takes and to the most bytes a gRPC message carries, a gRPC message just under its limit (half of
+  --max_request_bytes) and one of 62 MiB (refused, RESOURCE_EXHAUSTED). Target:
   <= baseline + 2 x --max_request_bytes. (The model's answer is small, as a classifier's is; a model that echoes
   a 60 MB input back costs its answer too.)
 * **1100 idle connections under a 1024 descriptor limit** (RLIMIT_NOFILE set in the server child): well-behaved REST
@@ -51,6 +54,8 @@ from pipeline.wire.grpc_io import classic_io_env, prefer_classic_io  # noqa: E40
 _MODEL = "mnist_like"
 _PIXELS = 784
 _MAX_REQUEST_BYTES = 64 << 20  # the server's default, passed explicitly
+_MAX_GRPC_MESSAGE_BYTES = _MAX_REQUEST_BYTES // 2  # pipeline.embedded_server.limits.GRPC_MESSAGE_SHARE
+_MAX_TENSOR_ELEMENTS = 1 << 24  # the server's default --max_tensor_elements
 _PACE_S = 0.01
 _BIG = 200 << 20
 _NOFILE = 1024
@@ -332,12 +337,16 @@ def rss_cases(server: Server) -> dict[str, dict[str, Any]]:
     row = b"[" + b", ".join([b"0.123456"] * _PIXELS) + b"]"
     floats = b'{"instances": [' + b", ".join([row] * rows) + b"]}"
     string = b'{"instances": ["' + b"a" * (_MAX_REQUEST_BYTES - 64) + b'"]}'
+    piece = b'"' + b"a" * ((1 << 20) - 4) + b'"'
+    strings = b'{"instances": [' + b", ".join([piece] * (_MAX_REQUEST_BYTES // len(piece) - 1)) + b"]}"
     valid_200mb = b'{"instances": [' + b", ".join([row] * (_BIG // len(row))) + b"]}"
     cases: dict[str, Callable[[], Any]] = {
         f"rest_{len(valid_200mb) >> 20}mb_valid_refused": lambda: attack_content_length(server, valid_200mb),
         f"rest_{rows}x784_floats_{len(floats) >> 20}mb": lambda: requests.post(url, data=floats,
                                                                                timeout=300).status_code,
         f"rest_{len(string) >> 20}mb_one_string": lambda: requests.post(url, data=string, timeout=300).status_code,
+        f"rest_{len(strings) >> 20}mb_1mb_strings": lambda: requests.post(url, data=strings,
+                                                                         timeout=300).status_code,
     }
     channel = grpc.insecure_channel(server.grpc_target, options=[("grpc.max_send_message_length", -1),
                                                                  ("grpc.max_receive_message_length", -1)])
@@ -354,10 +363,19 @@ def rss_cases(server: Server) -> dict[str, dict[str, Any]]:
     huge_shape.inputs["x"].ClearField("tensor_content")
     huge_shape.inputs["x"].float_val.append(1.0)
     huge_shape.inputs["x"].tensor_shape.dim[0].size = 300000
-    near_limit_rows = (_MAX_REQUEST_BYTES - (1 << 20)) // (4 * _PIXELS)
+    near_limit_rows = (_MAX_GRPC_MESSAGE_BYTES - (1 << 20)) // (4 * _PIXELS)
     near_limit = _grpc_request(np.zeros((near_limit_rows, _PIXELS), dtype=np.float32))
+    over_limit_rows = (_MAX_REQUEST_BYTES - (1 << 20)) // (4 * _PIXELS)
+    over_limit = _grpc_request(np.zeros((over_limit_rows, _PIXELS), dtype=np.float32))
     cases[f"grpc_{huge_shape.ByteSize()}_bytes_shape_300000x784"] = lambda: grpc_call(huge_shape)
+    for rows in (_MAX_TENSOR_ELEMENTS // _PIXELS, _MAX_GRPC_MESSAGE_BYTES // (4 * _PIXELS)):  # one value broadcast
+        broadcast = _grpc_request(_image())
+        broadcast.inputs["x"].ClearField("tensor_content")
+        broadcast.inputs["x"].float_val.append(1.0)
+        broadcast.inputs["x"].tensor_shape.dim[0].size = rows
+        cases[f"grpc_{broadcast.ByteSize()}_bytes_shape_{rows}x784"] = lambda request=broadcast: grpc_call(request)
     cases[f"grpc_{near_limit_rows}x784_{near_limit.ByteSize() >> 20}mb_tensor"] = lambda: grpc_call(near_limit)
+    cases[f"grpc_{over_limit_rows}x784_{over_limit.ByteSize() >> 20}mb_tensor"] = lambda: grpc_call(over_limit)
     try:
         return {name: peak_rss(server, send) for name, send in cases.items()}
     finally:
@@ -472,16 +490,36 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             "p99_target_met": worst <= _TARGETS["p99_ms_under_attack"], "rss_target_met": largest <= target}
 
 
+def rss_only(workdir: Path) -> dict[str, Any]:
+    """Just the peak-RSS cases (``--rss-only``: quicker to iterate on)."""
+    from tests.servables import add_version
+
+    base = workdir / "models" / _MODEL
+    add_version(base, 1, build_model(workdir / "source"))
+    server = Server(base, workdir)
+    try:
+        return rss_cases(server)
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each latency window")
     parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--rss-only", action="store_true", help="only the peak-RSS cases")
     args = parser.parse_args(argv)
     prefer_classic_io()
     from tests.servables import add_version
 
     workdir = Path(tempfile.mkdtemp(prefix="abuse-bench-"))
     try:
+        if args.rss_only:
+            rss = rss_only(workdir)
+            for name, row in rss.items():
+                print(f"{name:<34} {row['baseline_mb']:>9} {row['peak_mb']:>9} {row['delta_mb']:>9}  {row['answer']}")
+            print(json.dumps(rss, indent=2))
+            return 0
         base = workdir / "models" / _MODEL
         add_version(base, 1, build_model(workdir / "source"))
         server = Server(base, workdir)

@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--load_retry_interval_micros", type=_non_negative, default=_DEFAULT_LOAD_RETRY_INTERVAL_US,
         help="wait this long between load retries")
     add("--max_request_bytes", type=_positive, default=_DEFAULT_MAX_REQUEST_BYTES,
-        help="largest REST body (413 before it is read) and gRPC message (RESOURCE_EXHAUSTED); REST JSON may "
-             "hold one value per 48 bytes of it")
+        help="largest REST body (413 before it is read); a gRPC message may be half of it (RESOURCE_EXHAUSTED); "
+             "REST JSON may hold one value per 48 bytes of it and strings of half of it in all")
     add("--max_tensor_elements", type=_positive, default=_DEFAULT_MAX_TENSOR_ELEMENTS,
         help="most elements of one input tensor, REST or gRPC (INVALID_ARGUMENT before it is allocated)")
     add("--tensorflow_intra_op_parallelism", type=_non_negative, default=0,

@@ -11,9 +11,14 @@ from typing import Any
 
 import grpc
 from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    inference_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
+    predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from pipeline.embedded_server import api
@@ -22,6 +27,7 @@ from pipeline.embedded_server.manager import ModelManager
 from pipeline.embedded_server.metrics import GRPC, ServerMetrics, version_label
 from pipeline.embedded_server.servable import Servable
 from pipeline.wire.status import ServingError, from_exception
+from pipeline.wire.tensor_payloads import SplitPredictRequest, parse_predict_request
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ _HANDSHAKE_TIMEOUT_MS = 10_000  # a connection that never completes its HTTP/2 h
 def _grpc_options(limits: RequestLimits) -> list[tuple[str, int]]:
     return [
         # TF Serving takes INT_MAX-sized requests; this server takes --max_request_bytes (RESOURCE_EXHAUSTED past it)
-        ("grpc.max_receive_message_length", limits.max_request_bytes),
+        ("grpc.max_receive_message_length", limits.max_grpc_message_bytes),
         ("grpc.max_send_message_length", _UNLIMITED),
         ("grpc.server_handshake_timeout_ms", _HANDSHAKE_TIMEOUT_MS),
         ("grpc.so_reuseport", 0),
@@ -72,7 +78,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.limits = limits or RequestLimits()
 
     def Predict(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 (gRPC naming)
-        return self._infer("Predict", "predict", request, context)
+        contents: dict[str, Any] = {}
+        if isinstance(request, SplitPredictRequest):  # from parse_predict_request: contents split out
+            request, contents = request.request, request.contents
+        return self._infer("Predict", "predict", request, context, contents)
 
     def Classify(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._infer("Classify", "classify", request, context)
@@ -80,7 +89,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Regress(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         return self._infer("Regress", "regress", request, context)
 
-    def _infer(self, api_name: str, method: str, request: Any, context: grpc.ServicerContext) -> Any:
+    def _infer(self, api_name: str, method: str, request: Any, context: grpc.ServicerContext,
+               contents: dict[str, Any] | None = None) -> Any:
         """Resolve the servable, call its ``method``, and record the outcome as TF Serving's PredictionServiceImpl."""
         start = time.perf_counter()
         spec = request.model_spec
@@ -88,9 +98,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         try:
             if method == "predict":
                 for alias, proto in request.inputs.items():
-                    check_tensor_proto(alias, proto, self.limits.max_tensor_elements)
+                    check_tensor_proto(alias, proto, self.limits.max_tensor_elements,
+                                       self.limits.max_grpc_message_bytes)
             servable = api.resolve(self.manager, spec)
-            response = getattr(servable, method)(request)
+            response = servable.predict(request, contents) if method == "predict" else getattr(servable, method)(request)
             if self.metrics is not None:
                 self.metrics.request_succeeded(spec.name, str(servable.version), api_name, GRPC,
                                                time.perf_counter() - start)
@@ -147,6 +158,31 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return response
 
 
+_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+
+
+def _add_prediction_service(servicer: PredictionService, server: grpc.Server) -> None:
+    """The generated ``add_PredictionServiceServicer_to_server``, except that Predict's request is read by
+    :func:`parse_predict_request` (tensor contents split out: no protobuf copy of a large tensor)."""
+    def handler(method: Callable[..., Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(method, request_deserializer=request,
+                                                   response_serializer=response.SerializeToString)
+
+    handlers = {
+        "Classify": handler(servicer.Classify, classification_pb2.ClassificationRequest.FromString,
+                            classification_pb2.ClassificationResponse),
+        "Regress": handler(servicer.Regress, regression_pb2.RegressionRequest.FromString,
+                           regression_pb2.RegressionResponse),
+        "Predict": handler(servicer.Predict, parse_predict_request, predict_pb2.PredictResponse),
+        "MultiInference": handler(servicer.MultiInference, inference_pb2.MultiInferenceRequest.FromString,
+                                  inference_pb2.MultiInferenceResponse),
+        "GetModelMetadata": handler(servicer.GetModelMetadata, get_model_metadata_pb2.GetModelMetadataRequest.FromString,
+                                    get_model_metadata_pb2.GetModelMetadataResponse),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_PREDICTION_SERVICE, handlers),))
+    server.add_registered_method_handlers(_PREDICTION_SERVICE, handlers)
+
+
 class GrpcServer:
     """Both services on ``host:port`` (port 0: any free port)."""
 
@@ -155,8 +191,7 @@ class GrpcServer:
         limits = limits or RequestLimits()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
                                    options=_grpc_options(limits))
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(manager, metrics, limits), self._server)
+        _add_prediction_service(PredictionService(manager, metrics, limits), self._server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)

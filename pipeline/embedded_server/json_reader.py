@@ -6,7 +6,11 @@
 * A large body is handed to the parser in 64 KiB chunks through a Python ``read()``, so the parse lets go of the
   GIL between chunks: one big request cannot stall the other clients for the length of its parse.
 * The chunks' values are counted as they go (the ``,`` ``:`` ``[`` ``{`` bytes outside strings, an upper bound of
-  the Python objects the parse makes): past ``max_values`` the parse stops, before the rest is built in memory.
+  the Python objects the parse makes, plus one value per :data:`STRING_BYTES_PER_VALUE` bytes inside strings, as a
+  Python string costs its length): past ``max_values`` the parse stops, before the rest is built in memory.
+* Strings holding more than ``max_string_bytes`` in all stop the parse as soon as the scan passes that many:
+  a parsed string costs its length again beside the body (rapidjson also holds the one it is making in its
+  buffer), so a body of strings would otherwise cost two to three times its size.
 * Nesting deeper than python-rapidjson allows (the interpreter's recursion limit; TF Serving's parser has no such
   limit) is read by :func:`_parse_deep`, an iterative reader that uses rapidjson for every string and number.
 """
@@ -31,6 +35,17 @@ _STRUCTURAL = np.zeros(256, dtype=bool)
 _STRUCTURAL[[ord(","), ord(":"), ord("["), ord("{")]] = True
 
 
+STRING_BYTES_PER_VALUE = 48  # bytes inside strings counted as one value (limits.JSON_VALUE_BYTES)
+
+
+class TooManyStringBytes(ServingError):
+    """The body's strings hold more bytes than the server takes (INVALID_ARGUMENT)."""
+
+    def __init__(self, max_string_bytes: int):
+        super().__init__("INVALID_ARGUMENT", f"JSON request has more than {max_string_bytes} bytes in strings, the "
+                                             "most this server takes (half of --max_request_bytes)")
+
+
 class TooManyValues(ServingError):
     """The body holds more JSON values than the server takes (INVALID_ARGUMENT)."""
 
@@ -39,28 +54,38 @@ class TooManyValues(ServingError):
                                              "at most that many (see --max_request_bytes and --max_tensor_elements)")
 
 
-def parse_json(body: bytes | bytearray | str, max_values: int | None = None) -> Any:
+def parse_json(body: bytes | bytearray | str, max_values: int | None = None,
+               max_string_bytes: int | None = None) -> Any:
     """The JSON value of ``body``.
 
     Args:
         body: the request body (UTF-8).
-        max_values: refuse a body with more values than this (None: no limit).
+        max_values: refuse a body with more values than this (None: no limit); string bytes count as values too.
+        max_string_bytes: refuse a body whose strings hold more bytes than this in all (None: no limit).
 
     Raises:
-        ServingError: INVALID_ARGUMENT, with TF Serving's ``JSON Parse error: ...`` message or :class:`TooManyValues`.
+        ServingError: INVALID_ARGUMENT, with TF Serving's ``JSON Parse error: ...`` message, :class:`TooManyValues`
+            or :class:`TooManyStringBytes`.
     """
     if isinstance(body, str):
         body = body.encode("utf-8", "surrogatepass")
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    # a body too small to break a limit is not scanned (the common small request pays nothing)
+    if max_values is not None and len(body) + len(body) // STRING_BYTES_PER_VALUE < max_values:
+        max_values = None
+    if max_string_bytes is not None and len(body) <= max_string_bytes:
+        max_string_bytes = None
     try:
         if len(body) <= _STREAM_ABOVE_BYTES:
-            if max_values is not None and len(body) > max_values and _count_values(body) > max_values:
-                raise TooManyValues(max_values)
+            if max_values is not None or max_string_bytes is not None:
+                _scan(body, max_values, max_string_bytes)
             return rapidjson.loads(bytes(body), number_mode=_NUMBER_MODE)
-        reader = _ChunkReader(body, max_values if max_values is not None and len(body) > max_values else None)
+        reader = _ChunkReader(body, max_values, max_string_bytes)
         return rapidjson.load(reader, number_mode=_NUMBER_MODE, chunk_size=_CHUNK_BYTES)  # type: ignore[arg-type]
     except RecursionError:  # nested deeper than python-rapidjson goes
+        if max_values is not None or max_string_bytes is not None:
+            _scan(body, max_values, max_string_bytes)  # the whole body, before the slow reader builds any of it
         return _parse_deep(body, max_values)
     except UnicodeDecodeError:
         raise invalid_argument("JSON Parse error: Invalid encoding in string. at offset: "
@@ -88,52 +113,72 @@ def _first_invalid_utf8(body: bytes | bytearray) -> int:
 
 
 class _ChunkReader:
-    """The file rapidjson reads a large body from: one chunk per call, values counted on the way."""
+    """The file rapidjson reads a large body from: one chunk per call, scanned against the limits on the way."""
 
-    def __init__(self, body: bytes | bytearray, max_values: int | None):
+    def __init__(self, body: bytes | bytearray, max_values: int | None, max_string_bytes: int | None):
         self._body = body
         self._position = 0
-        self._max_values = max_values
-        self._counter = _ValueCounter() if max_values is not None else None
+        self._limits = _ScanLimits(max_values, max_string_bytes)
+        self._counter = _ValueCounter() if self._limits.active else None
 
     def read(self, size: int) -> bytes:
         chunk = bytes(self._body[self._position:self._position + size])
         self._position += len(chunk)
-        if self._counter is not None and self._max_values is not None:
-            if self._counter.add(chunk) > self._max_values:
-                raise TooManyValues(self._max_values)
+        if self._counter is not None:
+            self._limits.check(self._counter.add(chunk))
         return chunk
 
 
-def _count_values(body: bytes | bytearray) -> int:
+class _ScanLimits:
+    def __init__(self, max_values: int | None, max_string_bytes: int | None):
+        self.max_values = max_values
+        self.max_string_bytes = max_string_bytes
+        self.active = max_values is not None or max_string_bytes is not None
+
+    def check(self, counter: _ValueCounter) -> None:
+        if self.max_string_bytes is not None and counter.string_bytes > self.max_string_bytes:
+            raise TooManyStringBytes(self.max_string_bytes)
+        if self.max_values is not None and counter.values > self.max_values:
+            raise TooManyValues(self.max_values)
+
+
+def _scan(body: bytes | bytearray, max_values: int | None, max_string_bytes: int | None) -> None:
+    limits = _ScanLimits(max_values, max_string_bytes)
     counter = _ValueCounter()
     for start in range(0, len(body), _CHUNK_BYTES):
-        counter.add(bytes(body[start:start + _CHUNK_BYTES]))
-    return counter.count
+        limits.check(counter.add(bytes(body[start:start + _CHUNK_BYTES])))
 
 
 class _ValueCounter:
-    """Counts ``,`` ``:`` ``[`` ``{`` outside strings over consecutive chunks (numpy; state carried between chunks).
+    """Counts ``,`` ``:`` ``[`` ``{`` outside strings, and the bytes inside strings, over
+    consecutive chunks (numpy; state carried between chunks).
 
-    One more than that count bounds the number of values (keys included) in a JSON text.
+    One more than the count bounds the number of values (keys included) in a JSON text; :attr:`values` adds one
+    per :data:`STRING_BYTES_PER_VALUE` bytes of strings (a parsed string costs its length).
     """
 
     def __init__(self) -> None:
         self.count = 1
+        self.string_bytes = 0
         self._in_string = 0
         self._backslashes = 0  # length of the run of backslashes that ended the previous chunk
 
-    def add(self, chunk: bytes) -> int:
+    @property
+    def values(self) -> int:
+        return self.count + self.string_bytes // STRING_BYTES_PER_VALUE
+
+    def add(self, chunk: bytes) -> _ValueCounter:
         if not chunk:
-            return self.count
+            return self
         data = np.frombuffer(chunk, dtype=np.uint8)
         quotes = data == _QUOTE
         if self._backslashes or b"\\" in chunk:
             quotes &= ~self._escaped(data)
         inside = (np.cumsum(quotes, dtype=np.int64) + self._in_string) & 1
         self.count += int(np.count_nonzero(_STRUCTURAL[data] & (inside == 0)))
+        self.string_bytes += int(np.count_nonzero(inside))
         self._in_string = int(inside[-1])
-        return self.count
+        return self
 
     def _escaped(self, data: np.ndarray) -> np.ndarray:
         """Which bytes follow an odd run of backslashes (the previous chunk's trailing run included)."""

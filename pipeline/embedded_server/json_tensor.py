@@ -139,14 +139,15 @@ def _format_error(doc: Any, *parts: str) -> ServingError:
 # ---------------------------------------------------------------- parsing
 
 
-def parse_json(body: bytes | bytearray | str, max_values: int | None = None) -> dict:
+def parse_json(body: bytes | bytearray | str, max_values: int | None = None,
+               max_string_bytes: int | None = None) -> dict:
     """Parse a request body as TF Serving does (rapidjson, see :mod:`json_reader`); the document must be an object.
 
     Raises:
         ServingError: INVALID_ARGUMENT (TF Serving's ``JSON Parse error: ...`` / ``Is not object``), also when the
-            body holds more than ``max_values`` values.
+            body holds more than ``max_values`` values or more than ``max_string_bytes`` bytes in strings.
     """
-    doc = json_reader.parse_json(body, max_values)
+    doc = json_reader.parse_json(body, max_values, max_string_bytes)
     if not isinstance(doc, dict):
         raise _format_error(doc, "Is not object")
     return doc
@@ -168,9 +169,11 @@ def _decode_b64(val: Any) -> bytes:
     if not _is_b64(val):
         raise invalid_argument(f"JSON Value: {json_value_string(val)} not formatted correctly for base64 data")
     text = val["b64"]
+    if len(text) % 4:  # absl::Base64Unescape accepts missing padding; so do we
+        text += "=" * (-len(text) % 4)
     try:
-        # absl::Base64Unescape accepts missing padding; so do we.
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+        # base64.b64decode(validate=True), without its ASCII copy of the text: binascii reads an ASCII str in place
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise invalid_argument("Unable to base64 decode") from None
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipeline.embedded_server.flags import ServerOptions, parse_flags
+from pipeline.util.memory import pin_mmap_threshold
 from pipeline.wire.grpc_io import prefer_classic_io
 from pipeline.wire.status import ServingError
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from pipeline.embedded_server.servable import Servable
 
 log = logging.getLogger(__name__)
+_MMAP_THRESHOLD_BYTES = 1 << 20  # blocks this large are mmapped (pipeline.util.memory); batch-1 requests stay below
 
 READY_PREFIX = "ModelServer ready:"  # launchers wait for this line on stdout
 
@@ -269,6 +271,7 @@ def configure_logging(options: ServerOptions) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until SIGTERM/SIGINT; the exit status (0 clean, 1 failed to start)."""
     prefer_classic_io()  # before grpc loads (see pipeline.wire.grpc_io)
+    pin_mmap_threshold(_MMAP_THRESHOLD_BYTES)  # a large request's buffers go back to the OS when it ends
     options = parse_flags(sys.argv[1:] if argv is None else list(argv))
     configure_logging(options)
     stop = threading.Event()

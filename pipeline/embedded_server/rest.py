@@ -117,7 +117,7 @@ class RestApi:
         start = time.perf_counter()
         servable: Servable | None = None
         try:
-            doc = json_tensor.parse_json(body, self.limits.max_json_values)
+            doc = json_tensor.parse_json(body, self.limits.max_json_values, self.limits.max_json_string_bytes)
             if isinstance(body, bytearray):
                 body.clear()  # consumed (the HTTP layer's buffer): free it before the model runs
             spec.signature_name = json_tensor.signature_name_of(doc)

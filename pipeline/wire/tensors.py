@@ -30,6 +30,12 @@ _DATATYPE_BY_NUMPY: dict[np.dtype[Any], int] = {
 _NUMPY_BY_DATATYPE = {datatype: dtype.newbyteorder("<") for dtype, datatype in _DATATYPE_BY_NUMPY.items()}
 
 
+def item_size(datatype: int) -> int | None:
+    """Bytes per element of a ``DataType`` whose tensor_content is a numpy array's bytes (None: others)."""
+    dtype = _NUMPY_BY_DATATYPE.get(datatype)
+    return None if dtype is None else dtype.itemsize
+
+
 class TensorConversionError(ValueError):
     """A TensorProto whose content does not fit its dtype and shape."""
 
@@ -49,22 +55,53 @@ def fill_tensor_proto(proto: Any, value: Any) -> None:
     proto.tensor_content = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def to_ndarray(proto: Any) -> np.ndarray:
-    """The array a ``TensorProto`` holds (a writable copy).
+def to_ndarray(proto: Any, content: np.ndarray | None = None) -> np.ndarray:
+    """The array a ``TensorProto`` holds (writable; a copy of the proto's bytes).
+
+    Args:
+        proto: the tensor.
+        content: its ``tensor_content`` already split out of the message (a uint8 array, see
+            :mod:`pipeline.wire.tensor_payloads`): the result is a view of it, no copy.
 
     Raises:
         TensorConversionError: ``tensor_content`` does not hold as many elements as the shape says.
     """
     dtype = _NUMPY_BY_DATATYPE.get(proto.dtype)
-    if dtype is None or not proto.tensor_content:
+    if content is not None and dtype is None:  # a dtype only TensorFlow converts: give the proto its bytes back
+        proto.tensor_content = content.tobytes()
+        content = None
+    raw = proto.tensor_content if content is None and dtype is not None else b""  # the getter copies: once
+    if dtype is None or (content is None and not raw):
         import tensorflow as tf
 
         return tf.make_ndarray(proto)
     shape = [dim.size for dim in proto.tensor_shape.dim]
     count = math.prod(shape)
-    content = proto.tensor_content
-    if count < 0 or len(content) != count * dtype.itemsize:
+    size = len(content) if content is not None else len(raw)
+    if count < 0 or size != count * dtype.itemsize:
         raise TensorConversionError(
-            f"tensor_content holds {len(content)} bytes; shape {shape} of {types_pb2.DataType.Name(proto.dtype)} "
+            f"tensor_content holds {size} bytes; shape {shape} of {types_pb2.DataType.Name(proto.dtype)} "
             f"needs {max(count, 0) * dtype.itemsize}")
-    return np.frombuffer(content, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+    if content is not None:
+        return content.view(dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
+
+
+_SHARE_ABOVE_BYTES = 1 << 20  # smaller arrays are copied (tf.constant): sharing them saves nothing that matters
+_ALIGNMENT = 64  # EIGEN_MAX_ALIGN_BYTES
+
+
+def to_tf_tensor(value: Any, dtype: Any) -> Any:
+    """``value`` as an eager tensor of ``dtype`` (a ``tf.DType``); a large aligned numpy array is shared, not copied.
+
+    ``tf.constant`` copies a numpy array (twice over, measured: +64 MB for 32 MiB); DLPack hands TensorFlow the
+    array's own buffer (TensorFlow keeps the array alive). Only a C-contiguous array of the very dtype, aligned as
+    TensorFlow wants its buffers, goes that way.
+    """
+    import tensorflow as tf
+
+    if (isinstance(value, np.ndarray) and value.nbytes >= _SHARE_ABOVE_BYTES and value.flags.c_contiguous
+            and value.flags.writeable and value.ctypes.data % _ALIGNMENT == 0 and value.dtype.isnative
+            and value.dtype == dtype.as_numpy_dtype):
+        return tf.experimental.dlpack.from_dlpack(value.__dlpack__())
+    return tf.constant(value, dtype=dtype)

@@ -11,7 +11,7 @@ import pytest
 import rapidjson
 
 from pipeline.embedded_server import json_reader
-from pipeline.embedded_server.json_reader import TooManyValues, parse_json
+from pipeline.embedded_server.json_reader import TooManyStringBytes, TooManyValues, parse_json
 from pipeline.wire.status import ServingError
 
 
@@ -84,19 +84,53 @@ def test_deep_malformed_documents_are_parse_errors() -> None:
         "JSON Parse error: Number too big to be stored in double. at offset: 3000")
 
 
+def _counted(body: bytes, chunk_bytes: int | None = None) -> json_reader._ValueCounter:
+    counter = json_reader._ValueCounter()
+    size = chunk_bytes or len(body)
+    for start in range(0, len(body), size):
+        counter.add(body[start:start + size])
+    return counter
+
+
 def test_values_are_counted_outside_strings_only() -> None:
-    count = json_reader._count_values
-    assert count(b'{"a": [1, 2, 3], "b": "x,y:[{"}') == 8  # , : [ , , , : {  ... outside the strings
-    assert count(b'["a\\",b", 1]') == 3  # the escaped quote does not end the string
-    assert count(b'["\\\\", 2]') == 3  # an escaped backslash does not escape the quote after it
+    assert _counted(b'{"a": [1, 2, 3], "b": "x,y:[{"}').count == 8  # , : [ , , , : {  ... outside the strings
+    assert _counted(b'["a\\",b", 1]').count == 3  # the escaped quote does not end the string
+    assert _counted(b'["\\\\", 2]').count == 3  # an escaped backslash does not escape the quote after it
 
 
-def test_counting_carries_string_state_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(json_reader, "_CHUNK_BYTES", 4)
-    text = b'["a,\\"b,c", "\\\\", [1,2], {"k:": 3}]'
-    whole = json_reader._ValueCounter()
-    whole.add(text)
-    assert json_reader._count_values(text) == whole.count
+def test_string_bytes_are_counted_and_count_as_values() -> None:
+    counter = _counted(b'{"ab": "abcdef", "c": "x\\"y"}')
+    assert counter.string_bytes == 3 + 7 + 2 + 5  # each string's bytes from its opening quote
+    assert _counted(b'["' + b"a" * 96 + b'"]').values == 2 + 97 // json_reader.STRING_BYTES_PER_VALUE  # [ and its bytes
+
+
+def test_counting_carries_string_state_across_chunks() -> None:
+    text = b'["a,\\"b,c", "\\\\", [1,2], {"k:": 3}, "' + b"z" * 40 + b'", "unclosed'
+    whole = _counted(text)
+    for size in (1, 3, 4, 7):
+        chunked = _counted(text, size)
+        assert (chunked.count, chunked.string_bytes) == (whole.count, whole.string_bytes), size
+    assert whole.string_bytes == 8 + 3 + 3 + 41 + 9  # each from its opening quote; the last never closes
+
+
+def test_strings_over_the_limit_stop_the_parse_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+    original = json_reader._ChunkReader.read
+    monkeypatch.setattr(json_reader._ChunkReader, "read", lambda self, size: reads.append(size) or original(self, size))
+    body = b'{"instances": ["' + b"a" * (8 << 20) + b'"]}'
+    with pytest.raises(TooManyStringBytes, match="more than 1048576 bytes in strings"):
+        parse_json(body, max_string_bytes=1 << 20)
+    assert len(reads) * json_reader._CHUNK_BYTES < 2 << 20  # stopped soon after the limit, not at the end
+    assert len(parse_json(body, max_string_bytes=9 << 20)["instances"][0]) == 8 << 20
+    many = b"[" + b", ".join([b'"' + b"a" * 1000 + b'"'] * 2000) + b"]"  # 2 MB of strings, none long
+    with pytest.raises(TooManyStringBytes):
+        parse_json(many, max_string_bytes=1 << 20)
+    assert len(parse_json(many, max_string_bytes=3 << 20)) == 2000
+    with pytest.raises(TooManyStringBytes):  # a small body is scanned whole before it is parsed
+        parse_json(b'["' + b"a" * 100 + b'"]', max_string_bytes=50)
+    with pytest.raises(TooManyValues):  # string bytes count as values
+        parse_json(b'["' + b"a" * 4800 + b'"]', max_values=50)
+    assert parse_json(b'["' + b"a" * 4800 + b'"]', max_values=200) == ["a" * 4800]
 
 
 def test_a_large_body_is_parsed_a_chunk_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

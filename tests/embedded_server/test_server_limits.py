@@ -32,7 +32,7 @@ def _prediction_stub(server: Any) -> Any:
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
     channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}",
-                                    options=[("grpc.max_send_message_length", -1)])
+                                    options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
     return channel, prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
@@ -71,6 +71,18 @@ def test_a_40_byte_grpc_request_claiming_a_huge_tensor_is_refused(small_server: 
         assert list(answer.outputs["y"].float_val) or answer.outputs["y"].tensor_content
 
 
+def test_a_tensor_that_would_expand_past_a_grpc_message_is_refused() -> None:
+    from pipeline.embedded_server.limits import check_tensor_proto
+    from pipeline.wire.status import ServingError
+
+    tensor = _request([1000, 1000], float_val=[1.0]).inputs["x"]  # 4 MB as an array, from a 20-byte tensor
+    check_tensor_proto("x", tensor, 1 << 24)
+    check_tensor_proto("x", tensor, 1 << 24, max_bytes=4_000_000)
+    with pytest.raises(ServingError, match="would take 4000000 bytes") as caught:
+        check_tensor_proto("x", tensor, 1 << 24, max_bytes=1 << 20)
+    assert caught.value.code == "INVALID_ARGUMENT"
+
+
 def test_a_grpc_message_over_the_size_limit_is_resource_exhausted(small_server: Any) -> None:
     channel, stub = _prediction_stub(small_server)
     with channel:
@@ -78,6 +90,29 @@ def test_a_grpc_message_over_the_size_limit_is_resource_exhausted(small_server: 
         with pytest.raises(grpc.RpcError) as caught:
             stub.Predict(request, timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # a gRPC message may take half of --max_request_bytes (grpcio holds it three times on its way in)
+        request = _request([3 << 16], tensor_content=b"\0" * (3 << 18))  # 0.75 MiB
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Predict(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_large_grpc_tensor_is_answered_from_its_own_bytes(serve: Any, make_base_path: Any,
+                                                            half_plus_two_dir: Path) -> None:
+    import numpy as np
+
+    from pipeline.wire.tensors import to_ndarray
+
+    base = make_base_path(MODEL, {1: half_plus_two_dir})
+    server = serve(model_name=MODEL, model_base_path=str(base), max_request_bytes=16 << 20)
+    values = np.arange(1 << 20, dtype=np.float32)  # 4 MiB: split out of the message and shared with TensorFlow
+    channel, stub = _prediction_stub(server)
+    with channel:
+        answer = stub.Predict(_request([1 << 20], tensor_content=values.tobytes()), timeout=60)
+        np.testing.assert_array_equal(to_ndarray(answer.outputs["y"]), values / 2 + 2)
+        with pytest.raises(grpc.RpcError) as caught:  # content that does not fit the shape: still refused
+            stub.Predict(_request([(1 << 20) + 1], tensor_content=values.tobytes()), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # ------------------------------------------------------------------ REST
@@ -93,6 +128,13 @@ def test_rest_body_and_element_limits_over_http(small_server: Any) -> None:
     response = requests.post(url, json={"instances": [1.0] * 1001}, timeout=_WAIT_S)
     assert response.status_code == 400 and "more than 1000 elements" in response.json()["error"]
     assert requests.post(url, json={"instances": [1.0] * 1000}, timeout=_WAIT_S).status_code == 200
+    # a body's strings may hold half of --max_request_bytes (1 MiB here), refused as the scan passes it
+    response = requests.post(url, data=b'{"instances": ["' + b"a" * 600_000 + b'"]}', timeout=_WAIT_S)
+    assert response.status_code == 400 and "more than 524288 bytes in strings" in response.json()["error"]
+    response = requests.post(url, json={"instances": ["a" * 1000] * 600}, timeout=_WAIT_S)
+    assert response.status_code == 400 and "more than 524288 bytes in strings" in response.json()["error"]
+    response = requests.post(url, data=b'{"instances": ["' + b"a" * 400_000 + b'"]}', timeout=_WAIT_S)
+    assert response.status_code == 400 and "is not of expected type: float" in response.json()["error"]
 
 
 # ------------------------------------------------------------------ versions on disk
