@@ -10,7 +10,10 @@ Statistical design
 Every test is on a Bernoulli "hit" and is sized from :class:`~pipeline.config.LiveCanaryConfig`:
 
 * **Agreement** (decides a pass). Hit: the canary's class differs from stable's on the same inputs, over the
-  *paired* requests (mirrored or captured, both answers known). Wald's SPRT, H0: disagreement
+  *paired* requests (mirrored or captured, both answers known), unless the request's label has come back and
+  shows the canary right: that disagreement is the canary *correcting* stable (as on drifted inputs a retrained
+  candidate must) and counts as agreement, here and in the class-divergence guard. The bound below still holds:
+  a request the canary gets wrong and stable right is never corrected, so it is still a hit. Wald's SPRT, H0: disagreement
   ``p0 = expected_disagreement`` against H1: ``p0 + min_detectable_drop``; it rejects when the log likelihood
   ratio reaches ``log((1 - beta) / alpha')`` and accepts at ``log(beta / (1 - alpha'))``. ``p0`` defaults to 3 %:
   two copies of one deterministic model disagree on nothing, and a good candidate trained differently agrees
@@ -328,11 +331,17 @@ class PairedFigures:
     """Canary against stable on the same inputs: the requests where both answers are known."""
 
     requests: int
-    disagreements: int
-    agreement: float | None
-    class_divergence: float | None  # Jensen-Shannon, base 2, canary answers against stable answers
+    disagreements: int  # the classes differ, corrections included (the raw figure)
+    agreement: float | None  # 1 - (disagreements - corrected) / requests: what the agreement test judges
+    class_divergence: float | None  # Jensen-Shannon, base 2, canary answers against stable answers (corrected)
     stable_distribution: dict[str, float]
     canary_distribution: dict[str, float]
+    corrected: int = 0  # disagreements where the label came back and shows the canary right
+
+    @property
+    def uncorrected(self) -> int:
+        """Disagreements no label shows the canary right on: the agreement test's hits."""
+        return self.disagreements - self.corrected
 
 
 @dataclass(frozen=True)
@@ -473,7 +482,9 @@ class Analysis:
                          f"p95 {p95}, accuracy {accuracy}")  # fmt: skip
         agreement = "n/a" if self.paired.agreement is None else f"{self.paired.agreement:.2%}"
         divergence = "n/a" if self.paired.class_divergence is None else f"{self.paired.class_divergence:.4f}"
-        lines.append(f"  paired {self.paired.requests}: agreement {agreement}, class divergence (JS) {divergence}")
+        corrected = f" ({self.paired.corrected} disagreements corrected stable, by label)" if self.paired.corrected else ""
+        lines.append(f"  paired {self.paired.requests}: agreement {agreement}{corrected}, class divergence (JS) "
+                     f"{divergence}")
         lines.extend(f"  test {t.describe()}" for t in self.tests)
         lines.extend(f"  check {c.describe()}" for c in self.checks)
         lines.extend(f"  reason: {r}" for r in self.reasons)
@@ -599,25 +610,34 @@ def analyze(
                     require_accuracy)  # fmt: skip
 
 
+def corrects_stable(observation: Observation, stable_class: int, canary_class: int) -> bool:
+    """The classes differ and the label that came back is the canary's: the canary corrected stable."""
+    return stable_class != canary_class and observation.label is not None and observation.label == canary_class
+
+
 def _paired_figures(pairs: list[tuple[Observation, int, int]], name: _Namer) -> PairedFigures:
     n = len(pairs)
     disagreements = sum(s != c for _, s, c in pairs)
-    stable_counts = Counter(s for _, s, _ in pairs)
+    corrected = sum(corrects_stable(o, s, c) for o, s, c in pairs)
+    # Stable's answer as judged: where the label showed the canary right, the canary's (a correction, not a shift).
+    judged = [c if corrects_stable(o, s, c) else s for o, s, c in pairs]
+    stable_counts = Counter(judged)
     canary_counts = Counter(c for _, _, c in pairs)
     classes = sorted(set(stable_counts) | set(canary_counts))
     divergence = None
     if n:
         divergence = js_divergence([stable_counts[c] for c in classes], [canary_counts[c] for c in classes])
     return PairedFigures(
-        n, disagreements, 1 - disagreements / n if n else None, divergence,
+        n, disagreements, 1 - (disagreements - corrected) / n if n else None, divergence,
         {name(c): stable_counts[c] / n for c in classes}, {name(c): canary_counts[c] / n for c in classes},
+        corrected,
     )  # fmt: skip
 
 
 def _agreement_test(paired: PairedFigures, config: LiveCanaryConfig, expected_disagreement: float) -> SequentialTest:
     design = agreement_design(config, expected_disagreement)
-    return design.judge("agreement", "mirrored requests where the canary disagrees with stable",
-                        paired.disagreements, paired.requests)  # fmt: skip
+    return design.judge("agreement", "mirrored requests where the canary disagrees with stable and no label shows "
+                        "the canary right", paired.uncorrected, paired.requests)  # fmt: skip
 
 
 def _accuracy_test(stable: _Tally, canary: _Tally, config: LiveCanaryConfig) -> SequentialTest:

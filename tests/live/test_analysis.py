@@ -394,3 +394,44 @@ def test_the_expected_disagreement_must_leave_room_for_the_drop() -> None:
     with pytest.raises(ValueError):
         agreement_design(CONFIG, 1 - CONFIG.min_detectable_drop)
     assert agreement_design(CONFIG).p0 == DEFAULT_EXPECTED_DISAGREEMENT
+
+
+# ---- a canary that corrects stable (drifted inputs, a retrained candidate) ---------------------------------------
+
+
+def _pairs(stable: list[int], canary: list[int], labels: list[int | None]) -> list[Observation]:
+    return [Observation(request_id=f"r{i}", variant="stable", ok=True, latency_ms=20.0, predicted_class=s,
+                        stable_class=s, canary_class=c, label=y, mirror_ok=True, mirror_latency_ms=20.0)
+            for i, (s, c, y) in enumerate(zip(stable, canary, labels, strict=True))]
+
+
+def test_a_disagreement_the_label_shows_the_canary_right_on_counts_as_agreement() -> None:
+    truth = [i % 10 for i in range(100)]
+    stable = [(y + 1) % 10 if i < 20 else y for i, y in enumerate(truth)]  # stable wrong on the first 20
+    labelled = analyze(_pairs(stable, truth, list(truth)), CONFIG, phase="shadow", elapsed_s=10,
+                       class_names=CLASS_NAMES).paired
+    unlabelled = analyze(_pairs(stable, truth, [None] * 100), CONFIG, phase="shadow", elapsed_s=10,
+                         class_names=CLASS_NAMES).paired
+    assert (labelled.disagreements, labelled.corrected, labelled.agreement) == (20, 20, 1.0)
+    assert labelled.class_divergence == 0.0  # the canary's answers are stable's, corrected
+    assert (unlabelled.disagreements, unlabelled.corrected, unlabelled.agreement) == (20, 0, 0.8)
+
+
+def test_a_canary_wrong_where_stable_is_right_is_never_corrected() -> None:
+    truth = [i % 10 for i in range(100)]
+    canary = [(y + 1) % 10 if i < 20 else y for i, y in enumerate(truth)]  # the canary wrong on the first 20
+    paired = analyze(_pairs(truth, canary, list(truth)), CONFIG, phase="shadow", elapsed_s=10,
+                     class_names=CLASS_NAMES).paired
+    assert (paired.disagreements, paired.corrected, paired.agreement) == (20, 0, 0.8)
+
+
+CORRECTOR = Candidate("corrects_stable", loses=0.002, gains=0.05, label_share=0.9)  # right on all stable misses
+
+
+def test_a_canary_that_corrects_stable_passes_once_labels_show_it_and_is_held_without_them() -> None:
+    runs = RUNS // 2
+    labelled = [analysis.decision for analysis, _ in outcomes(CORRECTOR, runs)]
+    unlabelled = [analysis.decision for analysis, _ in outcomes(
+        Candidate("corrects_stable_unlabelled", loses=0.002, gains=0.05, label_share=0.0), runs)]
+    assert labelled.count("pass") >= runs - allowed(CONFIG.false_rollback_rate, runs), labelled
+    assert unlabelled.count("pass") < labelled.count("pass")  # without labels 5 % disagreement is no agreement
