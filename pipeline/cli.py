@@ -291,6 +291,13 @@ def _demo(args: argparse.Namespace) -> Any:
     return demo.run_demo(skip_fault=args.skip_fault)
 
 
+@command("demo-loop")
+def _demo_loop(args: argparse.Namespace) -> Any:
+    from pipeline import demo_loop
+
+    return demo_loop.run_demo_loop()
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model name (configs/models/<model>.yaml)")
     parser.add_argument("--config", help="use this config file instead of configs/models/<model>.yaml")
@@ -388,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop Airflow and both servers (the whole process groups)")
     p = sub.add_parser("demo", help="the main job: the MNIST release through Airflow, then a failing canary")
     p.add_argument("--skip-fault", action="store_true", help="only the good release")
+    sub.add_parser("demo-loop", help="the closed loop: live drift, the alarm, labelled data in, a retrain Airflow "
+                                     "starts by itself, the live canary, live accuracy back")
     sub.add_parser("serve", help="run the embedded TF-Serving-compatible server (tensorflow_model_server flags)",
                    add_help=False)
     p = sub.add_parser("capture-serve", help="run the capture service (the proxy's mirror target, POST /feedback) "
