@@ -19,6 +19,7 @@ the same config as any other; the loop's pace comes from the shipped configs (co
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from pipeline.release.context import Release
 from pipeline.release.registry import MonitorRun
 from pipeline.settings import Paths, get_paths
 from pipeline.steps import resolve_config
+from pipeline.util.files import write_atomically
 
 MODEL = "mnist"
 RELEASE_DAG = f"{MODEL}_release"
@@ -58,6 +60,7 @@ RECOVERED_WITHIN = 0.01  # live accuracy back within 1 point of its pre-shift va
 class LoopReport:
     """What the loop measured; times are ``time.time()`` seconds."""
 
+    shift: str = SHIFT
     started_at: float = field(default_factory=time.time)
     onset_at: float | None = None
     alarm_at: float | None = None
@@ -84,7 +87,8 @@ class LoopReport:
         def since(at: float | None, start: float | None = onset) -> float | None:
             return None if at is None or start is None else round(at - start, 1)
 
-        return {"onset_to_alarm_s": since(self.alarm_at), "onset_to_alarm_windows": self.alarm_windows,
+        return {"shift": self.shift, "shift_share": SHIFT_SHARE, "traffic_rps": TRAFFIC_RPS, "window_s": WINDOW_S,
+                "onset_to_alarm_s": since(self.alarm_at), "onset_to_alarm_windows": self.alarm_windows,
                 "alarm_to_serving_s": since(self.serving_at, self.alarm_at),
                 "onset_to_serving_s": since(self.serving_at), "release_run_id": self.release_run_id,
                 "release_state": self.release_state, "release_run_s": self.release_run_s,
@@ -310,10 +314,11 @@ def _print_groups(title: str, groups: dict[str, Any]) -> None:
 # ---- the loop ------------------------------------------------------------------------------------------------------
 
 
-def run_loop(paths: Paths | None = None) -> LoopReport:
-    """Run the whole loop on the stack (started if needed); the figures, also printed step by step."""
+def run_loop(paths: Paths | None = None, shift: str = SHIFT) -> LoopReport:
+    """Run the whole loop on the stack (started if needed) with ``shift`` at the onset; the figures, also printed
+    step by step and written to ``<home>/live/loop-report.json``."""
     paths = paths or get_paths()
-    report = LoopReport()
+    report = LoopReport(shift=shift)
     clock = Clock(report)
     config = resolve_config(MODEL)
     if not config.monitoring.retrain_on_drift:
@@ -343,9 +348,9 @@ def run_loop(paths: Paths | None = None) -> LoopReport:
                                               old_train)
         _print_groups("live accuracy before the shift (capture store)", report.before_groups)
         _stop_traffic(traffic)
-        traffic = start_traffic(paths, SHIFT, 3600)
+        traffic = start_traffic(paths, shift, 3600)
         report.onset_at = time.time()
-        clock.say(f"ONSET: {SHIFT_SHARE:.0%} of the digits now come {SHIFT}d (a new scanner), labels kept")
+        clock.say(f"ONSET: {SHIFT_SHARE:.0%} of the digits now come shifted ({shift}: a new scanner), labels kept")
         _watch_until_alarm(api, release, clock, report)
         _follow_release(api, release, clock, report)
         _watch_recovery(api, release, clock, report)
@@ -355,6 +360,9 @@ def run_loop(paths: Paths | None = None) -> LoopReport:
         _print_groups("live accuracy after the loop (capture store, new version)", report.after_groups)
     finally:
         _stop_traffic(traffic)
+        target = paths.home / "live" / "loop-report.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(target, json.dumps(report.as_dict(), indent=2) + "\n")
     return report
 
 

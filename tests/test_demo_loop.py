@@ -101,3 +101,25 @@ def test_live_answers_are_the_labelled_one_instance_requests_with_their_digests(
 
     answers = live_answers(paths, config, since=10.0, until=20.0)
     assert sorted(answers) == sorted([(digests[0], 1, 1), (digests[1], 5, 2)])
+
+
+def _bench_loop():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_loop", Path(__file__).parent.parent / "bench" / "loop.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_bench_meets_its_targets_only_when_fast_enough_and_recovered() -> None:
+    bench = _bench_loop()
+    figures = {"onset_to_serving_s": 540.0, "accuracy_before": 0.97, "accuracy_after": 0.962,
+               "after": {"shifted_unseen": {"n": 40, "accuracy": 0.9}}}
+    assert bench.targets_met(figures)
+    assert not bench.targets_met({**figures, "onset_to_serving_s": 601.0})
+    assert not bench.targets_met({**figures, "accuracy_after": 0.959})
+    assert not bench.targets_met({**figures, "onset_to_serving_s": None})
+    table = bench.render_table(figures)
+    assert "NOT trained on" in table and "0.9000 (n=40)" in table and "targets met: True" in table
