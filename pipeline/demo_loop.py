@@ -190,8 +190,13 @@ def ensure_stable(api: AirflowApi, release: Release, clock: Clock) -> int:
     if stable is not None:
         print(f"   stable version {stable} already serves", flush=True)
         return stable
-    clock.say(f"no stable version: release 1 (airflow dags trigger {RELEASE_DAG})")
-    run_id = trigger_dag(api.paths, RELEASE_DAG, {})
+    running = api.get(f"/dags/{RELEASE_DAG}/dagRuns?state=running&state=queued&limit=1")["dag_runs"]
+    if running:  # one already under way (a demo started before this one): follow it rather than start another
+        run_id = running[0]["dag_run_id"]
+        clock.say(f"no stable version yet: following the release already running ({run_id})")
+    else:
+        clock.say(f"no stable version: release 1 (airflow dags trigger {RELEASE_DAG})")
+        run_id = trigger_dag(api.paths, RELEASE_DAG, {})
     run = api.wait_for_run(RELEASE_DAG, run_id, timeout_s=RELEASE_TIMEOUT_S)
     print(_task_summary(api, run_id))
     stable = release.registry.stable_version(MODEL)
@@ -367,9 +372,10 @@ def run_loop(paths: Paths | None = None, shift: str = SHIFT) -> LoopReport:
 
 
 def _watch_until_alarm(api: AirflowApi, release: Release, clock: Clock, report: LoopReport) -> None:
+    started = time.monotonic()  # a window every WINDOW_S from the onset (or the run's own time, if longer)
     for number in range(1, MAX_ALARM_WINDOWS + 1):
-        started = time.monotonic()
         pace(started)
+        started = time.monotonic()
         run = monitor_window(api, release, clock, f"shifted window {number}")
         report.windows.append(_window_row(run, "shifted", report))
         accuracy = window_accuracy(run)
@@ -414,11 +420,12 @@ def _follow_release(api: AirflowApi, release: Release, clock: Clock, report: Loo
 
 
 def _watch_recovery(api: AirflowApi, release: Release, clock: Clock, report: LoopReport) -> None:
-    pace(time.monotonic())  # a window wholly on the new version
-    monitor_window(api, release, clock, "window across the release")  # straddles the canary: not judged
+    pace(time.monotonic())
+    monitor_window(api, release, clock, "window closing the release")  # may straddle the canary: not counted
+    started = time.monotonic()
     for number in range(1, MAX_RECOVERY_WINDOWS + 1):
-        started = time.monotonic()
         pace(started)
+        started = time.monotonic()
         run = monitor_window(api, release, clock, f"window {number} on version {report.new_version}")
         report.windows.append(_window_row(run, "after", report))
         report.accuracy_after = window_accuracy(run)
