@@ -280,7 +280,7 @@ def _down(args: argparse.Namespace) -> Any:
 def _capture_serve(args: argparse.Namespace) -> Any:
     from pipeline.live.services import serve_capture
 
-    serve_capture(args.host, args.port, args.serving_url, args.model or ())
+    serve_capture(args.host, args.port, args.serving_url, args.model or (), stable_url=args.stable_url)
     return "capture service stopped"
 
 
@@ -405,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8701)
     p.add_argument("--serving-url", required=True, help="the canary instance's REST API (labels stable, canary)")
     p.add_argument("--model", action="append", help="a captured model (repeatable; default: every configured one)")
+    p.add_argument("--stable-url", help="production's REST API: stable's answer when the canary instance has none "
+                                        "(no live canary: the monitor's mirrored window)")
     return parser
 
 
