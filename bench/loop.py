@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pipeline.demo_loop import RECOVERED_WITHIN, SHIFT, run_loop  # noqa: E402 - after the path insert
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.settings import get_paths  # noqa: E402
 
 _TARGET_ONSET_TO_SERVING_S = 600.0
 
@@ -74,6 +76,8 @@ def render_table(figures: dict[str, Any]) -> str:
              f"data {figures.get('data')}",
              f"{'figure':<46}{'value':>10}  {'floor / detail':<58}target"]
     lines += [f"{name:<46}{_cell(value):>10}  {detail:<58}{target}" for name, value, detail, target in rows]
+    if figures.get("error"):
+        lines.append(f"the loop did not close: {figures['error']}")
     lines.append(f"targets met: {targets_met(figures)}")
     return "\n".join(lines)
 
@@ -88,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         figures = json.loads(args.report.read_text())
         print(f"(rendered from {args.report}; no loop was run)")
     else:
-        figures = run_loop(shift=args.shift).as_dict()
+        try:
+            figures = run_loop(shift=args.shift).as_dict()
+        except PipelineError as exc:  # the loop did not close: its figures so far (written on the way out)
+            figures = {**json.loads((get_paths().home / "live" / "loop-report.json").read_text()), "error": str(exc)}
     document = json.dumps(figures, indent=2)
     print(document)
     print(render_table(figures))
