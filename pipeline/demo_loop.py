@@ -399,7 +399,7 @@ def _watch_until_alarm(api: AirflowApi, release: Release, clock: Clock, report: 
 
 
 def _follow_release(api: AirflowApi, release: Release, clock: Clock, report: LoopReport) -> None:
-    run = wait_for_asset_run(api, (report.announced_at or time.time()) - 120)
+    run = wait_for_asset_run(api, (report.announced_at or time.time()) - 30)  # the run follows the event
     report.release_run_id = run["dag_run_id"]
     clock.say(f"Airflow started {RELEASE_DAG} by itself: run {run['dag_run_id']} (run_type {run['run_type']}); "
               "following it (the shifted traffic goes on)")
