@@ -66,6 +66,7 @@ class LoopReport:
     alarm_at: float | None = None
     alarm_windows: int | None = None  # monitor windows from the onset to the alarm (the alarm's included)
     announced_at: float | None = None
+    announced_after: float | None = None  # the announcing monitor window's end: the event (and its run) came later
     release_run_id: str | None = None
     release_state: str | None = None
     release_run_s: float | None = None  # the asset-triggered run's own start -> end (a floor of alarm -> serving)
@@ -390,7 +391,7 @@ def _watch_until_alarm(api: AirflowApi, release: Release, clock: Clock, report: 
             report.data = {k: retrain.get(k) for k in ("data_version", "parts", "ingested_total", "total_examples",
                                                        "pending_examples", "threshold", "announced")}
         if retrain.get("announced"):
-            report.announced_at = time.time()
+            report.announced_at, report.announced_after = time.time(), run.window_until
             clock.say(f"data version {str(retrain.get('data_version'))[:12]} announced on {MODEL}_raw_data "
                       f"({retrain.get('ingested_total')} ingested example(s), {retrain.get('total_examples')} in all)")
             return
@@ -399,7 +400,7 @@ def _watch_until_alarm(api: AirflowApi, release: Release, clock: Clock, report: 
 
 
 def _follow_release(api: AirflowApi, release: Release, clock: Clock, report: LoopReport) -> None:
-    run = wait_for_asset_run(api, (report.announced_at or time.time()) - 30)  # the run follows the event
+    run = wait_for_asset_run(api, report.announced_after or time.time())
     report.release_run_id = run["dag_run_id"]
     clock.say(f"Airflow started {RELEASE_DAG} by itself: run {run['dag_run_id']} (run_type {run['run_type']}); "
               "following it (the shifted traffic goes on)")
