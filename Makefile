@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256s
 export PIPELINE_HOME ?= $(CURDIR)/var
 PYTEST_ARGS ?=
 
-.PHONY: install data lint test test-fast demo up down bench clean system-deps
+.PHONY: install data lint test test-fast demo demo-loop up down bench clean system-deps
 
 install: $(STAMP)  ## .venv with the pinned dependency set (idempotent: a no-op when up to date)
 
@@ -45,6 +45,9 @@ test-fast: install  ## skip the slow tests (the release core runs here too, agai
 
 demo: install system-deps data  ## the main job: MNIST releases through Airflow under live traffic; a bad one caught by the live canary
 	$(BIN)/python -m pipeline demo
+
+demo-loop: install system-deps data  ## the closed loop: live drift on MNIST, the alarm, labelled digits in, a retrain Airflow starts by itself, live accuracy back
+	$(BIN)/python -m pipeline demo-loop
 
 up: install system-deps data  ## start the stack: TF Serving (staging, production, canary), nginx endpoint, capture, Prometheus, Airflow (UI on :8080)
 	$(BIN)/python -m pipeline up

@@ -280,7 +280,7 @@ def _down(args: argparse.Namespace) -> Any:
 def _capture_serve(args: argparse.Namespace) -> Any:
     from pipeline.live.services import serve_capture
 
-    serve_capture(args.host, args.port, args.serving_url, args.model or ())
+    serve_capture(args.host, args.port, args.serving_url, args.model or (), stable_url=args.stable_url)
     return "capture service stopped"
 
 
@@ -289,6 +289,13 @@ def _demo(args: argparse.Namespace) -> Any:
     from pipeline import demo
 
     return demo.run_demo(skip_fault=args.skip_fault)
+
+
+@command("demo-loop")
+def _demo_loop(args: argparse.Namespace) -> Any:
+    from pipeline import demo_loop
+
+    return demo_loop.run_demo_loop()
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -388,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop Airflow and both servers (the whole process groups)")
     p = sub.add_parser("demo", help="the main job: the MNIST release through Airflow, then a failing canary")
     p.add_argument("--skip-fault", action="store_true", help="only the good release")
+    sub.add_parser("demo-loop", help="the closed loop: live drift, the alarm, labelled data in, a retrain Airflow "
+                                     "starts by itself, the live canary, live accuracy back")
     sub.add_parser("serve", help="run the embedded TF-Serving-compatible server (tensorflow_model_server flags)",
                    add_help=False)
     p = sub.add_parser("capture-serve", help="run the capture service (the proxy's mirror target, POST /feedback) "
@@ -396,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8701)
     p.add_argument("--serving-url", required=True, help="the canary instance's REST API (labels stable, canary)")
     p.add_argument("--model", action="append", help="a captured model (repeatable; default: every configured one)")
+    p.add_argument("--stable-url", help="production's REST API: stable's answer when the canary instance has none "
+                                        "(no live canary: the monitor's mirrored window)")
     return parser
 
 

@@ -224,11 +224,14 @@ class CaptureService:
         port: the port to bind (0: any free port).
         options: sampling, queue and limits.
         class_names: each model's class names for feedback (default: from the model's config, on first use).
+        stable_url: production's REST API, asked for ``stable``'s answer when the canary instance cannot give it:
+            outside a live canary the canary instance may serve no ``stable`` label, and production monitoring
+            (the mirrored share of live traffic) still needs stable's classes for its predictions and live accuracy.
     """
 
     def __init__(self, serving_url: str, models: Sequence[str], paths: Paths | None = None, host: str = "127.0.0.1",
                  port: int = 0, options: CaptureOptions = CaptureOptions(),
-                 class_names: Mapping[str, Sequence[str] | None] | None = None):
+                 class_names: Mapping[str, Sequence[str] | None] | None = None, stable_url: str | None = None):
         if not models:
             raise ConfigError("the capture service needs at least one model")
         self.options = options
@@ -236,6 +239,8 @@ class CaptureService:
         self._address = (host, port)
         self._client = ServingClient(rest_url=serving_url, timeout_s=options.predict_timeout_s,
                                      retry=RetryPolicy(attempts=2))
+        self._stable_client = None if stable_url is None else ServingClient(
+            rest_url=stable_url, timeout_s=options.predict_timeout_s, retry=RetryPolicy(attempts=2))
         self._stores = {model: CaptureStore.for_model(model, paths, options.store) for model in self.models}
         self._label_spaces = {model: LabelSpace(model, None if names is None else tuple(names))
                               for model, names in (class_names or {}).items()}
@@ -293,6 +298,8 @@ class CaptureService:
             store.add_dropped(self._take_drops(model))
             store.close()
         self._client.close()
+        if self._stable_client is not None:
+            self._stable_client.close()
 
     def __enter__(self) -> CaptureService:
         return self.start()
@@ -464,6 +471,8 @@ class CaptureService:
         else:
             request, body = job.request, job.body.decode("utf-8", errors="replace")
         stable = self._ask(job.model, request, STABLE)
+        if stable.error is not None and self._stable_client is not None:  # no live canary: production answers
+            stable = self._ask(job.model, request, STABLE, self._stable_client)
         canary = self._ask(job.model, request, CANARY)
         capture = Capture(request_id=job.request_id, received_at=job.received_at, variant=job.variant,
                           path=job.path, body=body, batch_size=_batch_size(request), stable=stable, canary=canary)
@@ -475,11 +484,12 @@ class CaptureService:
             raise
         self._processed(job.model, "captured" if stored else "duplicates")
 
-    def _ask(self, model: str, request: Mapping[str, Any], label: str) -> VariantAnswer:
+    def _ask(self, model: str, request: Mapping[str, Any], label: str, client: ServingClient | None = None
+             ) -> VariantAnswer:
         """One version's classes for the request, or the error it answered."""
         data = {"instances": request["instances"]} if "instances" in request else {"inputs": request["inputs"]}
         try:
-            outputs = self._client.predict(model, label=label, signature_name=request.get("signature_name"), **data)
+            outputs = (client or self._client).predict(model, label=label, signature_name=request.get("signature_name"), **data)
         except Exception as exc:  # any failure of one side is recorded in its row, never lost
             return VariantAnswer(error=_short(f"{type(exc).__name__}: {exc}"))
         return variant_answer(outputs, self.options.store.max_stored_probabilities)

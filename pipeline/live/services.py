@@ -65,7 +65,7 @@ def start_live_path(paths: Paths) -> dict[str, str]:
     canary = get_backend(CANARY_INSTANCE, paths=paths).start()
     services = supervisor(paths)
     services.ensure_running()
-    services.run(capture_program(config, canary.rest_url))
+    services.run(capture_program(config, canary.rest_url, stable_url=production.rest_url))
     proxy = NginxProxy(proxy_runtime_dir(paths), supervisor=services)
     spec = ProxySpec(host=config.host, rest_port=config.rest_port, grpc_port=config.grpc_port,
                      stable=UpstreamSpec.of(production), canary=UpstreamSpec.of(canary),
@@ -85,10 +85,13 @@ def start_live_path(paths: Paths) -> dict[str, str]:
     return where
 
 
-def capture_program(config: TrafficConfig, serving_url: str, models: Sequence[str] | None = None) -> Program:
+def capture_program(config: TrafficConfig, serving_url: str, models: Sequence[str] | None = None,
+                    stable_url: str | None = None) -> Program:
     """The capture service as a supervised program (``pipeline capture-serve``)."""
     command = [sys.executable, "-m", "pipeline", "capture-serve", "--host", config.capture_host or config.host,
                "--port", str(config.capture_port), "--serving-url", serving_url]
+    if stable_url is not None:
+        command += ["--stable-url", stable_url]
     for model in models or ():
         command += ["--model", model]
     return Program(name=CAPTURE, command=tuple(command), env=python_env())
@@ -146,11 +149,13 @@ def stop_live_path(paths: Paths) -> None:
         raise PipelineError("; ".join(errors))
 
 
-def serve_capture(host: str, port: int, serving_url: str, models: Sequence[str] = ()) -> None:
+def serve_capture(host: str, port: int, serving_url: str, models: Sequence[str] = (),
+                  stable_url: str | None = None) -> None:
     """Run the capture service in the foreground until SIGTERM or SIGINT (``pipeline capture-serve``)."""
     from pipeline.live.capture import CaptureService
 
-    service = CaptureService(serving_url, list(models) or list_models(), host=host, port=port).start()
+    service = CaptureService(serving_url, list(models) or list_models(), host=host, port=port,
+                             stable_url=stable_url).start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

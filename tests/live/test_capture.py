@@ -87,8 +87,9 @@ def start_capture(paths: Paths) -> Iterator[Callable[..., CaptureService]]:
     """``start_capture(serving_url, **CaptureOptions fields)`` -> a started capture service of digits and solo."""
     services: list[CaptureService] = []
 
-    def start(url: str, **options: Any) -> CaptureService:
-        service = CaptureService(url, [MODEL, SOLO], paths=paths, port=free_port(), options=CaptureOptions(**options))
+    def start(url: str, stable_url: str | None = None, **options: Any) -> CaptureService:
+        service = CaptureService(url, [MODEL, SOLO], paths=paths, port=free_port(), options=CaptureOptions(**options),
+                                 stable_url=stable_url)
         services.append(service)
         return service.start()
 
@@ -199,6 +200,17 @@ def test_a_side_that_is_down_is_recorded_as_its_error(serving_url: str, start_ca
     unreachable.wait_idle(_DEADLINE_S)
     gone = rows(MODEL, paths)["gone-2"]
     assert set(gone.errors) == {"stable", "canary"} and "UNAVAILABLE" in gone.errors["stable"]
+
+
+def test_without_a_canary_instance_stable_answers_from_production(serving_url: str, start_capture: Callable[...,
+                                                                  CaptureService], paths: Paths) -> None:
+    """No live canary (the canary instance serves nothing): production gives stable's class, so the monitor's
+    mirrored window still has predictions and live accuracy; the canary side stays an error."""
+    service = start_capture(dead_url(), stable_url=serving_url)
+    assert mirror(service, {"instances": [digit(6)]}, "idle-6", "stable").status_code == 202
+    service.wait_idle(_DEADLINE_S)
+    row = rows(MODEL, paths)["idle-6"]
+    assert row.stable_class == 6 and row.canary_class is None and set(row.errors) == {"canary"}
 
 
 def test_a_chunked_mirror_is_read_like_any_other(start_capture: Callable[..., CaptureService], paths: Paths) -> None:
