@@ -128,6 +128,8 @@ class LiveCanaryConfig(_Strict):
     max_error_rate_increase: float = Field(0.01, ge=0, le=1)  # canary errors over stable's, same window
     max_p95_latency_ratio: float = Field(1.5, gt=1)  # canary p95 over stable's, same window
     max_class_divergence: float = Field(0.1, gt=0, le=1)  # Jensen-Shannon (base 2) of predicted classes
+    # How long a disagreement without a label may wait for one (it may show the canary right): 0 judges at once.
+    label_wait_s: float = Field(0.0, ge=0)
 
     @field_validator("steps")
     @classmethod

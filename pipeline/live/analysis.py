@@ -13,7 +13,10 @@ Every test is on a Bernoulli "hit" and is sized from :class:`~pipeline.config.Li
   *paired* requests (mirrored or captured, both answers known), unless the request's label has come back and
   shows the canary right: that disagreement is the canary *correcting* stable (as on drifted inputs a retrained
   candidate must) and counts as agreement, here and in the class-divergence guard. The bound below still holds:
-  a request the canary gets wrong and stable right is never corrected, so it is still a hit. Wald's SPRT, H0: disagreement
+  a request the canary gets wrong and stable right is never corrected, so it is still a hit. A disagreement whose
+  label may still come (none yet, younger than ``label_wait_s``) is *pending*, and the doubt goes against the
+  canary both ways: the test may fail the phase only on the resolved pairs (pending ones left out), and may pass it
+  only with the pending ones counted as hits. ``label_wait_s`` 0 (the default) resolves every pair at once. Wald's SPRT, H0: disagreement
   ``p0 = expected_disagreement`` against H1: ``p0 + min_detectable_drop``; it rejects when the log likelihood
   ratio reaches ``log((1 - beta) / alpha')`` and accepts at ``log(beta / (1 - alpha'))``. ``p0`` defaults to 3 %:
   two copies of one deterministic model disagree on nothing, and a good candidate trained differently agrees
@@ -64,7 +67,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -108,6 +111,8 @@ class Observation:
         mirror_ok: When the request was mirrored to the other version, whether that copy succeeded; else None.
         mirror_latency_ms: That copy's latency, when known.
         excerpt: A short excerpt of the inputs, for the root cause's examples.
+        age_s: Seconds from the request to this analysis, when known: a disagreement without a label younger
+            than ``label_wait_s`` may still be corrected by its label (see the agreement test).
     """
 
     request_id: str
@@ -121,6 +126,7 @@ class Observation:
     mirror_ok: bool | None = None
     mirror_latency_ms: float | None = None
     excerpt: str = ""
+    age_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -337,6 +343,7 @@ class PairedFigures:
     stable_distribution: dict[str, float]
     canary_distribution: dict[str, float]
     corrected: int = 0  # disagreements where the label came back and shows the canary right
+    pending: int = 0  # disagreements without a label yet that may still get one (younger than label_wait_s)
 
     @property
     def uncorrected(self) -> int:
@@ -593,7 +600,7 @@ def analyze(
         if stable_class is not None and canary_class is not None:
             pairs.append((observation, stable_class, canary_class))
     stable, canary = tallies["stable"], tallies["canary"]
-    paired = _paired_figures(pairs, name)
+    paired = _paired_figures(pairs, name, config.label_wait_s)
     tests = (
         _agreement_test(paired, config, expected_disagreement),
         _accuracy_test(stable, canary, config),
@@ -615,29 +622,40 @@ def corrects_stable(observation: Observation, stable_class: int, canary_class: i
     return stable_class != canary_class and observation.label is not None and observation.label == canary_class
 
 
-def _paired_figures(pairs: list[tuple[Observation, int, int]], name: _Namer) -> PairedFigures:
+def _paired_figures(pairs: list[tuple[Observation, int, int]], name: _Namer, label_wait_s: float = 0.0
+                    ) -> PairedFigures:  # fmt: skip
     n = len(pairs)
     disagreements = sum(s != c for _, s, c in pairs)
     corrected = sum(corrects_stable(o, s, c) for o, s, c in pairs)
-    # Stable's answer as judged: where the label showed the canary right, the canary's (a correction, not a shift).
-    judged = [c if corrects_stable(o, s, c) else s for o, s, c in pairs]
-    stable_counts = Counter(judged)
-    canary_counts = Counter(c for _, _, c in pairs)
+    waiting = [s != c and o.label is None and o.age_s is not None and o.age_s < label_wait_s for o, s, c in pairs]
+    pending = sum(waiting)
+    # The class-divergence guard judges resolved pairs only, with stable's answer as judged: where the label showed
+    # the canary right, the canary's (a correction, not a shift).
+    resolved = [(o, s, c) for (o, s, c), wait in zip(pairs, waiting, strict=True) if not wait]
+    stable_counts = Counter(c if corrects_stable(o, s, c) else s for o, s, c in resolved)
+    canary_counts = Counter(c for _, _, c in resolved)
     classes = sorted(set(stable_counts) | set(canary_counts))
     divergence = None
-    if n:
+    if resolved:
         divergence = js_divergence([stable_counts[c] for c in classes], [canary_counts[c] for c in classes])
+    shares = max(len(resolved), 1)
     return PairedFigures(
         n, disagreements, 1 - (disagreements - corrected) / n if n else None, divergence,
-        {name(c): stable_counts[c] / n for c in classes}, {name(c): canary_counts[c] / n for c in classes},
-        corrected,
+        {name(c): stable_counts[c] / shares for c in classes}, {name(c): canary_counts[c] / shares for c in classes},
+        corrected, pending,
     )  # fmt: skip
 
 
 def _agreement_test(paired: PairedFigures, config: LiveCanaryConfig, expected_disagreement: float) -> SequentialTest:
     design = agreement_design(config, expected_disagreement)
-    return design.judge("agreement", "mirrored requests where the canary disagrees with stable and no label shows "
-                        "the canary right", paired.uncorrected, paired.requests)  # fmt: skip
+    hit = "mirrored requests where the canary disagrees with stable and no label shows the canary right"
+    resolved = design.judge("agreement", hit, paired.uncorrected - paired.pending, paired.requests - paired.pending)
+    if not paired.pending or resolved.outcome == "reject_h0":
+        return resolved  # a failure stands on resolved pairs alone
+    doubtful = design.judge("agreement", hit, paired.uncorrected, paired.requests,
+                            note=f"{paired.pending} disagreement(s) waiting up to {config.label_wait_s:g} s for "
+                                 "their labels, counted as hits")  # fmt: skip
+    return doubtful if doubtful.outcome == "accept_h0" else replace(doubtful, outcome="continue")
 
 
 def _accuracy_test(stable: _Tally, canary: _Tally, config: LiveCanaryConfig) -> SequentialTest:
@@ -711,7 +729,7 @@ def _checks(stable: _Tally, canary: _Tally, paired: PairedFigures, tests: Sequen
         ratio = canary_p95 / stable_p95
     checks.append(_guard_check("p95_latency_ratio", ratio, config.max_p95_latency_ratio, latency))
 
-    divergence, enough = paired.class_divergence, paired.requests >= config.min_requests
+    divergence, enough = paired.class_divergence, paired.requests - paired.pending >= config.min_requests
     passed = None if divergence is None or not enough else divergence <= config.max_class_divergence
     checks.append(Check("class_divergence", divergence, "<=", config.max_class_divergence, passed,
                         f"Jensen-Shannon on paired requests; judged from {config.min_requests}"))  # fmt: skip

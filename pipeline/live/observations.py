@@ -119,8 +119,10 @@ def model_of(entry: AccessEntry) -> str | None:
     return match.group("model") if match else None
 
 
-def join(model: str, entries: Iterable[AccessEntry], captures: Iterable[CapturedRequest]) -> list[Observation]:
-    """Observations of ``model``'s window: every logged request of it, with its capture where there is one.
+def join(model: str, entries: Iterable[AccessEntry], captures: Iterable[CapturedRequest], now: float | None = None
+         ) -> list[Observation]:
+    """Observations of ``model``'s window: every logged request of it, with its capture where there is one, and
+    its age at ``now`` (epoch seconds; None: ages unknown).
 
     A request logged more than once (a client retrying with the same id) counts once: its last answer.
     """
@@ -130,18 +132,19 @@ def join(model: str, entries: Iterable[AccessEntry], captures: Iterable[Captured
         named = model_of(entry)
         if named == model or (named is None and entry.api == "grpc"):
             chosen[entry.request_id] = entry
-    return [_observation(entry, by_id.get(entry.request_id)) for entry in chosen.values()]
+    return [_observation(entry, by_id.get(entry.request_id), None if now is None else max(0.0, now - entry.ts))
+            for entry in chosen.values()]
 
 
-def _observation(entry: AccessEntry, capture: CapturedRequest | None) -> Observation:
+def _observation(entry: AccessEntry, capture: CapturedRequest | None, age_s: float | None = None) -> Observation:
     variant: Variant = "canary" if entry.variant == "canary" else "stable"
     if capture is None:
-        return Observation(entry.request_id, variant, entry.ok, entry.latency_ms, None)
+        return Observation(entry.request_id, variant, entry.ok, entry.latency_ms, None, age_s=age_s)
     other = "stable" if variant == "canary" else "canary"
     served_class = capture.canary_class if variant == "canary" else capture.stable_class
     other_error = capture.canary_error if other == "canary" else capture.stable_error
     return Observation(
         entry.request_id, variant, entry.ok, entry.latency_ms, served_class if entry.ok else None,
         stable_class=capture.stable_class, canary_class=capture.canary_class, label=capture.label,
-        mirror_ok=other_error is None, excerpt=capture.inputs_excerpt[:120],
+        mirror_ok=other_error is None, excerpt=capture.inputs_excerpt[:120], age_s=age_s,
     )

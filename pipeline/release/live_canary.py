@@ -162,7 +162,7 @@ def look_at_phase(release: Release, version: int, run_id: str, phase: PhaseSpec)
     since = record.started_at.timestamp()
     captures = captured(release.model, since=since, paths=release.paths)
     entries = read_entries(window) if window else ()
-    observations = join(release.model, entries, captures)
+    observations = join(release.model, entries, captures, now=time.time())
     analysis = analyze(observations, release.config.canary, phase=phase.name, elapsed_s=elapsed,
                        class_names=release.config.class_names or ())
     summary = "\n".join(analysis.summary_lines())

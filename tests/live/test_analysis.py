@@ -435,3 +435,39 @@ def test_a_canary_that_corrects_stable_passes_once_labels_show_it_and_is_held_wi
         Candidate("corrects_stable_unlabelled", loses=0.002, gains=0.05, label_share=0.0), runs)]
     assert labelled.count("pass") >= runs - allowed(CONFIG.false_rollback_rate, runs), labelled
     assert unlabelled.count("pass") < labelled.count("pass")  # without labels 5 % disagreement is no agreement
+
+
+def _aged(observations: list[Observation], age_s: float) -> list[Observation]:
+    from dataclasses import replace
+
+    return [replace(o, age_s=age_s) for o in observations]
+
+
+WAITING = LiveCanaryConfig(label_wait_s=10)
+
+
+def test_young_unlabelled_disagreements_cannot_fail_a_phase_while_their_labels_may_come() -> None:
+    truth = [i % 10 for i in range(9)]
+    stable = [(y + 1) % 10 if i < 7 else y for i, y in enumerate(truth)]  # 7 of 9 disagree, no label yet
+    young = _aged(_pairs(stable, truth, [None] * 9), age_s=1.0)
+    assert analyze(young, CONFIG, phase="shadow", elapsed_s=2, class_names=CLASS_NAMES).decision == "fail"
+    waiting = analyze(young, WAITING, phase="shadow", elapsed_s=2, class_names=CLASS_NAMES)
+    assert waiting.decision == "continue" and waiting.paired.pending == 7
+    old = analyze(_aged(_pairs(stable, truth, [None] * 9), age_s=30.0), WAITING, phase="shadow", elapsed_s=31,
+                  class_names=CLASS_NAMES)
+    assert old.decision == "fail"  # no label came within the wait: they count
+    shown_wrong = analyze(_aged(_pairs(truth, stable, list(truth)), age_s=1.0), WAITING, phase="shadow",
+                          elapsed_s=2, class_names=CLASS_NAMES)
+    assert shown_wrong.decision == "fail"  # labels that show the canary wrong fail it at once
+
+
+def test_pending_disagreements_count_against_a_pass_until_their_labels_show_the_canary_right() -> None:
+    truth = [i % 10 for i in range(156)]
+    stable = [(y + 1) % 10 if i < 6 else y for i, y in enumerate(truth)]  # 6 disagreements in 156
+    labels: list[int | None] = [None] * 6 + truth[6:]
+    pending = analyze(_aged(_pairs(stable, truth, labels), age_s=1.0), WAITING, phase="shadow", elapsed_s=20,
+                      class_names=CLASS_NAMES)
+    assert pending.decision == "continue" and pending.test("agreement").note.startswith("6 disagreement")
+    corrected = analyze(_aged(_pairs(stable, truth, list(truth)), age_s=1.0), WAITING, phase="shadow",
+                        elapsed_s=20, class_names=CLASS_NAMES)
+    assert corrected.decision == "pass" and corrected.paired.corrected == 6
