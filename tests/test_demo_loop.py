@@ -12,6 +12,7 @@ from pipeline.demo_loop import (
     find_asset_triggered_run,
     group_accuracy,
     live_answers,
+    pooled_accuracy,
     recovered,
     window_accuracy,
 )
@@ -123,3 +124,10 @@ def test_the_bench_meets_its_targets_only_when_fast_enough_and_recovered() -> No
     assert not bench.targets_met({**figures, "onset_to_serving_s": None})
     table = bench.render_table(figures)
     assert "NOT trained on" in table and "0.9000 (n=40)" in table and "targets met: True" in table
+
+
+def test_pooled_accuracy_weights_each_window_by_its_labels() -> None:
+    runs = [_monitor_run({"labelled": 300, "accuracy": 0.95}), _monitor_run({"labelled": 100, "accuracy": 0.99}),
+            _monitor_run({"labelled": 0, "accuracy": None}), _monitor_run(None)]
+    assert pooled_accuracy(runs) == 0.96
+    assert pooled_accuracy([_monitor_run(None)]) is None
