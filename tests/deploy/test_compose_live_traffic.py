@@ -141,14 +141,14 @@ def test_the_proxy_and_the_pipeline_share_the_runtime_directory_at_the_same_path
     assert Path(_mounts(proxy)[script_target]).resolve() == ENTRYPOINT
 
 
-def test_capture_runs_the_pipeline_image_against_the_canary(resolved):
+def test_capture_runs_the_pipeline_image_against_the_canary_and_production_for_stable(resolved):
     services = _services(resolved)
     traffic = traffic_config("compose")
     capture = services[traffic.capture_host or ""]
     assert capture["image"] == services["airflow-scheduler"]["image"]
     assert capture["entrypoint"] + capture["command"] == [
         "pipeline", "capture-serve", "--host", "0.0.0.0", "--port", str(traffic.capture_port), "--serving-url",
-        "http://tfserving-canary:8501"]
+        "http://tfserving-canary:8501", "--stable-url", "http://tfserving-production:8501"]
     assert _mounts(capture)[_CONTAINER_HOME] == _mounts(services["airflow-scheduler"])[_CONTAINER_HOME]
     assert capture["environment"]["PIPELINE_HOME"] == _CONTAINER_HOME
 

@@ -285,3 +285,13 @@ def test_airflows_pods_run_non_root_without_privileges():
     assert contexts["pod"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert contexts["containers"]["allowPrivilegeEscalation"] is False
     assert contexts["containers"]["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_capture_asks_the_canary_instance_and_production_for_stable(rendered):
+    """Outside a live canary the canary instance has no stable label: production's answer is stable's, so the
+    production monitor has predictions to judge."""
+    (container,) = _find(rendered, "Deployment", "capture")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--serving-url") + 1] == "http://tfserving-canary:8501"
+    assert args[args.index("--stable-url") + 1] == "http://tfserving-production:8501"
+    assert _find(rendered, "Service", "tfserving-production")
