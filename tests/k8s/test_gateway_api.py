@@ -402,7 +402,7 @@ def test_capture_runs_the_pipeline_image_against_the_canary(rendered):
     assert container["image"] == env["PIPELINE_IMAGE"]  # the image Airflow's pods run
     assert container["command"] + container["args"] == [
         "pipeline", "capture-serve", "--host", "0.0.0.0", "--port", "8701", "--serving-url",
-        "http://tfserving-canary:8501"]
+        "http://tfserving-canary:8501", "--stable-url", "http://tfserving-production:8501"]
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8701}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     claim = {v["name"]: v for v in pod["spec"]["volumes"]}[mounts["/opt/pipeline/var"]]["persistentVolumeClaim"]
