@@ -2,7 +2,12 @@
 # Every Airflow container of docker-compose.yml and of the Helm chart (k8s/airflow/values.yaml) runs it,
 # and so do training containers (pipeline/containers.py).
 #   docker build -t mlops-pipeline:0.1.0 .
-FROM apache/airflow:3.3.2-python3.11
+# BASE_IMAGE chooses what it builds on: the official Airflow image by default; where Docker Hub cannot be reached,
+# the Debian-built stand-in of dockerfiles/local/airflow-base.Dockerfile (`python -m pipeline.localdocker images`).
+# PIP_EXTRA_ARGS reaches pip (e.g. `--no-index --find-links http://...`, a local wheelhouse).
+ARG BASE_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${BASE_IMAGE}
+ARG PIP_EXTRA_ARGS=""
 
 # Paths the pipeline reads (pipeline/settings.py): configs baked in, state on volumes mounted at runtime.
 ENV PIPELINE_HOME=/opt/pipeline/var \
@@ -16,11 +21,16 @@ RUN mkdir -p /opt/pipeline/var/models /opt/pipeline/var/serving \
     && chmod -R g+rwX /opt/pipeline
 USER airflow
 
-# Our package and its dependencies at the versions constraints.txt pins (TensorFlow, TF Serving API,
-# the docker and cncf-kubernetes providers); apache-airflow itself is pinned there to the base image's version.
-COPY --chown=airflow:0 constraints.txt pyproject.toml README.md /opt/pipeline/src/
+# The pinned dependencies first (constraints.txt pins apache-airflow to the base image's version), in a layer of
+# their own: a change to our code rebuilds only the small layer after it.
+COPY --chown=airflow:0 constraints.txt pyproject.toml /opt/pipeline/src/
+RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('/opt/pipeline/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install ${PIP_EXTRA_ARGS} -c /opt/pipeline/src/constraints.txt -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+COPY --chown=airflow:0 README.md /opt/pipeline/src/
 COPY --chown=airflow:0 pipeline /opt/pipeline/src/pipeline
-RUN pip install -c /opt/pipeline/src/constraints.txt /opt/pipeline/src \
+RUN pip install ${PIP_EXTRA_ARGS} --no-deps /opt/pipeline/src \
     && python -c "import pipeline.config, pipeline.containers"
 
 COPY --chown=airflow:0 configs /opt/pipeline/configs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,3 +162,28 @@ def text_run(text_snapshot: Snapshot, tmp_path_factory: pytest.TempPathFactory) 
 def make_config() -> Any:
     """The :func:`tiny_config` factory: ``make_config("image", "mlp", epochs=2)``."""
     return tiny_config
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Any]:
+    """$DOCKER_HOST's engine, or a private dockerd started for this session and stopped after it (leaving no
+    container, network, volume or process); skips naming why neither is possible."""
+    from pipeline.errors import SourceUnavailable
+    from pipeline.localdocker.engine import engine_for_tests
+
+    try:
+        engine = engine_for_tests()
+    except SourceUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def local_images(docker_engine: Any) -> Any:
+    """The images built here from Debian's packages (pipeline.localdocker.images), from the cache when unchanged."""
+    from pipeline.localdocker.images import build_all
+
+    return build_all(docker_engine.client())

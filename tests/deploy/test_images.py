@@ -88,11 +88,13 @@ def test_training_pod_and_helm_values_images_are_pinned():
 
 def test_dockerfile_builds_on_the_pinned_airflow_with_our_constraints():
     text = _DOCKERFILE.read_text()
-    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.M)
+    assert re.findall(r"^FROM\s+(\S+)", text, flags=re.M) == ["${BASE_IMAGE}"]
+    bases = re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, flags=re.M)  # the default: the official image
     assert bases == ["apache/airflow:3.3.2-python3.11"]
     pinned_airflow = re.search(r"^apache-airflow==(\S+)$", (REPO_ROOT / "constraints.txt").read_text(), flags=re.M)
     assert pinned_airflow and bases[0].split(":")[1].startswith(pinned_airflow[1] + "-")
-    assert re.search(r"pip install -c \S*constraints\.txt \S+", text)
+    assert re.search(r"pip install \S* -c \S*constraints\.txt -r \S+", text)  # the pinned set, in its own layer
+    assert re.search(r"pip install \S* --no-deps /opt/pipeline/src", text)  # then our package alone
     for copied in ("dags", "configs", "pipeline", "pyproject.toml", "k8s/training-pod.yaml"):
         assert re.search(rf"^COPY\b.*\s{re.escape(copied)}(\s|$)", text, flags=re.M), copied
         assert (REPO_ROOT / copied).exists()

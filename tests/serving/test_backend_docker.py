@@ -20,7 +20,7 @@ from pipeline.settings import get_paths
 from pipeline.util.net import free_port, free_ports
 from pipeline.wire.model_config import ModelServerConfig, single_model_config, write_config
 
-_ENGINE_START_S = 300.0  # a first run pulls tensorflow/serving
+_ENGINE_START_S = 300.0  # TensorFlow's import in a fresh container, on two shared cores
 
 
 def _backend(home: Path, **spec: Any) -> DockerBackend:
@@ -50,7 +50,6 @@ def test_defaults_put_the_config_under_the_pipeline_home(tmp_path):
 
 def test_a_managed_container_runs_without_privileges(tmp_path, monkeypatch):
     import docker
-
     from pipeline.serving.backends import docker as docker_backend
 
     started: dict[str, Any] = {}
@@ -118,26 +117,30 @@ def test_attach_apply_promote_and_roll_back_on_a_live_server(tmp_path, serve, ma
         backend.apply_config(single_model_config("hpt", base, [1, 7], {"stable": 1}), timeout_s=2)
 
 
-@pytest.fixture
-def engine() -> Any:
-    try:
-        return connect_docker()
-    except SourceUnavailable as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.mark.docker
 @pytest.mark.slow
-def test_a_managed_container_serves_and_goes_away(engine, tmp_path, make_base_path, half_plus_two_dir):
+def test_a_managed_container_serves_and_goes_away(docker_engine, local_images, tmp_path, make_base_path,
+                                                  half_plus_two_dir):
+    """The server image (TF Serving's layout, the embedded server inside) started by the backend as it would start
+    tensorflow/serving: on the host's network, as the models' owner, read-only, no capabilities."""
+    engine = docker_engine.client()
     base = make_base_path("hpt", {1: half_plus_two_dir})  # under tmp_path/models: the backend's models dir
     name = f"pipeline-test-{tmp_path.name}"
     rest_port, grpc_port = free_ports(2)
-    backend = _backend(tmp_path, rest_port=rest_port, grpc_port=grpc_port, container_name=name)
+    backend = _backend(tmp_path, rest_port=rest_port, grpc_port=grpc_port, container_name=name,
+                       image=local_images.tfserving, network="host", docker_url=docker_engine.url)
     try:
         endpoint = backend.start(timeout_s=_ENGINE_START_S)
         assert backend.start(timeout_s=30) == endpoint  # idempotent: the running container is reused
         backend.apply_config(single_model_config("hpt", base, [1], {"stable": 1}), timeout_s=120)
         assert engine.containers.get(backend.container_name).status == "running"
+        import numpy as np
+
+        from pipeline.serving.client import ServingClient
+
+        with ServingClient.for_endpoint(endpoint) as client:  # y = x / 2 + 2, computed in the container
+            answer = client.predict("hpt", inputs=np.array([4.0, 6.0], dtype=np.float32), label="stable")
+        assert answer["y"].tolist() == [4.0, 5.0]
     finally:
         backend.stop()
     assert not backend.is_running()

@@ -27,8 +27,9 @@ from pipeline.settings import Paths
 from pipeline.util.polling import poll_until
 
 if TYPE_CHECKING:
-    import docker
     from docker.models.containers import Container
+
+    import docker
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class DockerSpec(BaseModel):
     image: str = _DEFAULT_IMAGE
     container_name: str | None = None  # default: pipeline-tfserving-<instance>
     host: str = "127.0.0.1"  # where this process reaches it: 127.0.0.1 (published ports) or a service name
+    # bridge: the engine's default network, ports published on `host`. host: the host's network, the server
+    # listening on rest_port/grpc_port itself (an engine without a bridge, e.g. `dockerd --bridge=none`).
+    network: Literal["bridge", "host"] = "bridge"
     rest_port: int = Field(8501, gt=0, lt=65536)
     grpc_port: int = Field(8500, gt=0, lt=65536)
     config_path: str | None = None  # default: <serving_dir>/<instance>/models.config
@@ -173,10 +177,7 @@ class DockerBackend(ServingBackend):
             detach=True,
             # Same absolute paths inside: base_path values in models.config need no rewriting.
             volumes={models: {"bind": models, "mode": "ro"}, config_dir: {"bind": config_dir, "mode": "ro"}},
-            ports={
-                f"{_CONTAINER_REST_PORT}/tcp": (self.spec.host, self.spec.rest_port),
-                f"{_CONTAINER_GRPC_PORT}/tcp": (self.spec.host, self.spec.grpc_port),
-            },
+            **self._network(),
             labels={"app.kubernetes.io/part-of": "mlops-pipeline", "pipeline/instance": self.name},
             # No capabilities, no privilege escalation, a read-only root (it only reads the models and its config),
             # scratch space in memory; it runs as the owner of the files it reads (root only if that is root).
@@ -188,11 +189,21 @@ class DockerBackend(ServingBackend):
             restart_policy={"Name": "unless-stopped"},  # a crashed server comes back, as under supervisord
         )
 
+    def _network(self) -> dict[str, Any]:
+        """The container's network arguments: published ports on ``host``, or the host's own network."""
+        if self.spec.network == "host":
+            return {"network_mode": "host"}
+        return {"ports": {
+            f"{_CONTAINER_REST_PORT}/tcp": (self.spec.host, self.spec.rest_port),
+            f"{_CONTAINER_GRPC_PORT}/tcp": (self.spec.host, self.spec.grpc_port),
+        }}
+
     def server_args(self) -> list[str]:
         """``tensorflow_model_server`` flags of a managed container."""
+        on_host = self.spec.network == "host"  # no port mapping: the server listens on the spec's ports
         return [
-            f"--port={_CONTAINER_GRPC_PORT}",
-            f"--rest_api_port={_CONTAINER_REST_PORT}",
+            f"--port={self.spec.grpc_port if on_host else _CONTAINER_GRPC_PORT}",
+            f"--rest_api_port={self.spec.rest_port if on_host else _CONTAINER_REST_PORT}",
             f"--model_config_file={self.config_path}",
             f"--model_config_file_poll_wait_seconds={self.spec.poll_wait_s}",
             # Production names a canary version in the same reload that first loads it.
