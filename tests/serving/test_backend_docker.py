@@ -50,6 +50,7 @@ def test_defaults_put_the_config_under_the_pipeline_home(tmp_path):
 
 def test_a_managed_container_runs_without_privileges(tmp_path, monkeypatch):
     import docker
+
     from pipeline.serving.backends import docker as docker_backend
 
     started: dict[str, Any] = {}

@@ -27,9 +27,8 @@ from pipeline.settings import Paths
 from pipeline.util.polling import poll_until
 
 if TYPE_CHECKING:
-    from docker.models.containers import Container
-
     import docker
+    from docker.models.containers import Container
 
 log = logging.getLogger(__name__)
 
