@@ -96,29 +96,31 @@ def _schedule(spec: ReleaseSpec, raw_data: Asset):
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[raw_data])
 
 
-_CONTAINER_DOC = ("Trains in the pipeline image (`pipeline train <model> --json`), writing the run into the shared "
-                  "pipeline home; the `train` task after it finds the finished run and reuses it.")
+_CONTAINER_DOC = ("Trains in the pipeline image (`pipeline train <model> --snapshot <validated snapshot> --json`), "
+                  "writing the run into the shared pipeline home; the `train` task after it finds the finished run "
+                  "and reuses it.")
 
 
 def _container_training(spec: ReleaseSpec):
     """The operator that trains in the pipeline image, when the config says so (else None).
 
-    The container prepares or reuses the same snapshot and writes the run into the shared pipeline home;
+    The container trains on the snapshot validate_data passed and writes the run into the shared pipeline home;
     the ``train`` task after it then finds the finished run and reuses it.
     """
     if spec.train_runner == "docker":
         from airflow.providers.docker.operators.docker import DockerOperator
 
-        from pipeline.containers import docker_operator_kwargs
+        from pipeline.containers import VALIDATED_SNAPSHOT, docker_operator_kwargs
 
-        return DockerOperator(task_id="train_in_container", doc_md=_CONTAINER_DOC, **docker_operator_kwargs(spec.model))
+        return DockerOperator(task_id="train_in_container", doc_md=_CONTAINER_DOC,
+                              **docker_operator_kwargs(spec.model, VALIDATED_SNAPSHOT))
     if spec.train_runner == "kubernetes":
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-        from pipeline.containers import kubernetes_pod_operator_kwargs
+        from pipeline.containers import VALIDATED_SNAPSHOT, kubernetes_pod_operator_kwargs
 
         return KubernetesPodOperator(task_id="train_in_container", doc_md=_CONTAINER_DOC,
-                                     **kubernetes_pod_operator_kwargs(spec.model))
+                                     **kubernetes_pod_operator_kwargs(spec.model, VALIDATED_SNAPSHOT))
     return None
 
 

@@ -46,6 +46,9 @@ _CONTAINER_SECRET_DIR = "/run/secrets/pipeline-registry"
 _SECRET_KEY = "url"
 CONTAINER_REGISTRY_URL_FILE = f"{_CONTAINER_SECRET_DIR}/{_SECRET_KEY}"
 DOCKER_REGISTRY_SECRET_ENV = "PIPELINE_DOCKER_REGISTRY_SECRET"
+# In a DAG: the snapshot the prepare_data task made and validate_data passed, rendered by Airflow at run time, so
+# the container trains on exactly what the data gate let through (never on a snapshot prepared again).
+VALIDATED_SNAPSHOT = "{{ ti.xcom_pull(task_ids='prepare_data')['sha256'] }}"
 K8S_REGISTRY_SECRET_ENV = "PIPELINE_K8S_REGISTRY_SECRET"
 
 
@@ -83,7 +86,7 @@ def train_command(model: str, snapshot_sha: str | None = None, fault: str | None
     """
     command = ["python", "-m", "pipeline", "train", model]
     if snapshot_sha:
-        if not re.fullmatch(r"[0-9a-f]{8,64}", snapshot_sha):
+        if snapshot_sha != VALIDATED_SNAPSHOT and not re.fullmatch(r"[0-9a-f]{8,64}", snapshot_sha):
             raise ConfigError(f"snapshot_sha {snapshot_sha!r} is not a hex digest")
         command += ["--snapshot", f"{CONTAINER_PIPELINE_HOME}/data/{model}/{snapshot_sha}"]
     if fault:
@@ -152,6 +155,8 @@ def docker_operator_kwargs(model: str, snapshot_sha: str | None = None, fault: s
         "mount_tmp_dir": False,  # the tmp bind needs a host path the worker container doesn't have
         "auto_remove": "success",
         "docker_url": os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
+        # Training reads and writes the shared home only: no network unless $PIPELINE_DOCKER_NETWORK names one.
+        "network_mode": os.environ.get("PIPELINE_DOCKER_NETWORK") or "none",
     }
 
 

@@ -276,7 +276,9 @@ def test_training_in_a_container_when_configured(runner, operator, monkeypatch):
     assert container.upstream_task_ids == {"validate_data"} and container.downstream_task_ids == {"train"}
     assert container.task_group.group_id == "training" and container.doc_md
     command = getattr(container, "command", None) or [*container.cmds, *container.arguments]
-    assert command[-4:] == ["pipeline", "train", "mnist", "--json"]
+    assert command[-7:] == ["-m", "pipeline", "train", "mnist", "--snapshot",  # what validate_data passed
+                            "/opt/pipeline/var/data/mnist/{{ ti.xcom_pull(task_ids='prepare_data')['sha256'] }}",
+                            "--json"]
 
 
 def test_a_monitor_probe_is_retried_unless_refused(dagbag):
