@@ -48,6 +48,8 @@ PIPELINE_TAG = "mlops-pipeline:0.1.0"
 AIRFLOW_BASE_TAG = "mlops-local/airflow-base:3.3.2-python3.11"
 TFSERVING_TAG = "mlops-local/tfserving:2.19.0-embedded"
 POSTGRES_TAG = "mlops-local/postgres:15-bookworm"
+NGINX_TAG = "mlops-local/nginx:1.22-bookworm"
+PROMETHEUS_TAG = "mlops-local/prometheus:2.42-bookworm"
 _MMDEBSTRAP_TIMEOUT_S = 1800
 WHEELHOUSE_PORT = 38417
 
@@ -60,6 +62,8 @@ class LocalImages:
     pipeline: str = PIPELINE_TAG
     tfserving: str = TFSERVING_TAG
     postgres: str = POSTGRES_TAG
+    nginx: str = NGINX_TAG
+    prometheus: str = PROMETHEUS_TAG
 
 
 def build_all(client: docker.DockerClient) -> LocalImages:
@@ -68,7 +72,8 @@ def build_all(client: docker.DockerClient) -> LocalImages:
     build(client, RECIPES / "airflow-base.Dockerfile", AIRFLOW_BASE_TAG, RECIPES, {"DEBIAN_IMAGE": debian})
     build_pipeline_image(client, AIRFLOW_BASE_TAG)
     build(client, RECIPES / "tfserving.Dockerfile", TFSERVING_TAG, RECIPES, {"PIPELINE_IMAGE": PIPELINE_TAG})
-    build(client, RECIPES / "postgres.Dockerfile", POSTGRES_TAG, RECIPES, {"DEBIAN_IMAGE": debian})
+    for recipe, tag in (("postgres", POSTGRES_TAG), ("nginx", NGINX_TAG), ("prometheus", PROMETHEUS_TAG)):
+        build(client, RECIPES / f"{recipe}.Dockerfile", tag, RECIPES, {"DEBIAN_IMAGE": debian})
     return LocalImages(debian=debian)
 
 
