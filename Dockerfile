@@ -23,12 +23,9 @@ USER airflow
 
 # The pinned dependencies first (constraints.txt pins apache-airflow to the base image's version), in a layer of
 # their own: a change to our code rebuilds only the small layer after it.
-COPY --chown=airflow:0 constraints.txt pyproject.toml /opt/pipeline/src/
-RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('/opt/pipeline/src/pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install ${PIP_EXTRA_ARGS} -c /opt/pipeline/src/constraints.txt -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
-COPY --chown=airflow:0 README.md /opt/pipeline/src/
+COPY --chown=airflow:0 constraints.txt requirements.txt /opt/pipeline/src/
+RUN pip install ${PIP_EXTRA_ARGS} -c /opt/pipeline/src/constraints.txt -r /opt/pipeline/src/requirements.txt
+COPY --chown=airflow:0 pyproject.toml README.md /opt/pipeline/src/
 COPY --chown=airflow:0 pipeline /opt/pipeline/src/pipeline
 RUN pip install ${PIP_EXTRA_ARGS} --no-deps /opt/pipeline/src \
     && python -c "import pipeline.config, pipeline.containers"

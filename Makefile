@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.txt constraints.txt | sha256sum | cut -c1-12)
 export PIPELINE_HOME ?= $(CURDIR)/var
 PYTEST_ARGS ?=
 
@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)  ## .venv with the pinned dependency set (idempotent: a no-op when up to date)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml requirements.txt constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'

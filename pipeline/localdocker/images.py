@@ -135,7 +135,7 @@ def build(client: docker.DockerClient, dockerfile: Path, tag: str, context: Path
     Raises:
         SourceUnavailable: the build failed; the message has the step's output.
     """
-    log.info("building %s from %s", tag, dockerfile.relative_to(REPO_ROOT))
+    log.info("building %s from %s", tag, dockerfile)
     output: list[str] = []
     for chunk in client.api.build(path=str(context), dockerfile=str(dockerfile.relative_to(context)), tag=tag,
                                   buildargs=buildargs, network_mode="host", rm=True, forcerm=True, decode=True):
@@ -147,9 +147,9 @@ def build(client: docker.DockerClient, dockerfile: Path, tag: str, context: Path
 
 
 def wheelhouse() -> Path:
-    """Wheels of the pinned set (constraints.txt, pyproject's dependencies), downloaded by the host's pip once per
-    change of those two files."""
-    inputs = (REPO_ROOT / "constraints.txt").read_bytes() + (REPO_ROOT / "pyproject.toml").read_bytes()
+    """Wheels of the pinned set (requirements.txt at constraints.txt's versions), downloaded by the host's pip once
+    per change of those two files."""
+    inputs = (REPO_ROOT / "constraints.txt").read_bytes() + (REPO_ROOT / "requirements.txt").read_bytes()
     directory = cache_dir() / "wheels"
     stamp = directory / f".complete-{_digest(inputs)}"
     if stamp.is_file():
@@ -157,7 +157,7 @@ def wheelhouse() -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     # The host's own platform: Debian bookworm, CPython 3.11, x86_64, as the image's.
     command = [sys.executable, "-m", "pip", "download", "--quiet", "-c", str(REPO_ROOT / "constraints.txt"),
-               "-d", str(directory), str(REPO_ROOT)]
+               "-r", str(REPO_ROOT / "requirements.txt"), "-d", str(directory)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise SourceUnavailable(f"pip could not download the pinned set: {done.stderr[-2000:]}")

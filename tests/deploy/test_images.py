@@ -95,7 +95,7 @@ def test_dockerfile_builds_on_the_pinned_airflow_with_our_constraints():
     assert pinned_airflow and bases[0].split(":")[1].startswith(pinned_airflow[1] + "-")
     assert re.search(r"pip install \S* -c \S*constraints\.txt -r \S+", text)  # the pinned set, in its own layer
     assert re.search(r"pip install \S* --no-deps /opt/pipeline/src", text)  # then our package alone
-    for copied in ("dags", "configs", "pipeline", "pyproject.toml", "k8s/training-pod.yaml"):
+    for copied in ("dags", "configs", "pipeline", "pyproject.toml", "requirements.txt", "k8s/training-pod.yaml"):
         assert re.search(rf"^COPY\b.*\s{re.escape(copied)}(\s|$)", text, flags=re.M), copied
         assert (REPO_ROOT / copied).exists()
 

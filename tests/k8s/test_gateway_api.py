@@ -142,6 +142,18 @@ def test_core_objects_validate_strictly(rendered, version):
                         f"{'.'.join(map(str, exc.path))}: {exc.message}")
 
 
+@pytest.mark.parametrize("version", _KUBERNETES_VERSIONS)
+def test_the_training_pod_template_validates_strictly(version):
+    """k8s/training-pod.yaml is applied by KubernetesPodOperator, not kustomize: checked on its own."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed "
+                                              "(pip install kubernetes-validate)")
+    pod = yaml.safe_load((_K8S / "training-pod.yaml").read_text())
+    try:
+        kubernetes_validate.validate(pod, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"training-pod.yaml against {version}: {'.'.join(map(str, exc.path))}: {exc.message}")
+
+
 def test_strict_validation_catches_a_misplaced_field(rendered):
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed "
                                               "(pip install kubernetes-validate)")
