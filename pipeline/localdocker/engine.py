@@ -95,13 +95,14 @@ class Engine:
 
 def remove_everything(client: docker.DockerClient) -> None:
     """Remove every container, user-defined network and volume of an engine (a private one: never call it on a
-    shared engine). Images stay: they are the cache."""
+    shared engine), and the images no tag names any more (a rebuild's leftovers). Tagged images stay: the cache."""
     for container in client.containers.list(all=True):
         container.remove(force=True, v=True)
     for network in client.networks.list():
         if network.name not in ("bridge", "host", "none"):
             network.remove()
     client.volumes.prune()
+    client.images.prune(filters={"dangling": True})
 
 
 def reachable(url: str) -> str | None:
