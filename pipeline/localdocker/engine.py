@@ -3,8 +3,8 @@
 The private daemon never touches the machine's firewall or its default socket: ``--iptables=false
 --bridge=none`` (no default bridge, no NAT rules), its socket, exec root and pid file in a temporary directory.
 Only its data root (images and build cache) lives in the cache directory, outside any work tree, so a fresh clone
-reuses the images an earlier run built. One daemon at a time may own a data root: a second run waits for the
-lock, then uses a data root of its own (cold) rather than share it.
+reuses the images an earlier run built. One daemon at a time may own a data root (a flock): a second one started
+meanwhile gets a data root of its own in its temp directory (cold) rather than share it.
 
 Containers reach each other on user-defined networks (compose's) and the host through ``network_mode: host``;
 the default ``bridge`` network does not exist on such a daemon.

@@ -120,30 +120,48 @@ def test_attach_apply_promote_and_roll_back_on_a_live_server(tmp_path, serve, ma
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_a_managed_container_serves_and_goes_away(docker_engine, local_images, tmp_path, make_base_path,
-                                                  half_plus_two_dir):
+def test_managed_staging_and_production_containers_serve_promote_roll_back_and_go_away(
+        docker_engine, local_images, tmp_path, make_base_path, half_plus_two_dir, half_plus_three_dir):
     """The server image (TF Serving's layout, the embedded server inside) started by the backend as it would start
-    tensorflow/serving: on the host's network, as the models' owner, read-only, no capabilities."""
+    tensorflow/serving: one container per instance, on the host's network (the private daemon has no bridge), as
+    the models' owner, read-only, no capabilities. Staging serves the candidate; production serves it under
+    ``canary`` beside ``stable``, then rolls it back."""
+    import numpy as np
+
+    from pipeline.serving.client import ServingClient
+
     engine = docker_engine.client()
-    base = make_base_path("hpt", {1: half_plus_two_dir})  # under tmp_path/models: the backend's models dir
-    name = f"pipeline-test-{tmp_path.name}"
-    rest_port, grpc_port = free_ports(2)
-    backend = _backend(tmp_path, rest_port=rest_port, grpc_port=grpc_port, container_name=name,
-                       image=local_images.tfserving, network="host", docker_url=docker_engine.url)
+    base = make_base_path("hpt", {1: half_plus_two_dir, 2: half_plus_three_dir})  # under the backends' models dir
+    x = np.array([4.0, 6.0], dtype=np.float32)  # y = x / 2 + 2 (version 1), x / 2 + 3 (version 2)
+
+    def predict(endpoint: Any, label: str) -> list[float]:
+        with ServingClient.for_endpoint(endpoint) as client:
+            return client.predict("hpt", inputs=x, label=label)["y"].tolist()
+
+    backends = {}
+    for instance in ("staging", "production"):
+        rest_port, grpc_port = free_ports(2)
+        backends[instance] = make_backend(instance, {
+            "backend": "docker", "rest_port": rest_port, "grpc_port": grpc_port, "image": local_images.tfserving,
+            "network": "host", "docker_url": docker_engine.url,
+            "container_name": f"pipeline-test-{instance}-{tmp_path.name}"}, get_paths(tmp_path))
+    staging, production = backends["staging"], backends["production"]
     try:
-        endpoint = backend.start(timeout_s=_ENGINE_START_S)
-        assert backend.start(timeout_s=30) == endpoint  # idempotent: the running container is reused
-        backend.apply_config(single_model_config("hpt", base, [1], {"stable": 1}), timeout_s=120)
-        assert engine.containers.get(backend.container_name).status == "running"
-        import numpy as np
-
-        from pipeline.serving.client import ServingClient
-
-        with ServingClient.for_endpoint(endpoint) as client:  # y = x / 2 + 2, computed in the container
-            answer = client.predict("hpt", inputs=np.array([4.0, 6.0], dtype=np.float32), label="stable")
-        assert answer["y"].tolist() == [4.0, 5.0]
+        endpoints = {name: backend.start(timeout_s=_ENGINE_START_S) for name, backend in backends.items()}
+        assert production.start(timeout_s=30) == endpoints["production"]  # idempotent: the container is reused
+        staging.apply_config(single_model_config("hpt", base, [2], {"stable": 2}), timeout_s=120)
+        production.apply_config(single_model_config("hpt", base, [1, 2], {"stable": 1, "canary": 2}), timeout_s=120)
+        assert predict(endpoints["staging"], "stable") == [5.0, 6.0]
+        assert (predict(endpoints["production"], "stable"), predict(endpoints["production"], "canary")) == (
+            [4.0, 5.0], [5.0, 6.0])
+        production.apply_config(single_model_config("hpt", base, [1], {"stable": 1}), timeout_s=120)  # rollback
+        assert predict(endpoints["production"], "stable") == [4.0, 5.0]
+        for backend in backends.values():
+            assert engine.containers.get(backend.container_name).status == "running"
     finally:
-        backend.stop()
-    assert not backend.is_running()
-    assert not [c for c in engine.containers.list(all=True) if c.name == backend.container_name]
-    backend.stop()  # idempotent
+        for backend in backends.values():
+            backend.stop()
+    names = {backend.container_name for backend in backends.values()}
+    assert not any(backend.is_running() for backend in backends.values())
+    assert not [c for c in engine.containers.list(all=True) if c.name in names]
+    production.stop()  # idempotent
