@@ -54,6 +54,10 @@ _MMDEBSTRAP_TIMEOUT_S = 1800
 WHEELHOUSE_PORT = 38417
 
 
+class ToolMissing(SourceUnavailable):
+    """A tool the images are made with is not installed (as opposed to a build that failed)."""
+
+
 @dataclass(frozen=True)
 class LocalImages:
     """Tags of the images built here (all pinned)."""
@@ -113,7 +117,7 @@ def _debian_tarball(digest: str) -> Path:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=_MMDEBSTRAP_TIMEOUT_S)
     except FileNotFoundError:
-        raise SourceUnavailable("mmdebstrap is not installed (apt-get install mmdebstrap)") from None
+        raise ToolMissing("mmdebstrap is not installed (apt-get install mmdebstrap)") from None
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         raise SourceUnavailable(f"mmdebstrap failed ({done.returncode}): {done.stderr[-2000:]}")
