@@ -36,6 +36,25 @@ _SPAM_WORDS = "free winner cash prize offer click viagra credit urgent money".sp
 _SHARED_WORDS = "the a you and to of is for this".split()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, every container test runs on one worker: one private dockerd may hold the image cache at
+    a time (a second would build cold)."""
+    for item in items:
+        if item.get_closest_marker("docker"):
+            item.add_marker(pytest.mark.xdist_group("docker"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse --dist loadgroup where it silently stops grouping (pytest-xdist#1386: from pytest 9.2 on, the nodeid
+    suffix it groups by no longer takes effect), rather than let a second dockerd build every image cold."""
+    from packaging.version import Version
+
+    if config.getoption("dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2"):
+        raise pytest.UsageError(f"pytest-xdist's --dist loadgroup does not group on pytest {pytest.__version__} "
+                                "(pytest-xdist#1386): keep the pytest pinned in constraints.txt, or run with -n 0")
+
+
 def synthetic_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Learnable fake digits: class k lights a 6x6 block in cell k of a 4x3 grid, plus noise."""
     import numpy as np

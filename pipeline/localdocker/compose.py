@@ -76,6 +76,8 @@ class ComposeStack:
                   "POSTGRES_PASSWORD": secrets.token_urlsafe(16), "AIRFLOW_FERNET_KEY": Fernet.generate_key().decode(),
                   "AIRFLOW_JWT_SECRET": secrets.token_urlsafe(48), "AIRFLOW_API_SECRET_KEY": secrets.token_urlsafe(32),
                   "AIRFLOW_ADMIN_USER": _ADMIN, "AIRFLOW_ADMIN_PASSWORD": self.admin_password,
+                  # Releases only when triggered: a scheduled run beside the triggered one would train again.
+                  "PIPELINE_SCHEDULES": "off",
                   **{name: str(port) for name, port in self.ports.items()}}
         values["AIRFLOW_BASE_URL"] = self.airflow_url
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +140,8 @@ class ComposeStack:
                      f"chown -R {_AIRFLOW_UID}:0 /opt/pipeline/var/cache")
 
     def release(self, dag_id: str, timeout_s: float) -> dict[str, Any]:
-        """Unpause ``dag_id``, trigger it, and wait until every run of it has ended (unpausing may also schedule
-        the latest interval's run; the DAG runs one at a time, so the first to start releases).
+        """Unpause ``dag_id``, trigger it, and wait until every run of it has ended (the stack's schedules are off,
+        so that is the triggered run; with them on, unpausing would also start the latest interval's run).
 
         Returns ``{"seconds": trigger to the last end, "runs": {run_id: {"state", "tasks": {task_id: state}}}}``.
         """

@@ -87,6 +87,17 @@ def test_airflow_runs_the_local_executor_with_our_serving_profile(compose):
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
 
 
+def test_releases_keep_their_schedule_unless_the_env_turns_it_off(resolved, tmp_path):
+    for name in _AIRFLOW_SERVICES:
+        assert resolved["services"][name]["environment"]["PIPELINE_SCHEDULES"] == "on"
+    from pipeline.localdocker.compose import ComposeStack
+
+    stack = ComposeStack("unix:///nowhere.sock", tmp_path / "stack")
+    stack.write_env()  # the test and bench stack: a scheduled run beside the triggered one would train again
+    env = dict(line.split("=", 1) for line in stack.env_file.read_text().splitlines())
+    assert env["PIPELINE_SCHEDULES"] == "off" and stack.env_file.stat().st_mode & 0o777 == 0o600
+
+
 def test_airflow_records_served_changes_through_the_api_server_and_links_to_the_ui(compose):
     for name in _AIRFLOW_SERVICES:
         env = compose["services"][name]["environment"]

@@ -60,9 +60,8 @@ def test_the_stack_comes_up_healthy_releases_mnist_and_goes_away(stack, docker_e
 
     stack.seed_cache(_NPM_CACHE)
     release = stack.release("mnist_release", _RELEASE_S)
-    assert all(run["state"] == "success" for run in release["runs"].values()), release
-    releasing = [run for run in release["runs"].values() if run["tasks"].get("finalize") == "success"]
-    assert len(releasing) == 1, release  # one run released; any other found nothing new
+    (run,) = release["runs"].values()  # the triggered run alone: the test stack's schedules are off
+    assert run["state"] == "success" and run["tasks"]["finalize"] == "success", release
 
     status = json.loads(stack.pipeline_cli("status", "mnist", "--json"))[0]
     model = requests.get(f"{stack.production_rest_url}/v1/models/mnist", timeout=30).json()  # through the proxy
