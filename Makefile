@@ -8,7 +8,7 @@ export PIPELINE_HOME ?= $(CURDIR)/var
 PYTEST_ARGS ?=
 # mypy's cache outside the work tree, so a fresh clone re-checks only what changed (it validates by content)
 MYPY_CACHE_DIR ?= $(HOME)/.cache/mlops-pipeline/mypy
-# pytest-xdist workers: the container tests share one (the image cache's lock), the real-Airflow tests another
+# pytest-xdist workers: the container tests and the real-Airflow tests share one, one stack at a time
 TEST_WORKERS ?= 2
 
 .PHONY: install data lint test test-fast demo demo-loop up down bench clean system-deps

@@ -38,11 +38,12 @@ _SHARED_WORDS = "the a you and to of is for this".split()
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, every container test runs on one worker: one private dockerd may hold the image cache at
-    a time (a second would build cold)."""
+    """Under pytest-xdist, the container tests and the real-Airflow tests (group "stacks") run on one worker, one at
+    a time: one private dockerd may hold the image cache (a second would build cold), and two such stacks at once
+    on two cores starve each other's health checks."""
     for item in items:
         if item.get_closest_marker("docker"):
-            item.add_marker(pytest.mark.xdist_group("docker"))
+            item.add_marker(pytest.mark.xdist_group("stacks"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

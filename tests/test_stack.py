@@ -85,7 +85,7 @@ def _listening(pids: list[int]) -> list[tuple[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("airflow")
+@pytest.mark.xdist_group("stacks")
 def test_a_real_airflow_binds_loopback_prints_no_password_and_stops_completely(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIPELINE_AIRFLOW_PORT", str(free_port()))

@@ -114,15 +114,18 @@ class ComposeStack:
     def wait_healthy(self, timeout_s: float) -> dict[str, str]:
         """Until every long-running service is healthy (airflow-init has exited 0).
 
+        "unhealthy" is waited out, not fatal: Docker keeps running the check, and on two busy cores an Airflow CLI
+        check can miss its timeout for a while and then pass.
+
         Raises:
-            SourceUnavailable: a service's container stopped or went unhealthy.
+            SourceUnavailable: a service's container stopped.
             DeadlineExceeded: not all healthy in time (with each one's state).
         """
 
         def check() -> tuple[dict[str, str] | None, str]:
             states = self.health()
             broken = {name: state for name, state in states.items()
-                      if state in ("unhealthy", "dead") or (state == "exited" and name != "airflow-init")}
+                      if state == "dead" or (state == "exited" and name != "airflow-init")}
             if broken:
                 raise SourceUnavailable(f"compose services failed: {broken}")
             waiting = {name: state for name, state in states.items() if state not in ("healthy", "exited")}

@@ -14,7 +14,7 @@ import pytest
 from pipeline.util.polling import poll_until
 from tests.dags.test_served_assets_through_airflow import airflow_only  # noqa: F401 - the fixture
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("stacks")]
 
 _DEADLINE_S = 300.0  # 2 shared cores: generous, every wait polls
 

@@ -7,7 +7,7 @@ import yaml
 
 from pipeline.util.net import free_ports
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("stacks")]
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from pipeline.util.net import free_ports
 from pipeline.util.polling import poll_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("stacks")]
 
 _DEADLINE_S = 300.0  # 2 shared cores: generous, every wait polls
 

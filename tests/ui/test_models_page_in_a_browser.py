@@ -23,7 +23,7 @@ import yaml
 from pipeline.settings import REPO_ROOT
 from pipeline.util.net import free_ports
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("airflow")]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.xdist_group("stacks")]
 
 CHROMIUM = "/usr/bin/chromium"
 MODEL = "mnist"
