@@ -33,6 +33,9 @@ _GOOD_CONF = {"epochs": 10}
 _BAD_CONF = {"inject_fault": "input_convention"}
 _TRAFFIC_RPS = 50
 _TRAFFIC_MAX_S = 1800  # bounded; stopped as soon as the releases are done
+# One release's deadline. Idle it takes 3-5 minutes; beside a parallel test run on 2 cores, a 10-epoch retrain
+# alone took 7 (release 2 missed the former 600 s while still in shadow).
+_RELEASE_TIMEOUT_S = 1800.0
 
 
 def _say(text: str) -> None:
@@ -43,7 +46,7 @@ def _run(api: AirflowApi, conf: dict[str, Any]) -> tuple[str, dict[str, Any], fl
     start = time.perf_counter()
     run_id = trigger_dag(api.paths, _DAG, conf)
     print(f"   triggered {_DAG} run {run_id}", flush=True)
-    run = api.wait_for_run(_DAG, run_id)
+    run = api.wait_for_run(_DAG, run_id, timeout_s=_RELEASE_TIMEOUT_S)
     return run_id, run, time.perf_counter() - start
 
 
