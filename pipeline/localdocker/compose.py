@@ -148,7 +148,7 @@ class ComposeStack:
 
         Returns ``{"seconds": trigger to the last end, "runs": {run_id: {"state", "tasks": {task_id: state}}}}``.
         """
-        from pipeline.airflow_rest import AirflowRest, ApiAccess
+        from pipeline.airflow_rest import AirflowRest, ApiAccess, ApiError
 
         api = AirflowRest(ApiAccess(self.airflow_url, username=_ADMIN, password=self.admin_password,
                                     source=f"compose project {self.project}"))
@@ -159,7 +159,10 @@ class ComposeStack:
             api.call("PATCH", f"/dags/{dag_id}", body={"is_paused": False})
 
             def all_ended() -> tuple[list[dict[str, Any]] | None, str]:
-                runs = api.call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 20})["dag_runs"]
+                try:
+                    runs = api.call("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 20})["dag_runs"]
+                except ApiError as exc:  # one slow answer on busy cores (a read timeout): ask again until the deadline
+                    return None, str(exc)
                 states = {r["dag_run_id"]: r["state"] for r in runs}
                 done = runs and all(state in ("success", "failed") for state in states.values())
                 return (runs if done else None), str(states)

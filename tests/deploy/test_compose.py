@@ -219,3 +219,38 @@ def test_the_healthcheck_probe_fails_when_nothing_listens(compose):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connections are refused
         assert _run_probe(compose["services"]["tfserving-staging"]["healthcheck"]["test"][3], port) != 0
+
+
+class _FlakyApi:
+    """Airflow's API as a busy host gives it: the first poll of the runs times out, the next answers."""
+
+    def __init__(self, *_: Any) -> None:
+        self.polls = 0
+
+    def call(self, method: str, path: str, body: Any = None, params: Any = None) -> Any:
+        from pipeline.airflow_rest import ApiError
+
+        if path.endswith("/dagRuns") and method == "GET":
+            self.polls += 1
+            if self.polls == 1:
+                raise ApiError("Airflow's API at http://127.0.0.1:1 is not reachable (ReadTimeout)")
+            return {"dag_runs": [{"dag_run_id": "manual__1", "state": "success"}]}
+        if path.endswith("/taskInstances"):
+            return {"task_instances": [{"task_id": "finalize", "state": "success", "duration": 1.0}]}
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_slow_api_answer_while_waiting_for_the_release_is_asked_again(tmp_path, monkeypatch):
+    import pipeline.airflow_rest
+    import pipeline.localdocker.compose as compose_module
+    from pipeline.localdocker.compose import ComposeStack
+
+    monkeypatch.setattr(pipeline.airflow_rest, "AirflowRest", _FlakyApi)
+    monkeypatch.setattr(compose_module, "_POLL_S", 0.01)
+    stack = ComposeStack("unix:///nowhere.sock", tmp_path / "stack")
+    stack.write_env()
+    report = stack.release("mnist_release", timeout_s=60)
+    assert report["runs"] == {"manual__1": {"state": "success", "tasks": {"finalize": "success"}}}
