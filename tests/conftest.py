@@ -38,9 +38,10 @@ _SHARED_WORDS = "the a you and to of is for this".split()
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist, the container tests and the real-Airflow tests (group "stacks") run on one worker, one at
-    a time: one private dockerd may hold the image cache (a second would build cold), and two such stacks at once
-    on two cores starve each other's health checks."""
+    """Under pytest-xdist, the container tests (marked here, by their ``docker`` marker) and the real-Airflow tests
+    (marked in their modules) share the group "stacks": one worker, one at a time. One private dockerd may hold the
+    image cache (a second would build cold), and two such stacks at once on two cores starve each other's health
+    checks."""
     for item in items:
         if item.get_closest_marker("docker"):
             item.add_marker(pytest.mark.xdist_group("stacks"))
