@@ -135,8 +135,8 @@ def shift_labels(examples: Examples) -> Examples:
     return Examples(examples.kind, examples.x, shifted, examples.class_names, examples.source)
 
 
-def _fit(config: ModelConfig, model: keras.Model, train: Examples, val: Examples,
-         pixel_scale: float) -> dict[str, list[float]]:
+def fit(config: ModelConfig, model: keras.Model, train: Examples, val: Examples,
+        pixel_scale: float = CLIENT_PIXEL_SCALE) -> dict[str, list[float]]:
     """Fit with early stopping on validation loss, best weights restored; returns the history."""
     if len(val) == 0:
         raise ConfigError("the snapshot's val split is empty; raise data.val_fraction or add data")
@@ -198,7 +198,7 @@ def train_model(config: ModelConfig, snapshot: Snapshot, run_dir: Path, *, fault
     log.info("%s run %s: training %s on %d examples (snapshot %s, fault %s)",
              config.name, run_id, config.train.architecture, len(train), snapshot.sha256[:12], fault)
     model = build_model(config, train, pixel_scale)
-    history = _fit(config, model, train, val, pixel_scale)
+    history = fit(config, model, train, val, pixel_scale)
     metrics = evaluate_model(model, test, pixel_scale=pixel_scale)
     info = {
         "run_id": run_id,
