@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from pipeline.config import load_model_config
 from pipeline.data.dataset import Examples
 from pipeline.data.snapshot import split_by_digest
+from tests.benches import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_retrain_data", Path(__file__).parent.parent / "bench" / "retrain_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("retrain_data")
 
 
 def _digits(count: int, seed: int) -> Examples:

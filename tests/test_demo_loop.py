@@ -105,13 +105,9 @@ def test_live_answers_are_the_labelled_one_instance_requests_with_their_digests(
 
 
 def _bench_loop():
-    import importlib.util
-    from pathlib import Path
+    from tests.benches import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_loop", Path(__file__).parent.parent / "bench" / "loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("loop")
 
 
 def test_the_bench_meets_its_targets_only_when_fast_enough_and_recovered() -> None:
