@@ -248,7 +248,7 @@ def _traffic(args: argparse.Namespace) -> Any:
                        rps=args.rps, duration_s=args.duration, apis=apis,
                        label_delay_s=args.label_delay, label_share=args.label_share, signature_name=args.signature,
                        seed=args.seed, max_in_flight=args.max_in_flight, timeout_s=args.timeout,
-                       shift=args.shift, shift_share=args.shift_share)
+                       shift=args.shift, shift_share=args.shift_share, shift_pool=args.shift_pool)
     check_endpoints(spec, configured_endpoints())  # before anything is read or sent
     load_model_config(args.model)  # an unknown model fails here, naming the known ones
     paths = _paths(args)
@@ -389,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift", help="send a share of the digits shifted, as from a new scanner "
                                    "(pipeline.monitoring.shifts: thicken, translate, faint); labels kept")
     p.add_argument("--shift-share", type=float, default=0.2, help="share of the examples shifted (default 0.2)")
+    p.add_argument("--shift-pool", choices=("test", "snapshot"), default="test",
+                   help="test: shift a share of the test split and cycle through it (default); snapshot: a new "
+                        "scanner's stream from every split of the snapshot, no digit twice per cycle")
     p.add_argument("--home", help="pipeline home (default $PIPELINE_HOME or <repo>/var)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("up", help="start the embedded staging/production servers and Airflow standalone")

@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.cli import main
+from pipeline.errors import PipelineError
 
 
 def test_unknown_model_is_a_clear_error(capsys):
@@ -76,6 +79,26 @@ def test_traffic_argument_errors_fail_before_anything_is_sent(capsys, tmp_path, 
     assert "traffic rest_url 'http://10.20.30.40:8501' is not allowed: point it at a loopback address" in (
         capsys.readouterr().err)
     assert not (tmp_path / "registry.db").exists()  # refused before the registry or the data were read
+
+
+def test_traffic_hands_the_new_scanners_pool_to_the_run(capsys, tmp_path, monkeypatch):
+    import pipeline.live.traffic as traffic
+
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path))
+    specs = []
+
+    def record(spec, **_):
+        specs.append(spec)
+        raise PipelineError("recorded")
+
+    monkeypatch.setattr(traffic, "run_traffic", record)
+    local = ["--api", "rest", "--endpoint-rest", "http://127.0.0.1:1", "--no-feedback", "--shift", "translate"]
+    assert main(["traffic", "mnist", "--rps", "1", "--duration", "1", *local, "--shift-pool", "snapshot"]) == 2
+    assert main(["traffic", "mnist", "--rps", "1", "--duration", "1", *local]) == 2
+    assert [spec.shift_pool for spec in specs] == ["snapshot", "test"]
+    with pytest.raises(SystemExit) as refused:  # argparse's own usage error
+        main(["traffic", "mnist", "--rps", "1", "--duration", "1", *local, "--shift-pool", "all"])
+    assert refused.value.code == 2 and "invalid choice: 'all'" in capsys.readouterr().err and len(specs) == 2
 
 
 # ---- conf, paths and unexpected errors: one line, never a traceback -------------------------------------------------

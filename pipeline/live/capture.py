@@ -131,7 +131,8 @@ class CaptureOptions:
             tightens it without touching nginx).
         max_body_bytes: the largest request body accepted (413 above).
         queue_size: mirrored requests waiting for a worker; when full, new ones are dropped and counted.
-        workers: threads asking the versions (each request asks stable, then canary).
+        workers: threads asking the versions (each request asks stable, then canary: a few loopback round trips,
+            so two keep up with a mirror of every request at tens of requests a second on 2 busy cores).
         predict_timeout_s: the deadline of each predict call.
         read_timeout_s: how long a connection may stay silent (a slow or stuck client frees its thread).
         feedback_window_s: feedback for a request captured longer ago than this is ``late``.
@@ -141,7 +142,7 @@ class CaptureOptions:
     sample: float = 1.0
     max_body_bytes: int = 4 * 1024 * 1024
     queue_size: int = 1000
-    workers: int = 1
+    workers: int = 2
     predict_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     feedback_window_s: float = DEFAULT_FEEDBACK_WINDOW_S

@@ -56,6 +56,8 @@ from pipeline.wire.version_dirs import read_metadata, version_dir
 
 Api = Literal["rest", "grpc"]
 APIS: tuple[Api, ...] = ("rest", "grpc")
+ShiftPool = Literal["test", "snapshot"]
+SHIFT_POOLS: tuple[ShiftPool, ...] = ("test", "snapshot")
 MAX_RPS = 500.0
 MAX_DURATION_S = 3600.0
 MAX_LABEL_DELAY_S = 600.0
@@ -99,6 +101,11 @@ class TrafficSpec:
         shift: a known shift of digits (:mod:`pipeline.monitoring.shifts`) applied to a seeded ``shift_share``
             of the examples, labels kept ("a new scanner"); None sends them as they are.
         shift_share: the share of the examples shifted (0-1).
+        shift_pool: where the shifted digits come from. ``test``: a seeded ``shift_share`` of the test split is
+            shifted and the run cycles through it, so the same few hundred shifted digits come back; ``snapshot``:
+            a new scanner's stream, the shifted share drawn from every split of the snapshot, each digit once per
+            cycle (:func:`mixed_order`), beside the unshifted test split; what a loop that learns from live labels
+            needs, since repeats are no new examples.
     """
 
     model: str
@@ -117,6 +124,7 @@ class TrafficSpec:
     stable_version: int | None = None
     shift: str | None = None
     shift_share: float = 0.2
+    shift_pool: ShiftPool = "test"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not _MODEL_NAME.fullmatch(self.model) or ".." in self.model:
@@ -124,6 +132,8 @@ class TrafficSpec:
         _check_range("rps", self.rps, 0, MAX_RPS, low_open=True)
         _check_range("duration_s", self.duration_s, 0, MAX_DURATION_S, low_open=True)
         _check_range("shift_share", self.shift_share, 0, 1)
+        if self.shift_pool not in SHIFT_POOLS:
+            raise ConfigError(f"traffic shift_pool must be one of {', '.join(SHIFT_POOLS)}, got {self.shift_pool!r}")
         if self.shift is not None:
             from pipeline.monitoring.shifts import shift_named
 
@@ -258,8 +268,10 @@ class HeldOut:
             raise ConfigError(f"held-out examples: {len(self.inputs)} inputs for {len(self.labels)} labels")
 
 
-def load_held_out(model: str, paths: Paths | None = None, stable_version: int | None = None) -> HeldOut:
-    """The test split of the snapshot ``stable_version`` was trained on, else of the newest prepared snapshot.
+def load_held_out(model: str, paths: Paths | None = None, stable_version: int | None = None,
+                  splits: Sequence[str] = ("test",)) -> HeldOut:
+    """The test split (or ``splits``) of the snapshot ``stable_version`` was trained on, else of the newest prepared
+    snapshot.
 
     Raises:
         NotFound: the model has no prepared snapshot.
@@ -274,10 +286,16 @@ def load_held_out(model: str, paths: Paths | None = None, stable_version: int | 
     if directory is None:
         directory = _newest_snapshot(model, paths)
         source = f"test split of the newest snapshot {directory}" + (f" ({source})" if source else "")
-    test = Snapshot.open(directory).split("test")
-    if len(test) == 0:
-        raise NotFound(f"the snapshot {directory} has no test examples; run `pipeline data {model}` again")
-    return HeldOut(to_model_inputs(test), np.asarray(test.y, dtype=np.int64), f"{source}, {len(test)} examples")
+    snapshot = Snapshot.open(directory)
+    parts = [snapshot.split(name) for name in splits]
+    inputs = [to_model_inputs(part) for part in parts if len(part)]
+    if not inputs:
+        raise NotFound(f"the snapshot {directory} has no {'/'.join(splits)} examples; run `pipeline data {model}` "
+                       "again")
+    labels = np.concatenate([np.asarray(part.y, dtype=np.int64) for part in parts if len(part)])
+    if tuple(splits) != ("test",):
+        source = source.replace("test split", f"{'+'.join(splits)} splits", 1)
+    return HeldOut(np.concatenate(inputs), labels, f"{source}, {len(labels)} examples")
 
 
 def _snapshot_of_version(model: str, version: int, paths: Paths) -> tuple[Path | None, str]:
@@ -311,6 +329,53 @@ def shifted(examples: HeldOut, shift: str, share: float, seed: int) -> HeldOut:
 def example_order(count: int, seed: int) -> np.ndarray:
     """The seeded shuffle of ``count`` examples that a run cycles through."""
     return np.random.default_rng(seed).permutation(count)
+
+
+def mixed_order(unshifted: int, shifted: int, share: float, seed: int) -> np.ndarray:
+    """One cycle of a new scanner's stream beside the usual one, as indices into ``unshifted + shifted`` examples.
+
+    The cycle is as long as it takes to send each of the ``shifted`` examples once at ``share`` of the requests;
+    they come in a seeded order at seeded places, and the other places cycle through seeded shuffles of the
+    ``unshifted`` examples (each shuffle complete before the next starts).
+
+    Raises:
+        ConfigError: no examples on a side the share asks for, or a share outside (0, 1].
+    """
+    if not 0.0 < share <= 1.0:
+        raise ConfigError(f"a new scanner's share must be within (0, 1], got {share}")
+    if shifted < 1 or (share < 1.0 and unshifted < 1):
+        raise ConfigError(f"a mixed stream needs examples on both sides, got {unshifted} unshifted and {shifted} "
+                          "shifted")
+    rng = np.random.default_rng(seed)
+    length = max(shifted, round(shifted / share))
+    places = np.zeros(length, dtype=bool)
+    places[rng.permutation(length)[:shifted]] = True
+    order = np.empty(length, dtype=np.int64)
+    order[places] = unshifted + rng.permutation(shifted)
+    others = length - shifted
+    if others:
+        cycles = -(-others // unshifted)
+        order[~places] = np.concatenate([rng.permutation(unshifted) for _ in range(cycles)])[:others]
+    return order
+
+
+def traffic_examples(spec: TrafficSpec, examples: HeldOut, pool: HeldOut | None = None
+                     ) -> tuple[HeldOut, np.ndarray]:
+    """What a run sends and the order it cycles through: ``examples`` as they are, with a share shifted in place
+    (``shift_pool`` test) or beside a new scanner's stream of ``pool`` shifted (``shift_pool`` snapshot)."""
+    if spec.shift is None or spec.shift_share == 0:
+        return examples, example_order(len(examples.labels), spec.seed)
+    if spec.shift_pool == "test":
+        examples = shifted(examples, spec.shift, spec.shift_share, spec.seed)
+        return examples, example_order(len(examples.labels), spec.seed)
+    if pool is None:
+        raise ConfigError("shift_pool snapshot needs the snapshot's digits (pool)")
+    scanned = shifted(pool, spec.shift, 1.0, spec.seed)
+    both = HeldOut(np.concatenate([examples.inputs, scanned.inputs]),
+                   np.concatenate([examples.labels, scanned.labels]),
+                   f"{examples.source} as they are; a new scanner ({spec.shift}) on {spec.shift_share:.0%} of the "
+                   f"requests, each of {len(pool.labels)} digits once per cycle ({pool.source})")
+    return both, mixed_order(len(examples.labels), len(pool.labels), spec.shift_share, spec.seed)
 
 
 def api_of(seq: int, apis: Sequence[Api]) -> Api:
@@ -720,7 +785,8 @@ def make_clients(spec: TrafficSpec) -> dict[Api, Predictor]:
 
 
 def run_traffic(spec: TrafficSpec, paths: Paths | None = None, examples: HeldOut | None = None,
-                clients: Mapping[Api, Predictor] | None = None, stop: threading.Event | None = None) -> TrafficReport:
+                clients: Mapping[Api, Predictor] | None = None, stop: threading.Event | None = None,
+                pool: HeldOut | None = None) -> TrafficReport:
     """Send the spec's traffic, post its labels, and report (see the module docstring).
 
     Args:
@@ -729,6 +795,7 @@ def run_traffic(spec: TrafficSpec, paths: Paths | None = None, examples: HeldOut
         examples: what to send (default :func:`load_held_out` of the model and ``spec.stable_version``).
         clients: a client per API (default :func:`make_clients`; tests pass fakes). Closed at the end either way.
         stop: ends the run early when set (the requests not sent yet are counted as such; labels still go out).
+        pool: a new scanner's digits, for ``shift_pool`` snapshot (default every split of the snapshot).
 
     Raises:
         ConfigError: an endpoint is neither loopback nor the profile's (:func:`check_endpoints`).
@@ -736,9 +803,9 @@ def run_traffic(spec: TrafficSpec, paths: Paths | None = None, examples: HeldOut
     """
     check_endpoints(spec, configured_endpoints())
     examples = load_held_out(spec.model, paths, spec.stable_version) if examples is None else examples
-    if spec.shift is not None:
-        examples = shifted(examples, spec.shift, spec.shift_share, spec.seed)
-    order = example_order(len(examples.labels), spec.seed)
+    if pool is None and spec.shift is not None and spec.shift_pool == "snapshot":
+        pool = load_held_out(spec.model, paths, spec.stable_version, splits=("train", "val", "test"))
+    examples, order = traffic_examples(spec, examples, pool)
     prefix = f"traffic-{secrets.token_hex(4)}"
     tally = _Tally(spec.apis)
     owned = clients is None

@@ -36,6 +36,7 @@ from pipeline.live.traffic import (
     is_loopback,
     label_selected,
     load_held_out,
+    mixed_order,
     pace_requests,
     predicted_class,
     run_traffic,
@@ -287,6 +288,52 @@ def test_a_shift_sends_its_share_of_the_digits_shifted_with_their_labels() -> No
     assert sum(x.sum() == 1 for x in client.sent) == 7
 
 
+@pytest.mark.parametrize(("unshifted", "shifted", "share"), [(30, 10, 0.2), (7, 50, 0.2), (5, 3, 0.5), (0, 4, 1.0)])
+def test_a_new_scanners_stream_sends_each_shifted_digit_once_per_cycle_at_its_share(
+        unshifted: int, shifted: int, share: float) -> None:
+    order = mixed_order(unshifted, shifted, share, seed=3)
+    assert len(order) == max(shifted, round(shifted / share))
+    from_scanner = order[order >= unshifted]
+    assert sorted(from_scanner.tolist()) == list(range(unshifted, unshifted + shifted))  # each once, none missing
+    others = order[order < unshifted]
+    if unshifted:  # the usual stream cycles through whole shuffles: no digit twice before every one came once
+        counts = Counter(others.tolist())
+        assert max(counts.values()) - min(counts.values()) <= 1 and len(counts) == min(unshifted, len(others))
+    assert np.array_equal(order, mixed_order(unshifted, shifted, share, seed=3))
+    assert not np.array_equal(order, mixed_order(unshifted, shifted, share, seed=4)) or share == 1.0
+
+
+@pytest.mark.parametrize(("unshifted", "shifted", "share", "message"),
+                         [(10, 0, 0.2, "both sides"), (0, 10, 0.2, "both sides"), (10, 10, 0.0, "within"),
+                          (10, 10, 1.5, "within")])
+def test_a_mixed_stream_without_digits_on_a_side_or_a_share_is_refused(unshifted: int, shifted: int, share: float,
+                                                                       message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        mixed_order(unshifted, shifted, share, seed=0)
+
+
+def test_the_snapshot_pool_sends_the_scanners_digits_shifted_beside_the_test_split_as_it_is() -> None:
+    from pipeline.monitoring.shifts import translate
+
+    test = HeldOut(np.zeros((8, 784), dtype=np.float32), np.zeros(8, dtype=np.int64), "eight blanks")
+    digits = np.zeros((4, 784), dtype=np.float32)
+    digits[np.arange(4), np.arange(4) * 28 + 100] = 1.0  # one lit pixel each, in different places
+    pool = HeldOut(digits, np.array([1, 2, 3, 4]), "four dots")
+    client = RecordingClient()
+    run = spec(rps=400, duration_s=0.05, apis=("rest",), feedback_url=None, shift="translate", shift_share=0.2,
+               shift_pool="snapshot")
+    report = run_traffic(run, examples=test, clients={"rest": client}, pool=pool)
+    assert report.planned == 20 and "each of 4 digits once per cycle" in report.examples
+    lit = sorted(tuple(np.flatnonzero(x)) for x in client.sent if x.any())
+    assert lit == sorted(tuple(np.flatnonzero(translate(d))) for d in digits)  # all four, shifted, once each
+    assert sum(not x.any() for x in client.sent) == 16
+
+
+def test_an_unknown_shift_pool_is_refused() -> None:
+    with pytest.raises(ConfigError, match="shift_pool must be one of test, snapshot"):
+        spec(shift="translate", shift_pool="everything")
+
+
 def test_an_unknown_shift_is_refused_before_anything_is_sent() -> None:
     with pytest.raises(ConfigError, match="unknown shift 'smudge'"):
         spec(shift="smudge")
@@ -444,6 +491,11 @@ def test_examples_are_the_stable_versions_test_split_else_the_newest_snapshots(t
 
     gone = load_held_out(MODEL, paths, stable_version=4)  # no such version directory: the newest, saying why
     assert newer.name in gone.source and "stable version 4" in gone.source
+
+    every = load_held_out(MODEL, paths, stable_version=3, splits=("train", "val", "test"))
+    parts = [Snapshot.open(older).split(name) for name in ("train", "val", "test")]
+    assert every.labels.tolist() == [label for part in parts for label in part.y.tolist()]
+    assert len(every.inputs) == sum(len(part) for part in parts) and "train+val+test splits" in every.source
 
 
 # ---- real runs (slow) -----------------------------------------------------------------------------------------
