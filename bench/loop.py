@@ -3,13 +3,15 @@ all traffic, and live accuracy before the shift, at its worst and after the loop
 
 It runs the loop of ``make demo-loop`` (:func:`pipeline.demo_loop.run_loop`) on the embedded stack on its default
 ports (started if needed; needs ``make data``; a stable MNIST version is released first when there is none), with
-``--shift`` (default ``translate``) on 20 % of the replayed digits. The floors are measured in the same run: the
+``--shift`` (default ``translate``) on 20 % of the requests, a new scanner's stream through every digit of the
+snapshot (``--shift-pool snapshot``). The floors are measured in the same run: the
 asset-triggered release run's own duration (start -> end in Airflow) and its training task's, beside
 alarm -> serving; the monitor's window cadence beside onset -> alarm.
 
 Live accuracy "after" is given twice: overall (the monitor's window on the new version), and on the shifted digits
 the retrained version did NOT train on (their digests are not in its training split), from the capture store:
-the shifted digits that came back labelled were trained on, and the traffic replays the same pool.
+the shifted digits that came back labelled were trained on; the new scanner sends each digit once per cycle
+(~10,000 digits, ~14 minutes at 60 requests/s), so nearly all shifted digits after the retrain are new to it.
 
 Prints JSON, then a table beside the targets (onset -> serving <= 600 s; accuracy after within 1 point of before).
 Usage: ``.venv/bin/python bench/loop.py [--shift translate|thicken|faint] [--json FILE]``; ``--report FILE``

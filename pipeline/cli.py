@@ -280,7 +280,8 @@ def _down(args: argparse.Namespace) -> Any:
 def _capture_serve(args: argparse.Namespace) -> Any:
     from pipeline.live.services import serve_capture
 
-    serve_capture(args.host, args.port, args.serving_url, args.model or (), stable_url=args.stable_url)
+    serve_capture(args.host, args.port, args.serving_url, args.model or (), stable_url=args.stable_url,
+                  workers=args.workers)
     return "capture service stopped"
 
 
@@ -410,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", help="a captured model (repeatable; default: every configured one)")
     p.add_argument("--stable-url", help="production's REST API: stable's answer when the canary instance has none "
                                         "(no live canary: the monitor's mirrored window)")
+    p.add_argument("--workers", type=int, default=1, help="threads asking the versions (default 1: arrival order)")
     return parser
 
 

@@ -131,21 +131,24 @@ class CaptureOptions:
             tightens it without touching nginx).
         max_body_bytes: the largest request body accepted (413 above).
         queue_size: mirrored requests waiting for a worker; when full, new ones are dropped and counted.
-        workers: threads asking the versions (each request asks stable, then canary: a few loopback round trips,
-            so two keep up with a mirror of every request at tens of requests a second on 2 busy cores).
+        workers: threads asking the versions (each request asks stable, then canary); one keeps the store in
+            arrival order, the stack runs more (:data:`pipeline.live.services.CAPTURE_WORKERS`).
         predict_timeout_s: the deadline of each predict call.
         read_timeout_s: how long a connection may stay silent (a slow or stuck client frees its thread).
         feedback_window_s: feedback for a request captured longer ago than this is ``late``.
+        feedback_hold_s: how long feedback for a request still queued here waits for its capture (a label that
+            overtakes its request on a busy machine would otherwise be lost as ``unknown``).
     """
 
     store: StoreLimits = field(default_factory=StoreLimits)
     sample: float = 1.0
     max_body_bytes: int = 4 * 1024 * 1024
     queue_size: int = 1000
-    workers: int = 2
+    workers: int = 1
     predict_timeout_s: float = 5.0
     read_timeout_s: float = 10.0
     feedback_window_s: float = DEFAULT_FEEDBACK_WINDOW_S
+    feedback_hold_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.sample <= 1:
@@ -156,6 +159,8 @@ class CaptureOptions:
         for name in ("predict_timeout_s", "read_timeout_s", "feedback_window_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"capture option {name} must be positive, got {getattr(self, name)}")
+        if self.feedback_hold_s < 0:
+            raise ConfigError(f"capture option feedback_hold_s must not be negative, got {self.feedback_hold_s}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +254,7 @@ class CaptureService:
         self._counts: Counter[str] = Counter()
         self._metrics = _Metrics(self.models, self._queue.qsize)
         self._pending_drops = dict.fromkeys(self.models, 0)  # dropped, not yet written to the store
+        self._in_flight: dict[tuple[str, str], threading.Event] = {}  # queued or being captured: set when done
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._stopped = False
@@ -391,9 +397,11 @@ class CaptureService:
         if not in_sample(request_id, self.options.sample):
             self._answered(model, "not_sampled")
             return 200, {"status": "not_sampled", "request_id": request_id}
+        done = self._track(model, request_id)
         try:
             self._queue.put_nowait(_Job(model, request_id, variant, route, time.time(), body, request))
         except queue.Full:
+            self._untrack(model, request_id, done)
             self._answered(model, "dropped")
             self._metrics.dropped.labels(model).inc()
             with self._lock:
@@ -426,6 +434,7 @@ class CaptureService:
             document = [document]
         if not isinstance(document, list):
             raise _BadRequest(400, "expected a JSON object {\"request_id\": ..., \"label\": ...} or a list of them")
+        self._await_captures(model, document)
         try:
             results = submit_feedback(self._stores[model], document, self._label_space(model), source="http",
                                       window_s=self.options.feedback_window_s)
@@ -434,6 +443,30 @@ class CaptureService:
         self._metrics.count_feedback(model, results)
         counts = Counter(str(result.answer) for result in results)
         return 200, {"model": model, "counts": dict(counts), "results": [result.as_dict() for result in results]}
+
+    def _track(self, model: str, request_id: str) -> threading.Event:
+        """Mark a mirrored request as on its way to the store (before it is queued: a worker may take it at once)."""
+        done = threading.Event()
+        with self._lock:
+            self._in_flight[(model, request_id)] = done
+        return done
+
+    def _untrack(self, model: str, request_id: str, done: threading.Event) -> None:
+        with self._lock:
+            if self._in_flight.get((model, request_id)) is done:
+                del self._in_flight[(model, request_id)]
+        done.set()
+
+    def _await_captures(self, model: str, items: list[Any]) -> None:
+        """Let feedback for requests still queued here wait for their captures, up to ``feedback_hold_s`` in all."""
+        ids = {item.get("request_id") for item in items if isinstance(item, dict)}
+        with self._lock:
+            waiting = [self._in_flight[(model, rid)] for rid in ids
+                       if isinstance(rid, str) and (model, rid) in self._in_flight]
+        deadline = time.monotonic() + self.options.feedback_hold_s
+        for done in waiting:
+            if not done.wait(max(0.0, deadline - time.monotonic())):
+                return  # the rest is judged as it stands: unknown if still not captured
 
     def _captured_model(self, name: str) -> str:
         if name not in self._stores:
@@ -464,6 +497,7 @@ class CaptureService:
                 self._processed(job.model, "failed")
                 log.exception("capture of request %s (%s) failed", job.request_id, job.model)
             finally:
+                self._finished(job)
                 self._queue.task_done()
 
     def _capture(self, job: _Job) -> None:
@@ -495,6 +529,12 @@ class CaptureService:
             return VariantAnswer(error=_short(f"{type(exc).__name__}: {exc}"))
         return variant_answer(outputs, self.options.store.max_stored_probabilities)
 
+    def _finished(self, job: _Job) -> None:
+        with self._lock:
+            done = self._in_flight.get((job.model, job.request_id))
+        if done is not None:
+            self._untrack(job.model, job.request_id, done)
+
     def _flush_drops(self) -> None:
         for model, store in self._stores.items():
             dropped = self._take_drops(model)
@@ -522,6 +562,7 @@ class CaptureService:
             self.count_event("dropped")
             self._metrics.dropped.labels(job.model).inc()
             self._return_drops(job.model, 1)
+            self._finished(job)
             self._queue.task_done()
 
     # ---- helpers ------------------------------------------------------------------------------------------

@@ -37,6 +37,10 @@ from pipeline.util.supervisor import Program, Supervisor, python_env, stack_supe
 log = logging.getLogger(__name__)
 
 CAPTURE = "capture"
+# Capture workers in the stack: each capture is a few loopback round trips (stable, then canary), and with every
+# request mirrored (the embedded profile's monitor_mirror_percent 100) one worker fell seconds behind at 60
+# requests/s on 2 busy cores, so labels overtook their requests.
+CAPTURE_WORKERS = 2
 _NGINX_EXPORTER_PORT_OFFSET = 13  # the exporter listens next to the capture service (8701 -> 8714)
 
 
@@ -89,7 +93,7 @@ def capture_program(config: TrafficConfig, serving_url: str, models: Sequence[st
                     stable_url: str | None = None) -> Program:
     """The capture service as a supervised program (``pipeline capture-serve``)."""
     command = [sys.executable, "-m", "pipeline", "capture-serve", "--host", config.capture_host or config.host,
-               "--port", str(config.capture_port), "--serving-url", serving_url]
+               "--port", str(config.capture_port), "--serving-url", serving_url, "--workers", str(CAPTURE_WORKERS)]
     if stable_url is not None:
         command += ["--stable-url", stable_url]
     for model in models or ():
@@ -150,12 +154,12 @@ def stop_live_path(paths: Paths) -> None:
 
 
 def serve_capture(host: str, port: int, serving_url: str, models: Sequence[str] = (),
-                  stable_url: str | None = None) -> None:
+                  stable_url: str | None = None, workers: int = 1) -> None:
     """Run the capture service in the foreground until SIGTERM or SIGINT (``pipeline capture-serve``)."""
-    from pipeline.live.capture import CaptureService
+    from pipeline.live.capture import CaptureOptions, CaptureService
 
     service = CaptureService(serving_url, list(models) or list_models(), host=host, port=port,
-                             stable_url=stable_url).start()
+                             options=CaptureOptions(workers=workers), stable_url=stable_url).start()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -267,6 +267,44 @@ def test_a_full_queue_drops_and_counts(start_capture: Callable[..., CaptureServi
     assert (counts.dropped, counts.captured) == (statuses.count(503), statuses.count(202))
 
 
+@pytest.mark.parametrize(("hold_s", "answer"), [(_DEADLINE_S, "accepted"), (0.0, "unknown")])
+def test_feedback_that_overtakes_its_capture_waits_for_it(paths: Paths, hold_s: float, answer: str) -> None:
+    handler = type("Stuck", (_StuckServing,), {"release": threading.Event()})
+    stuck = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+    stuck.daemon_threads = True
+    threading.Thread(target=stuck.serve_forever, daemon=True).start()
+    service = CaptureService(f"http://127.0.0.1:{stuck.server_address[1]}", [MODEL], paths=paths, port=free_port(),
+                             options=CaptureOptions(workers=1, feedback_hold_s=hold_s),
+                             class_names={MODEL: [str(k) for k in range(10)]})
+    arrived = threading.Event()
+    wait_for_captures = service._await_captures
+
+    def noted(model: str, items: list[Any]) -> None:
+        arrived.set()  # the label reached the service while its request is still being captured
+        wait_for_captures(model, items)
+
+    service._await_captures = noted  # type: ignore[method-assign]
+    answers: list[requests.Response] = []
+    with service:
+        try:
+            assert mirror(service, {"instances": [digit(1)]}, "early").status_code == 202  # its worker is stuck
+            poster = threading.Thread(target=lambda: answers.append(requests.post(
+                f"{service.url}/feedback/{MODEL}", json={"request_id": "early", "label": 1},
+                timeout=_HTTP_TIMEOUT_S)))
+            poster.start()
+            assert arrived.wait(_DEADLINE_S)
+            if hold_s == 0:
+                poster.join(_DEADLINE_S)  # answered before the capture landed
+        finally:
+            handler.release.set()
+        poster.join(_DEADLINE_S)
+        service.wait_idle(_DEADLINE_S)
+    stuck.shutdown()
+    stuck.server_close()
+    assert [a.json()["results"][0]["answer"] for a in answers] == [answer]
+    assert rows(MODEL, paths)["early"].label == (1 if answer == "accepted" else None)  # captured either way
+
+
 # ---- bounds ---------------------------------------------------------------------------------------------------
 
 

@@ -129,3 +129,19 @@ def test_the_live_path_runs_supervised_and_a_killed_production_server_comes_back
     poll_until(lambda: (True if all(_gone(pid) for pid in everything) else None, "processes left"), 60.0,
                "processes left after the stack stopped")
     assert not supervisor.is_running()
+
+
+def test_the_stacks_capture_service_runs_several_workers_and_the_cli_takes_them(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    import pipeline.live.services as services
+    from pipeline.cli import main
+    from pipeline.live.endpoints import TrafficConfig
+
+    program = services.capture_program(TrafficConfig(capture_port=8701), "http://127.0.0.1:8521")
+    command = list(program.command)
+    assert command[command.index("--workers") + 1] == str(services.CAPTURE_WORKERS) and services.CAPTURE_WORKERS > 1
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(services, "serve_capture", lambda *args, **kwargs: started.append(kwargs))
+    assert main(["capture-serve", "--serving-url", "http://127.0.0.1:1", "--workers", "3"]) == 0
+    assert main(["capture-serve", "--serving-url", "http://127.0.0.1:1"]) == 0
+    assert [kwargs["workers"] for kwargs in started] == [3, 1]
