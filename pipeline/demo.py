@@ -16,9 +16,11 @@ The stack keeps running afterwards so the UI can be explored; ``make down`` stop
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pipeline import stack
@@ -33,6 +35,7 @@ _GOOD_CONF = {"epochs": 10}
 _BAD_CONF = {"inject_fault": "input_convention"}
 _TRAFFIC_RPS = 50
 _TRAFFIC_MAX_S = 1800  # bounded; stopped as soon as the releases are done
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # One release's deadline. Idle it takes 3-5 minutes; beside a parallel test run on 2 cores, a 10-epoch retrain
 # alone took 7 (release 2 missed the former 600 s while still in shadow).
 _RELEASE_TIMEOUT_S = 1800.0
@@ -64,10 +67,24 @@ def _start_traffic() -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "pipeline", "traffic", "mnist", "--rps", str(_TRAFFIC_RPS),
                "--duration", str(_TRAFFIC_MAX_S), "--api", "both"]
     print(f"   {' '.join(command[2:])}  (log: var/live/traffic.log)", flush=True)
-    log_path = get_paths().home / "live" / "traffic.log"
+    return start_child(command, get_paths().home / "live" / "traffic.log")
+
+
+def start_child(command: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A background process of a demo, its output appended to ``log_path``; it gets SIGTERM when the demo's process
+    ends, however it ends (a killed demo must not leave an hour of traffic running against the next stack)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_end_with_parent)
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``; elsewhere none)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop_traffic(process: subprocess.Popen[bytes]) -> None:

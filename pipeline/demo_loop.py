@@ -31,7 +31,7 @@ from typing import Any
 from pipeline import stack
 from pipeline.airflow_api import AirflowApi, trigger_dag
 from pipeline.config import ModelConfig
-from pipeline.demo import _live_figures, _say, _stop_traffic, _task_summary
+from pipeline.demo import _live_figures, _say, _stop_traffic, _task_summary, start_child
 from pipeline.errors import DeadlineExceeded, PipelineError
 from pipeline.release.context import Release
 from pipeline.release.registry import MonitorRun
@@ -196,10 +196,7 @@ def start_traffic(paths: Paths, shift: str | None, duration_s: float) -> subproc
     if shift is not None:
         command += ["--shift", shift, "--shift-share", str(SHIFT_SHARE), "--shift-pool", SHIFT_POOL]
     print(f"   {' '.join(command[2:])}  (log: {paths.home / 'live' / 'traffic.log'})", flush=True)
-    log_path = paths.home / "live" / "traffic.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return start_child(command, paths.home / "live" / "traffic.log")
 
 
 def ensure_stable(api: AirflowApi, release: Release, clock: Clock) -> int:
