@@ -49,9 +49,10 @@ class Verdict:
 
 
 def evaluation_gate(
-    metrics: dict[str, float], metric: str, floor: float, max_regression: float, baseline: dict[str, float] | None
+    metrics: dict[str, float], metric: str, floor: float, max_regression: float, baseline: dict[str, Any] | None
 ) -> Verdict:
-    """Absolute floor, and no regression beyond ``max_regression`` against the production baseline (if any)."""
+    """Absolute floor, and no regression beyond ``max_regression`` against the production baseline (if any; its
+    ``baseline_on`` says what it was measured on)."""
     value = float(metrics[metric])
     figures: dict[str, Any] = {"metric": metric, "candidate": value, "floor": floor, "max_regression": max_regression}
     reasons = []
@@ -61,6 +62,8 @@ def evaluation_gate(
         base = float(baseline[metric])
         figures["baseline"] = base
         figures["delta"] = value - base
+        if baseline.get("baseline_on"):
+            figures["baseline_on"] = baseline["baseline_on"]
         if value < base - max_regression:
             reasons.append(f"{metric} {value:.4f} regresses more than {max_regression} from production's {base:.4f}")
     elif baseline is None:

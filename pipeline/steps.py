@@ -64,10 +64,10 @@ def train(config: ModelConfig, snapshot_path: str | Path, *, fault: str | None =
         result = load_run(run_dir)
     else:
         result = train_model(config, snapshot, run_dir, fault=fault)
-    return {"run_dir": str(result.run_dir), "run_id": result.run_id, "metrics": _scalars(result.metrics)}
+    return {"run_dir": str(result.run_dir), "run_id": result.run_id, "metrics": scalars(result.metrics)}
 
 
-def evaluate(config: ModelConfig, run_dir: str | Path, baseline: dict[str, float] | None = None) -> Verdict:
+def evaluate(config: ModelConfig, run_dir: str | Path, baseline: dict[str, Any] | None = None) -> Verdict:
     """The evaluation gate on a run's hold-out metrics; written to ``<run_dir>/evaluation.json``."""
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
     gate = config.gates
@@ -114,6 +114,6 @@ def build(config: ModelConfig, *, model_base_path: str | Path | None = None, fau
             "timings": timings}
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     """Only the scalar metrics (what an XCom or a log line should carry)."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

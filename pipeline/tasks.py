@@ -98,16 +98,47 @@ def train(model: str, conf: dict[str, Any] | None, snapshot: str) -> dict[str, A
     return steps.train(config, snapshot, fault=flags["inject_fault"])
 
 
-def production_baseline(release: Release) -> dict[str, float] | None:
-    """Hold-out metrics of the version production serves as stable now (None before the first release)."""
+def production_baseline(release: Release, run_dir: str | Path | None = None) -> dict[str, Any] | None:
+    """The metrics of the version production serves as stable now, on the candidate's test split (None before the
+    first release).
+
+    Its recorded metrics when it was trained on the candidate's data snapshot (the same test split); otherwise it is
+    scored again on the candidate's test split, so both are judged on the same examples: new data changes the test
+    split (new examples join it), and a recorded figure from the old one would set a bar the candidate is not
+    measured against. ``baseline_on`` in the result says which.
+    """
     stable = release.registry.stable_version(release.model)
-    return None if stable is None else release.registry.get_version(release.model, stable).metrics
+    if stable is None:
+        return None
+    record = release.registry.get_version(release.model, stable)
+    snapshot = _run_snapshot(run_dir)
+    if snapshot is None or snapshot.get("sha256") in (None, record.data_sha256):
+        return {**record.metrics, "baseline_on": f"version {stable}'s recorded metrics (the same test split)"}
+    from pipeline.data.dataset import Snapshot
+    from pipeline.models.evaluate import evaluate_saved_model
+
+    test = Snapshot.open(snapshot["path"]).split("test")
+    metrics = evaluate_saved_model(release.version_dir(stable), test, release.config.serving.signature_name)
+    return {**steps.scalars(metrics), "baseline_on": f"version {stable} scored on the candidate's test split "
+                                                     f"({len(test)} examples of snapshot {snapshot['sha256'][:12]})"}
+
+
+def _run_snapshot(run_dir: str | Path | None) -> dict[str, Any] | None:
+    """The data snapshot a training run used (``path``, ``sha256``), from its ``run.json``; None when unknown."""
+    if run_dir is None:
+        return None
+    try:
+        snapshot = json.loads((Path(run_dir) / "run.json").read_text()).get("snapshot")
+    except (OSError, ValueError):
+        return None
+    return snapshot if isinstance(snapshot, dict) and snapshot.get("path") else None
 
 
 def evaluate(model: str, conf: dict[str, Any] | None, run_dir: str) -> dict[str, Any]:
-    """Floor + no regression against production; ``force`` skips the baseline (only that: the floor holds)."""
+    """Floor + no regression against production on the same test split; ``force`` skips the baseline (only that:
+    the floor holds)."""
     config, flags = parse_conf(model, conf)
-    baseline = None if flags["force"] else production_baseline(Release(config))
+    baseline = None if flags["force"] else production_baseline(Release(config), run_dir)
     verdict = steps.evaluate(config, run_dir, baseline)
     _enforce(verdict)
     return verdict.to_dict()

@@ -14,6 +14,8 @@ import numpy as np
 from pipeline.models import CLIENT_PIXEL_SCALE
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import keras
 
     from pipeline.data.dataset import Examples
@@ -93,3 +95,19 @@ def evaluate_model(
 
     probabilities = predict_probabilities(model, to_model_inputs(examples, pixel_scale))
     return evaluate_predictions(examples.y, probabilities, examples.class_names)
+
+
+def evaluate_saved_model(version_path: Path, examples: Examples, signature_name: str = "serving_default",
+                         batch_size: int = 256) -> dict[str, Any]:
+    """Score a served version on ``examples``: its SavedModel's signature, fed what clients send (pixels / 255 or
+    raw text), its ``probabilities`` output (see :func:`evaluate_predictions`)."""
+    import tensorflow as tf
+
+    from pipeline.models import to_model_inputs
+
+    serve = tf.saved_model.load(str(version_path)).signatures[signature_name]
+    (input_name,) = serve.structured_input_signature[1].keys()
+    inputs = to_model_inputs(examples)
+    batches = [serve(**{input_name: tf.constant(inputs[start:start + batch_size])})["probabilities"].numpy()
+               for start in range(0, len(inputs), batch_size)]
+    return evaluate_predictions(examples.y, np.concatenate(batches), examples.class_names)
