@@ -46,10 +46,9 @@ SHIFT = "translate"
 SHIFT_SHARE = 0.2
 TRAFFIC_RPS = 60
 # The new scanner's digits come from every split of the snapshot, each once per cycle (traffic --shift-pool
-# snapshot): repeats are no new examples, and bench/retrain_data.py measured that ~3,000 labelled shifted digits
-# bring accuracy back within a point (data.retrain_min_new_examples in configs/models/mnist.yaml). The embedded
-# profile captures every request while no canary is live (traffic.monitor_mirror_percent 100), so 60 requests/s
-# give ~12 new labelled shifted digits a second: the threshold is met ~4 minutes after the onset.
+# snapshot): repeats are no new examples. The embedded profile captures every request while no canary is live
+# (traffic.monitor_mirror_percent 100), so 60 requests/s give ~10 new labelled shifted digits a second and
+# data.retrain_min_new_examples (1,000 in configs/models/mnist.yaml) wait ~2 minutes after the onset.
 SHIFT_POOL = "snapshot"
 # One monitor window: the canary_monitor run itself (trigger through the CLI, scheduling, the task) takes ~15-30 s
 # on 2 busy cores; it judges up to monitoring.window_requests (300) of the requests captured since the last one.
