@@ -148,9 +148,10 @@ def test_sustained_drift_hands_the_labelled_live_requests_to_the_real_ingest(tmp
     """Wired for real: the alarm's run appends the labelled, shifted live digits as a new data version (no Airflow
     here, so it is kept for the next release run rather than announced)."""
     world = monitor_world(tmp_path, retrain_on_drift=True)
-    run_monitor(world.config, "shift-1", world.registry, world.paths, now=world.send(300, shift="thicken"),
+    config = world.config.with_overrides({"data.retrain_min_new_examples": 100})  # two windows bring more
+    run_monitor(config, "shift-1", world.registry, world.paths, now=world.send(300, shift="thicken"),
                 expectations=False)
-    alarm = run_monitor(world.config, "shift-2", world.registry, world.paths, now=world.send(300, shift="thicken"),
+    alarm = run_monitor(config, "shift-2", world.registry, world.paths, now=world.send(300, shift="thicken"),
                         expectations=False)
     assert alarm.alarm and alarm.retrain["called"] is True, alarm.retrain
     result = alarm.retrain["result"]
