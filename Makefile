@@ -78,6 +78,7 @@ bench: install data  ## every benchmark; each prints JSON and a table
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/retrain_data.py
 	$(BIN)/python bench/canary.py
+	$(BIN)/python bench/capture_cost.py
 	$(BIN)/python bench/ui.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/abuse.py

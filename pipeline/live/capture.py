@@ -1,8 +1,11 @@
 """The capture service: receives the proxy's mirror of live predict requests, asks both versions, records both.
 
 The nginx proxy (:mod:`pipeline.live.proxy`) mirrors a sampled share of live inference requests here and discards
-the answer. For each predict, REST or gRPC, the service answers at once (202) and a worker asks the canary instance, which serves both versions under
-the labels ``stable`` and ``canary``, through TF Serving's REST API (:class:`~pipeline.serving.client.ServingClient`).
+the answer. For each predict, REST or gRPC, the service answers at once (202) and a worker asks the canary
+instance, which serves both versions under the labels ``stable`` and ``canary`` during a live canary, through TF
+Serving's REST API (:class:`~pipeline.serving.client.ServingClient`), with the body the client sent. It asks
+``canary`` first: where the canary instance has no such label (between releases, when the mirrored share feeds
+production monitoring) it asks production for stable's answer and nothing else.
 Models are deterministic, so re-asking reproduces what the client got. Because only TF Serving's documented REST
 API is used, this works in front of the real ``tensorflow/serving`` as well as the embedded server.
 
@@ -101,6 +104,7 @@ from pipeline.live.store import (
 from pipeline.serving.client import RetryPolicy, ServingClient
 from pipeline.settings import Paths
 from pipeline.util.polling import poll_until
+from pipeline.wire.status import ServingError
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +121,7 @@ _IDLE_FLUSH_S = 0.5  # a worker with nothing to do writes the drop count this of
 _MAX_LINE_BYTES = 1024  # a chunk-size or trailer line
 _DRAIN_LIMIT = 1024 * 1024  # of a refused body read before closing (beyond: close at once, the client may see a reset)
 METRICS_PATH = "/metrics"
+_NOT_SERVED_CODES = frozenset({"NOT_FOUND", "INVALID_ARGUMENT"})  # no such model, version or label there
 _MIRROR_ANSWERS = ("queued", "not_sampled", "ignored", "dropped")
 _OUTCOMES = ("captured", "duplicates", "failed")
 
@@ -131,7 +136,7 @@ class CaptureOptions:
             tightens it without touching nginx).
         max_body_bytes: the largest request body accepted (413 above).
         queue_size: mirrored requests waiting for a worker; when full, new ones are dropped and counted.
-        workers: threads asking the versions (each request asks stable, then canary); one keeps the store in
+        workers: threads asking the versions (each request asks canary, then stable); one keeps the store in
             arrival order, the stack runs more (:data:`pipeline.live.services.CAPTURE_WORKERS`).
         predict_timeout_s: the deadline of each predict call.
         read_timeout_s: how long a connection may stay silent (a slow or stuck client frees its thread).
@@ -503,12 +508,19 @@ class CaptureService:
     def _capture(self, job: _Job) -> None:
         if job.request is None:
             request, body = _decode_grpc_predict(job.body)
+            data = body.encode("utf-8")  # encoded once, for both versions
+        else:  # REST: the versions are sent the body exactly as the client sent it
+            request, body, data = job.request, job.body.decode("utf-8", errors="replace"), job.body
+        signature = request.get("signature_name")
+        canary, label_missing = self._ask(job.model, data, signature, CANARY)
+        if label_missing and self._stable_client is not None:
+            # No canary label: no live canary, so production serves stable; asking the canary instance for it
+            # too would only fail (one ask per capture instead of three between releases).
+            stable, _ = self._ask(job.model, data, signature, STABLE, self._stable_client)
         else:
-            request, body = job.request, job.body.decode("utf-8", errors="replace")
-        stable = self._ask(job.model, request, STABLE)
-        if stable.error is not None and self._stable_client is not None:  # no live canary: production answers
-            stable = self._ask(job.model, request, STABLE, self._stable_client)
-        canary = self._ask(job.model, request, CANARY)
+            stable, _ = self._ask(job.model, data, signature, STABLE)
+            if stable.error is not None and self._stable_client is not None:
+                stable, _ = self._ask(job.model, data, signature, STABLE, self._stable_client)
         capture = Capture(request_id=job.request_id, received_at=job.received_at, variant=job.variant,
                           path=job.path, body=body, batch_size=_batch_size(request), stable=stable, canary=canary)
         dropped = self._take_drops(job.model)
@@ -519,15 +531,17 @@ class CaptureService:
             raise
         self._processed(job.model, "captured" if stored else "duplicates")
 
-    def _ask(self, model: str, request: Mapping[str, Any], label: str, client: ServingClient | None = None
-             ) -> VariantAnswer:
-        """One version's classes for the request, or the error it answered."""
-        data = {"instances": request["instances"]} if "instances" in request else {"inputs": request["inputs"]}
+    def _ask(self, model: str, data: bytes, signature_name: str | None, label: str,
+             client: ServingClient | None = None) -> tuple[VariantAnswer, bool]:
+        """One version's classes for the request, or the error it answered; and whether that error says the
+        server has no such model or label (NOT_FOUND, INVALID_ARGUMENT), as between releases on the canary
+        instance."""
         try:
-            outputs = (client or self._client).predict(model, label=label, signature_name=request.get("signature_name"), **data)
+            outputs = (client or self._client).predict_json(model, data, label=label, signature_name=signature_name)
         except Exception as exc:  # any failure of one side is recorded in its row, never lost
-            return VariantAnswer(error=_short(f"{type(exc).__name__}: {exc}"))
-        return variant_answer(outputs, self.options.store.max_stored_probabilities)
+            missing = isinstance(exc, ServingError) and exc.code in _NOT_SERVED_CODES
+            return VariantAnswer(error=_short(f"{type(exc).__name__}: {exc}")), missing
+        return variant_answer(outputs, self.options.store.max_stored_probabilities), False
 
     def _finished(self, job: _Job) -> None:
         with self._lock:

@@ -37,7 +37,7 @@ from pipeline.util.supervisor import Program, Supervisor, python_env, stack_supe
 log = logging.getLogger(__name__)
 
 CAPTURE = "capture"
-# Capture workers in the stack: each capture is a few loopback round trips (stable, then canary), and with every
+# Capture workers in the stack: each capture is one or two loopback round trips (canary, then stable), and with every
 # request mirrored (the embedded profile's monitor_mirror_percent 100) one worker fell seconds behind at 60
 # requests/s on 2 busy cores, so labels overtook their requests.
 CAPTURE_WORKERS = 2

@@ -351,11 +351,35 @@ class ServingClient:
             else:
                 body["inputs"] = dict(inputs) if isinstance(inputs, Mapping) else inputs
             data = json.dumps(body, default=_json_default).encode()  # bytes: http.client sends it without copying
+        return self._rest_predict_body(key, data, timeout_s, request_id)
+
+    def _rest_predict_body(self, key: tuple, data: bytes, timeout_s: float, request_id: str | None) -> PredictAnswer:
+        model, version, label, _ = key
         path = _model_path(model, version, label) + ":predict"
         payload, answered_id = self._rest_answer("POST", path, data, timeout_s, self.retry, f"predict on {model}",
                                                  request_id)
         signature = self._signature(key, timeout_s)
         return PredictAnswer(_outputs_from_json(payload, signature["outputs"]), answered_id)
+
+    def predict_json(self, model: str, body: bytes, label: str | None = None, version: int | None = None,
+                     signature_name: str | None = None, timeout_s: float | None = None) -> dict[str, np.ndarray]:
+        """Run a predict request already written in TF Serving's JSON, sent as it is (REST only).
+
+        For a body that exists already (what a client sent, mirrored): nothing is parsed or encoded again.
+
+        Args:
+            body: the request (``{"instances": ...}`` or ``{"inputs": ...}``, optionally ``signature_name``).
+            signature_name: the one the body names (the outputs' dtypes are read from it); None for the default.
+
+        Returns:
+            Each output name mapped to its numpy array (dtypes as the signature declares).
+        """
+        key = (model, version, label, signature_name or "serving_default")
+        try:
+            return self._rest_predict_body(key, body, timeout_s or self.timeout_s, None).outputs
+        except ServingError:
+            self._signatures.pop(key, None)  # a label may have moved to a version with another signature
+            raise
 
     def _grpc_predict(self, key: tuple, instances: Any, inputs: Any, timeout_s: float,
                       request_id: str | None) -> PredictAnswer:

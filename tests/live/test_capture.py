@@ -202,15 +202,77 @@ def test_a_side_that_is_down_is_recorded_as_its_error(serving_url: str, start_ca
     assert set(gone.errors) == {"stable", "canary"} and "UNAVAILABLE" in gone.errors["stable"]
 
 
-def test_without_a_canary_instance_stable_answers_from_production(serving_url: str, start_capture: Callable[...,
-                                                                  CaptureService], paths: Paths) -> None:
+class _CountingServing(BaseHTTPRequestHandler):
+    """A serving REST API that serves no model (404 NOT_FOUND, as TF Serving words it) and notes each path asked."""
+
+    asked: list[str]
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.asked.append(self.path)
+        data = json.dumps({"error": f"Servable not found for request: Latest({MODEL})"}).encode()
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def counting_url() -> Iterator[tuple[str, list[str]]]:
+    """``(url, asked)``: a :class:`_CountingServing` and the paths it was asked, in order."""
+    asked: list[str] = []
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), type("Counting", (_CountingServing,), {"asked": asked}))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_without_a_canary_instance_stable_answers_from_production(
+        serving_url: str, counting_url: tuple[str, list[str]], start_capture: Callable[..., CaptureService],
+        paths: Paths) -> None:
     """No live canary (the canary instance serves nothing): production gives stable's class, so the monitor's
-    mirrored window still has predictions and live accuracy; the canary side stays an error."""
-    service = start_capture(dead_url(), stable_url=serving_url)
+    mirrored window still has predictions and live accuracy; the canary side stays an error. The canary
+    instance is asked once (for ``canary``), not again for a ``stable`` it cannot have."""
+    canary_instance, asked = counting_url
+    service = start_capture(canary_instance, stable_url=serving_url)
     assert mirror(service, {"instances": [digit(6)]}, "idle-6", "stable").status_code == 202
     service.wait_idle(_DEADLINE_S)
     row = rows(MODEL, paths)["idle-6"]
     assert row.stable_class == 6 and row.canary_class is None and set(row.errors) == {"canary"}
+    assert "NOT_FOUND" in row.errors["canary"]
+    assert asked == [f"/v1/models/{MODEL}/labels/canary:predict"]
+
+
+def test_during_a_live_canary_production_is_not_asked(serving_url: str, counting_url: tuple[str, list[str]],
+                                                      start_capture: Callable[..., CaptureService],
+                                                      paths: Paths) -> None:
+    """The canary instance serves both labels: both answers come from it, production is left alone."""
+    production, asked = counting_url
+    service = start_capture(serving_url, stable_url=production)
+    assert mirror(service, {"instances": [digit(3)]}, "live-3", "canary").status_code == 202
+    service.wait_idle(_DEADLINE_S)
+    row = rows(MODEL, paths)["live-3"]
+    assert (row.stable_class, row.canary_class, row.errors) == (3, 4, {})
+    assert asked == []
+
+
+def test_the_versions_get_the_body_the_client_sent(serving_url: str, start_capture: Callable[..., CaptureService],
+                                                   paths: Paths) -> None:
+    """Sent on as it came (columnar inputs and a signature name kept), not parsed and written again."""
+    service = start_capture(serving_url)
+    body = json.dumps({"signature_name": "serving_default", "inputs": {"images": [digit(5)]}}).encode()
+    assert mirror(service, body, "as-sent").status_code == 202
+    service.wait_idle(_DEADLINE_S)
+    row = rows(MODEL, paths)["as-sent"]
+    assert (row.stable_class, row.canary_class, row.errors) == (5, 6, {})
+    with CaptureStore.for_model(MODEL, paths) as store:
+        assert store.inputs_of("as-sent") == body.decode()
 
 
 def test_a_chunked_mirror_is_read_like_any_other(start_capture: Callable[..., CaptureService], paths: Paths) -> None:

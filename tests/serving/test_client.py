@@ -60,7 +60,7 @@ class FakeSession:
         self.requests: list[dict[str, Any]] = []
 
     def request(self, method: str, url: str, data: Any = None, headers: Any = None, timeout: Any = None):
-        self.requests.append({"method": method, "url": url, "body": json.loads(data) if data else None})
+        self.requests.append({"method": method, "url": url, "body": json.loads(data) if data else None, "raw": data})
         reply = self.replies.pop(0)
         if isinstance(reply, Exception):
             raise reply
@@ -125,6 +125,20 @@ def test_predict_row_format_names_the_lone_output_from_metadata():
     assert session.requests[0]["body"] == {"signature_name": "serving_default", "instances": [[1.0], [2.0]]}
     assert result["y"].dtype == np.float32
     np.testing.assert_array_equal(result["y"], [[2.5], [3.0]])
+
+
+def test_predict_json_sends_the_body_as_it_is():
+    body = b'{"inputs": [[1.0], [2.0]],   "signature_name": "serving_default"}'  # spacing a re-encode would lose
+    client, session = _client((200, {"outputs": [[2.5], [3.0]]}), (200, _HALF_PLUS_TWO_METADATA),
+                              (404, {"error": "Servable not found for request: Latest(m)"}))
+    result = client.predict_json("m", body, label="canary")
+    assert session.requests[0]["url"].endswith("/v1/models/m/labels/canary:predict")
+    assert session.requests[0]["raw"] == body
+    assert result["y"].dtype == np.float32
+    np.testing.assert_array_equal(result["y"], [[2.5], [3.0]])
+    with pytest.raises(ServingError) as failed:
+        client.predict_json("m", body)
+    assert failed.value.code == "NOT_FOUND"
 
 
 def test_float32_inputs_are_sent_exactly_and_nan_as_json_nan():
