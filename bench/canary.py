@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,21 @@ def _install_versions(paths: Any, stable_dir: Path, repo_home: Path, bad_runs: i
         for state in states:
             registry.transition(_MODEL, version, state, run_id="bench", reason="bench set-up")
     return {"good": [2], "bad": bad}
+
+
+@contextlib.contextmanager
+def running_live_path(paths: Any) -> Iterator[None]:
+    """The stack's live path in the temporary home while the block runs; everything started is stopped after."""
+    from pipeline.live.services import start_live_path, stop_live_path
+    from pipeline.serving.backends import get_backend
+
+    try:
+        start_live_path(paths)
+        yield
+    finally:
+        stop_live_path(paths)
+        for name in _INSTANCES:
+            get_backend(name, paths=paths).stop()
 
 
 class Clients:
@@ -240,10 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-canary-") as tmp:
         root = Path(tmp)
         _write_world(root, repo)
-        from pipeline.live.services import start_live_path, stop_live_path
         from pipeline.release.context import Release
         from pipeline.release.production import STABLE, change_production
-        from pipeline.serving.backends import get_backend
         from pipeline.settings import get_paths
         from pipeline.steps import resolve_config
 
@@ -252,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         release = Release(resolve_config(_MODEL), paths=paths)
         report: dict[str, Any] = {"bench": "canary", "rps": args.rps, "config": release.config.canary.model_dump(),
                                   "stable_source": str(stable_dir)}
-        try:
-            start_live_path(paths)
+        with running_live_path(paths):
             change_production(release, [1], {STABLE: 1})
             clients = Clients(args.rps)
             try:
@@ -262,10 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                 report["bad"] = [run_bad(release, version, args.rps) for version in versions["bad"]]
             finally:
                 report["traffic"] = clients.finish()
-        finally:
-            stop_live_path(paths)
-            for name in _INSTANCES:
-                get_backend(name, paths=paths).stop()
     report["targets"] = {"first_bad_to_rollback_done_s": _TARGET_DETECTION_S, "failed_client_requests": 0}
     document = json.dumps(report, indent=2, default=str)
     print(document)

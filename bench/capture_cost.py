@@ -146,25 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as tmp:
         root = Path(tmp)
         _write_world(root, repo)
-        from canary import Clients
+        from canary import Clients, running_live_path
 
-        from pipeline.live.services import start_live_path, stop_live_path
         from pipeline.release.context import Release
         from pipeline.release.production import STABLE, change_production
-        from pipeline.serving.backends import get_backend
         from pipeline.settings import get_paths
         from pipeline.steps import resolve_config
 
         paths = get_paths()
         windows: dict[float, list[dict[str, Any]]] = defaultdict(list)
-        try:
-            _install_stable(paths, stable_dir, args.home.resolve())
-            release = Release(resolve_config(_MODEL), paths=paths)
-            start_live_path(paths)
+        _install_stable(paths, stable_dir, args.home.resolve())
+        release = Release(resolve_config(_MODEL), paths=paths)
+        with running_live_path(paths):
             change_production(release, [1], {STABLE: 1})
             clients = Clients(args.rps)
             try:
-                time.sleep(2)
+                _set_mirror(100.0)  # the capture process's one-time imports (TensorFlow's protos, on the first
+                time.sleep(4 * _SETTLE_S)  # gRPC capture) happen before any window, not in the first one
                 for round_ in range(args.rounds):
                     for percent in args.mirror if round_ % 2 == 0 else list(reversed(args.mirror)):
                         _set_mirror(percent)
@@ -172,10 +170,6 @@ def main(argv: list[str] | None = None) -> int:
                         windows[percent].append(_window(root, paths, args.seconds))
             finally:
                 report["traffic"] = clients.finish()
-        finally:
-            stop_live_path(paths)
-            for name in _INSTANCES:
-                get_backend(name, paths=paths).stop()
     report["shares"] = {f"{percent:g}": _summary(found) for percent, found in windows.items()}
     report["raw"] = {f"{percent:g}": found for percent, found in windows.items()}
     document = json.dumps(report, indent=2, default=str)

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -360,14 +361,8 @@ def run_loop(paths: Paths | None = None, shift: str = SHIFT) -> LoopReport:
         time.sleep(WINDOW_S / 2)
         monitor_window(api, release, clock, "window closing what came before")  # a clean start for the baseline
         baseline_from = time.time()
-        started = time.monotonic()
-        baseline = []
-        for number in range(1, BASELINE_WINDOWS + 1):  # pooled, as after the loop: one window is ±1 point
-            pace(started)
-            started = time.monotonic()
-            run = monitor_window(api, release, clock, f"baseline window {number}")
-            report.windows.append(_window_row(run, "baseline", report))
-            baseline.append(run)
+        baseline = _paced_windows(api, release, clock, report, BASELINE_WINDOWS, "baseline",
+                                  lambda number: f"baseline window {number}")
         report.accuracy_before = pooled_accuracy(baseline)
         base_digests, old_train = base_and_train_digests(paths, config, release, report.old_version)
         report.before_groups = group_accuracy(live_answers(paths, config, baseline_from, time.time()), base_digests,
@@ -440,18 +435,26 @@ def _follow_release(api: AirflowApi, release: Release, clock: Clock, report: Loo
         raise PipelineError(f"the retrain did not reach production ({finished['state']}); see its task logs")
 
 
+def _paced_windows(api: AirflowApi, release: Release, clock: Clock, report: LoopReport, count: int, phase: str,
+                   title: Callable[[int], str]) -> list[MonitorRun]:
+    """``count`` monitor windows, one every WINDOW_S, each a row of the report's ``phase``."""
+    started = time.monotonic()
+    runs = []
+    for number in range(1, count + 1):
+        pace(started)
+        started = time.monotonic()
+        run = monitor_window(api, release, clock, title(number))
+        report.windows.append(_window_row(run, phase, report))
+        runs.append(run)
+    return runs
+
+
 def _watch_recovery(api: AirflowApi, release: Release, clock: Clock, report: LoopReport) -> None:
     pace(time.monotonic())
     monitor_window(api, release, clock, "window closing the release")  # may straddle the canary: not counted
-    started = time.monotonic()
-    runs = []
-    for number in range(1, MAX_RECOVERY_WINDOWS + 1):  # every window, pooled: one lucky window proves nothing
-        pace(started)
-        started = time.monotonic()
-        run = monitor_window(api, release, clock, f"window {number} on version {report.new_version}")
-        report.windows.append(_window_row(run, "after", report))
-        runs.append(run)
-    report.accuracy_after = pooled_accuracy(runs)
+    runs = _paced_windows(api, release, clock, report, MAX_RECOVERY_WINDOWS, "after",
+                          lambda number: f"window {number} on version {report.new_version}")
+    report.accuracy_after = pooled_accuracy(runs)  # every window, pooled: one lucky window proves nothing
     back = "back" if recovered(report.accuracy_before, report.accuracy_after) else "NOT back"
     clock.say(f"live accuracy {back} within {RECOVERED_WITHIN:.0%} over {len(runs)} windows on the new version: "
               f"{report.accuracy_after} (before the shift {report.accuracy_before}, worst {report.accuracy_worst})")
