@@ -431,17 +431,24 @@ class NginxProxy:
         """
         return self._require_state().proxy_spec
 
-    def reopen_logs(self) -> None:
+    def reopen_logs(self, timeout_s: float = 30.0) -> None:
         """Make nginx reopen its logs (``nginx -s reopen``): rename ``access.log`` first to rotate it.
+
+        Returns once the master has opened the new ``access.log``. Its workers reopen when the master tells them,
+        a moment later: until then a request may still be logged in the renamed file (nothing is lost).
 
         Raises:
             NotFound: the proxy is not running.
             ProxyError: nginx could not be signalled.
+            DeadlineExceeded: no new ``access.log`` within ``timeout_s``.
         """
         binary = find_nginx()
         with self._locked():
             self._require_state()
             _run_nginx(binary, [*self._nginx_args(), "-s", "reopen"], "log reopen")
+        log_path = self.access_log_path
+        poll_until(lambda: (True if log_path.exists() else None, f"no {log_path.name} yet"), timeout_s,
+                   f"nginx reopened no {log_path}", interval_s=_POLL_S)
 
     def generation(self) -> int:
         """The running config's generation (1 at start, one more each apply)."""

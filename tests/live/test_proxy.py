@@ -563,11 +563,18 @@ def test_attach_from_another_object_and_stop_leaves_nothing(proxy: NginxProxy, u
     assert other.start(spec_for(upstreams), timeout_s=_DEADLINE_S) == endpoint and other.generation() == 1
     other.apply(other.spec().model_copy(update={"canary_percent": 100.0}), timeout_s=_DEADLINE_S)
     assert Rest(proxy).predict()[0] == CANARY_Y
-    # Log rotation: rename, reopen, and the next request lands in a new file.
+    # Log rotation: rename, reopen, and requests land in a new file (once the worker has reopened too: the
+    # master tells it a moment after reopen_logs returns, and until then lines still go to the renamed file).
     rotated = proxy.access_log_path.rename(proxy.access_log_path.with_suffix(".log.1"))
     proxy.reopen_logs()
-    _, response = Rest(proxy).predict()
-    assert logged(proxy, response.headers["X-Request-Id"])["config"] == 2 and rotated.stat().st_size > 0
+    assert proxy.access_log_path.exists() and rotated.stat().st_size > 0
+    sent: set[str] = set()
+
+    def lands_in_the_new_file() -> bool:
+        sent.add(Rest(proxy).predict()[1].headers["X-Request-Id"])
+        return any(e["request_id"] in sent and e["config"] == 2 for e in log_entries(proxy))
+
+    wait_for(lands_in_the_new_file)
     processes = nginx_processes(proxy)  # old workers may still be leaving
     other.stop()
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes)
