@@ -32,7 +32,8 @@ from pipeline.live.routing import proxy_runtime_dir
 from pipeline.serving.backends import get_backend
 from pipeline.settings import Paths
 from pipeline.util.files import write_atomically
-from pipeline.util.supervisor import Program, Supervisor, python_env, stack_supervisor
+from pipeline.util.net import free_port, port_in_use
+from pipeline.util.supervisor import RUNNING, Program, Supervisor, python_env, stack_supervisor
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def capture_program(config: TrafficConfig, serving_url: str, models: Sequence[st
 def _start_prometheus(paths: Paths, config: TrafficConfig, services: Supervisor, production_rest: str,
                       canary_rest: str) -> str:
     from pipeline.live.monitoring import (
+        NGINX_EXPORTER_PROGRAM,
         ScrapeTargets,
         nginx_exporter_program,
         prometheus_program,
@@ -112,6 +114,10 @@ def _start_prometheus(paths: Paths, config: TrafficConfig, services: Supervisor,
     )
 
     exporter_port = config.capture_port + _NGINX_EXPORTER_PORT_OFFSET
+    if services.status(NGINX_EXPORTER_PROGRAM) != RUNNING and port_in_use(config.host, exporter_port):
+        # Taken by another process (on a busy machine, even a client's ephemeral port): only our Prometheus
+        # scrapes the exporter, and its config is written below, so any free port serves.
+        exporter_port = free_port(config.host)
     services.run(nginx_exporter_program(stub_status_url(config.host, config.rest_port), exporter_port,
                                         host=config.host))
     instances = {PRODUCTION_INSTANCE: production_rest, CANARY_INSTANCE: canary_rest}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from pipeline.errors import SourceUnavailable
-from pipeline.live.endpoints import live_endpoints
+from pipeline.live.endpoints import live_endpoints, traffic_config
 from pipeline.live.proxy import PROGRAM as PROXY_PROGRAM
 from pipeline.live.proxy import find_nginx
 from pipeline.live.services import start_live_path, stop_live_path
@@ -95,7 +96,12 @@ def test_the_live_path_runs_supervised_and_a_killed_production_server_comes_back
     production.ensure_config_file()
     production.config_path.write_text(str(single_model_config(MODEL, base, [1], {"stable": 1})))
 
-    start_live_path(world)
+    # The exporter's usual port (capture + 13) held by another process, as a client's ephemeral port may be.
+    squatter = socket.create_server(("127.0.0.1", traffic_config().capture_port + 13))
+    try:
+        start_live_path(world)
+    finally:
+        squatter.close()
     supervisor = stack_supervisor(world.home)
     programs = supervisor.programs()
     assert {"server-production", "server-canary", PROXY_PROGRAM, "capture"} <= set(programs), programs
