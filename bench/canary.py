@@ -116,7 +116,8 @@ def _install_versions(paths: Any, stable_dir: Path, repo_home: Path, bad_runs: i
     shutil.copytree(stable_dir, base / "1")
     shutil.copytree(stable_dir, base / "2")
     bad = list(range(3, 3 + bad_runs))
-    _input_convention_candidate(stable_dir, base / str(bad[0]))
+    if bad:
+        _input_convention_candidate(stable_dir, base / str(bad[0]))
     for version in bad[1:]:
         shutil.copytree(base / str(bad[0]), base / str(version))
     sha = read_metadata(base / "1")["data_snapshot_sha256"]

@@ -34,11 +34,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from canary import _MODEL, _find_stable, _write_world  # noqa: E402 - after the path insert (the same world)
+from canary import _INSTANCES, _MODEL, _find_stable, _install_versions, _write_world  # noqa: E402 - the same world
 
 from pipeline.wire.grpc_io import prefer_classic_io  # noqa: E402
 
-_INSTANCES = ("staging", "production", "canary")
 _SETTLE_S = 3.0  # after a split change: the old share's queued captures drain before the window opens
 
 
@@ -155,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 
         paths = get_paths()
         windows: dict[float, list[dict[str, Any]]] = defaultdict(list)
-        _install_stable(paths, stable_dir, args.home.resolve())
+        _install_versions(paths, stable_dir, args.home.resolve(), bad_runs=0)  # stable 1 (and a copy, 2)
         release = Release(resolve_config(_MODEL), paths=paths)
         with running_live_path(paths):
             change_production(release, [1], {STABLE: 1})
@@ -178,25 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(document)
     return 0
-
-
-def _install_stable(paths: Any, stable_dir: Path, home: Path) -> None:
-    """Version 1 = stable, registered as a release leaves it (its data snapshot too: the traffic's held-out pool)."""
-    import shutil
-
-    from pipeline.release.registry import Registry, State
-    from pipeline.wire.version_dirs import read_metadata
-
-    base = paths.model_base_path(_MODEL)
-    base.mkdir(parents=True)
-    shutil.copytree(stable_dir, base / "1")
-    sha = read_metadata(base / "1")["data_snapshot_sha256"]
-    shutil.copytree(home / "data" / _MODEL / sha, paths.data_dir / _MODEL / sha)
-    registry = Registry(paths.registry_url, guard=False)  # registers a version copied in on purpose
-    registry.register_version(_MODEL, 1, {"data_sha256": sha, "airflow_run_id": "bench-1", "training_run_id":
-                                          "bench-1", "params": {}, "metrics": {}, "export_path": str(base / "1")})
-    for state in (State.STAGED, State.VALIDATED, State.CANARY, State.PROMOTED):
-        registry.transition(_MODEL, 1, state, run_id="bench", reason="bench set-up")
 
 
 def render_table(report: dict[str, Any]) -> str:
