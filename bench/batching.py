@@ -3,7 +3,9 @@
 
 Two local-backend servers (the embedded TF Serving, as production runs it) serve the same MNIST version: one plain,
 one with ``--enable_batching --batching_parameters_file`` (the file is ``--parameters``, by default
-``configs/serving/batching.config``). Each way is called with batch-1 requests from 1 and from 8 client threads:
+``configs/serving/batching.config``). Each server is ``--serving_processes`` processes (``--serving-processes``,
+default 2: one per core here) with one TensorFlow op thread and 4 request threads each; ``--serving-processes 1``
+measures TF Serving's single process (the rows before this flag existed). A server's CPU is its processes' sum. Each way is called with batch-1 requests from 1 and from 8 client threads:
 ``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads: the floor),
 ``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. At concurrency 1 the
 ways take turns call by call (req/s there is 1 / mean latency); at 8 they alternate in rounds. Either way drift on
@@ -34,7 +36,7 @@ alternation, whose paired median is the most precise figure here; noise on a sha
 Usage::
 
     .venv/bin/python bench/batching.py [--model-base-path var/models/mnist] [--seconds 36] [--rounds 4]
-        [--parameters configs/serving/batching.config] [--no-external] [--json out.json]
+        [--parameters configs/serving/batching.config] [--serving-processes 2] [--no-external] [--json out.json]
 
 With no version under the model base path, the bench's small CNN of the same signature is built in a temporary
 directory. Nothing is written outside a temporary directory.
@@ -65,6 +67,10 @@ _DEFAULT_ROUNDS = 4
 _CONCURRENCIES = (1, 8)
 _WARMUP_CALLS = 20
 _TARGET_RATIO = 0.60
+_DEFAULT_SERVING_PROCESSES = 2
+# Per process: one TensorFlow op thread (each process runs its own model calls) and 4 request threads (8 clients
+# spread over 2 processes). The floor keeps TensorFlow's default inter-op pool: its 8 threads share one model.
+_SERVER_THREADS = ("--tensorflow_inter_op_parallelism=1", "--rest_api_num_threads=4", "--grpc_max_threads=4")
 _WAYS = ("in_process", "rest", "grpc", "rest_batched", "grpc_batched")
 _EXTERNAL_SUFFIX = {"rest": "_wrk", "grpc": "_h2load"}
 
@@ -127,8 +133,18 @@ def server_of(way: str) -> str:
 
 
 def cpu_seconds(process: Any) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
+    """CPU seconds of a process and its children (a server's other ``--serving_processes``; the bench client's
+    reaped tools are not counted here: they are children of this process only while they run)."""
+    import psutil
+
+    total = 0.0
+    for one in [process, *process.children(recursive=True)] if process.pid != os.getpid() else [process]:
+        try:
+            times = one.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += float(times.user + times.system)
+    return total
 
 
 def measure(ways: dict[str, Any], servers: dict[str, Any], concurrency: int, seconds: float,
@@ -300,6 +316,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--intra-op-threads", type=int, default=1,
                         help="--tensorflow_intra_op_parallelism of both servers and the floor's (default 1, as the "
                              "embedded profile)")
+    parser.add_argument("--serving-processes", type=int, default=_DEFAULT_SERVING_PROCESSES,
+                        help="--serving_processes of both servers (default 2: one per core here; 1 is TF Serving's "
+                             "single process)")
     parser.add_argument("--concurrencies", type=int, nargs="+", default=list(_CONCURRENCIES),
                         help="client threads to measure at (the summary needs 1 and 8)")
     parser.add_argument("--no-external", action="store_true",
@@ -335,9 +354,12 @@ def main(argv: list[str] | None = None) -> int:
         signature = tf.saved_model.load(str(source)).signatures[serving_bench._SIGNATURE]
         (workdir / "batching.config").write_text(parameters)
 
-        threads = f"--tensorflow_intra_op_parallelism={args.intra_op_threads}"
-        extra = {"plain": [threads],
-                 "batched": [threads, "--enable_batching", f"--batching_parameters_file={workdir / 'batching.config'}"]}
+        threads = [f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
+                   f"--serving_processes={args.serving_processes}",
+                   *(_SERVER_THREADS if args.serving_processes > 1 else ())]
+        extra = {"plain": threads,
+                 "batched": [*threads, "--enable_batching",
+                             f"--batching_parameters_file={workdir / 'batching.config'}"]}
         backends = {name: LocalBackend(f"bench-{name}", {"backend": "local", "extra_args": flags},
                                        get_paths(workdir / "home")) for name, flags in extra.items()}
         config = single_model_config(_MODEL, base_path, [1], {"stable": 1})
@@ -370,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarize(rows) if {1, 8} <= set(args.concurrencies) else {}
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    report = {"model_source": model_source, "intra_op_threads": args.intra_op_threads, "cpus": psutil.cpu_count(),
+    report = {"model_source": model_source, "intra_op_threads": args.intra_op_threads,
+              "serving_processes": args.serving_processes, "server_flags": extra["batched"][:-1],
+              "cpus": psutil.cpu_count(),
               "missing_tools": missing,
               "load_average_1min_start_end": load,
               "batching_parameters": parameters, "rows": rows, "summary": summary}

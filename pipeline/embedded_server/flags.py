@@ -3,13 +3,15 @@
 Flags use TF Serving's names and defaults (``--port=8500``, ``--rest_api_port=0`` meaning REST off,
 ``--file_system_poll_wait_seconds=1``, ``--rest_api_timeout_in_ms=30000``, ``--max_num_load_retries=5``...).
 Deviation: ``--bind_address`` defaults to 127.0.0.1 where TF Serving binds every interface. Additions (TF Serving
-has no such limits): ``--max_request_bytes``, ``--max_tensor_elements`` (see :mod:`limits`) and ``--log_file``
-with its rotation.
+has no such limits): ``--max_request_bytes``, ``--max_tensor_elements`` (see :mod:`limits`), ``--log_file``
+with its rotation, and ``--serving_processes`` (see :mod:`processes`: TF Serving is one multi-threaded C++
+process; a Python server uses more cores with more processes).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,6 +60,9 @@ class ServerOptions:
     batching_parameters_file: str | None = None  # BatchingParameters text proto; needs enable_batching
     log_file: str | None = None  # log here, rotated, instead of stderr
     log_file_max_bytes: int = _DEFAULT_LOG_FILE_BYTES
+    serving_processes: int = 1  # processes serving the same ports; the first one starts and watches the others
+    serving_process_of: str | None = None  # set in the others: the first process's private admin address
+    argv: tuple[str, ...] = ()  # the command line these came from (the other processes are started with it)
     log_file_backups: int = _DEFAULT_LOG_FILE_BACKUPS
 
 
@@ -133,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="rotate --log_file when it reaches this size")
     add("--log_file_backups", type=_non_negative, default=_DEFAULT_LOG_FILE_BACKUPS,
         help="rotated log files kept (log.1 ... log.N)")
+    add("--serving_processes", type=_positive, default=1,
+        help="processes serving the same ports (SO_REUSEPORT), each with its own copy of the models; the first "
+             "one applies every reload to all of them and sums their metrics (default 1, as TF Serving)")
+    add("--serving_process_of", default="", help=argparse.SUPPRESS)  # internal: the first process's admin address
     # Accepted for command-line compatibility with tensorflow_model_server; no effect here.
     for flag in ("--enable_model_warmup", "--grpc_channel_arguments"):
         add(flag, default=None, nargs="?", const="true", help=argparse.SUPPRESS)
@@ -176,4 +185,7 @@ def parse_flags(argv: Sequence[str] | None) -> ServerOptions:
         log_file=args.log_file or None,
         log_file_max_bytes=args.log_file_max_bytes,
         log_file_backups=args.log_file_backups,
+        serving_processes=args.serving_processes,
+        serving_process_of=args.serving_process_of or None,
+        argv=tuple(argv if argv is not None else sys.argv[1:]),
     )

@@ -22,6 +22,7 @@ from tensorflow_serving.apis import (
 )
 
 from pipeline.embedded_server import api
+from pipeline.embedded_server.admin import Admin, LocalAdmin
 from pipeline.embedded_server.limits import RequestLimits, check_tensor_proto
 from pipeline.embedded_server.manager import ModelManager
 from pipeline.embedded_server.metrics import GRPC, ServerMetrics, version_label
@@ -37,13 +38,14 @@ _LOGGED_CHARS = 300
 _HANDSHAKE_TIMEOUT_MS = 10_000  # a connection that never completes its HTTP/2 handshake is closed (gRPC: 120 s)
 
 
-def _grpc_options(limits: RequestLimits) -> list[tuple[str, int]]:
+def _grpc_options(limits: RequestLimits, reuse_port: bool) -> list[tuple[str, int]]:
     return [
         # TF Serving takes INT_MAX-sized requests; this server takes --max_request_bytes (RESOURCE_EXHAUSTED past it)
         ("grpc.max_receive_message_length", limits.max_grpc_message_bytes),
         ("grpc.max_send_message_length", _UNLIMITED),
         ("grpc.server_handshake_timeout_ms", _HANDSHAKE_TIMEOUT_MS),
-        ("grpc.so_reuseport", 0),
+        # off unless the port is shared on purpose (--serving_processes): a port in use must fail the start
+        ("grpc.so_reuseport", int(reuse_port)),
     ]
 
 
@@ -120,13 +122,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus and HandleReloadConfigRequest."""
+    """GetModelStatus and HandleReloadConfigRequest, answered by ``admin`` (this process, or all that serve)."""
 
-    def __init__(self, manager: ModelManager):
-        self.manager = manager
+    def __init__(self, admin: Admin):
+        self.admin = admin
 
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _call(context, lambda: api.get_model_status(self.manager, request))
+        return _call(context, lambda: self.admin.model_status(request))
 
     def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Apply the config now; answer once its versions are AVAILABLE, or with an error before the deadline."""
@@ -135,7 +137,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
         def apply() -> None:
             try:
-                self.manager.apply_config(request.config)
+                self.admin.reload_config(request.config)
             except BaseException as exc:  # handed to the RPC thread
                 result["error"] = exc
             finally:
@@ -184,15 +186,18 @@ def _add_prediction_service(servicer: PredictionService, server: grpc.Server) ->
 
 
 class GrpcServer:
-    """Both services on ``host:port`` (port 0: any free port)."""
+    """Both services on ``host:port`` (port 0: any free port); admin requests go to ``admin`` (default: this
+    process's own state). ``reuse_port``: other processes may listen on the same port (SO_REUSEPORT)."""
 
     def __init__(self, manager: ModelManager, host: str, port: int, max_workers: int,
-                 metrics: ServerMetrics | None = None, limits: RequestLimits | None = None):
+                 metrics: ServerMetrics | None = None, limits: RequestLimits | None = None,
+                 admin: Admin | None = None, reuse_port: bool = False):
         limits = limits or RequestLimits()
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-                                   options=_grpc_options(limits))
+                                   options=_grpc_options(limits, reuse_port))
         _add_prediction_service(PredictionService(manager, metrics, limits), self._server)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), self._server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(admin or LocalAdmin(manager, metrics)),
+                                                                  self._server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.port = self._server.add_insecure_port(address)
         if not self.port:

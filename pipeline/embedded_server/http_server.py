@@ -225,7 +225,7 @@ class HttpServer:
     """
 
     def __init__(self, host: str, port: int, handler: Handler, *, threads: int, limits: HttpLimits,
-                 error_body: ErrorBody, name: str = "rest"):
+                 error_body: ErrorBody, name: str = "rest", reuse_port: bool = False):
         self._handler = handler
         self._limits = limits
         self._error_body = error_body
@@ -233,7 +233,8 @@ class HttpServer:
         self._threads_wanted = max(1, threads)
         self._max_connections = limits.max_connections or default_max_connections()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=_BACKLOG)
+        # reuse_port: other processes serve the same port (--serving_processes); the kernel spreads connections
+        self._listener = socket.create_server((host, port), family=family, backlog=_BACKLOG, reuse_port=reuse_port)
         self._listener.setblocking(False)
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe()

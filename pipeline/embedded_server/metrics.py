@@ -56,9 +56,10 @@ Our additions and the differences we could not avoid:
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ DEFAULT_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPromethe
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 GRPC, REST = "GRPC", "REST"  # TF Serving's entrypoint label values
 OK = "OK"
+Snapshot = dict[str, dict[tuple[str, ...], Any]]  # metric name -> labels -> count, or histogram cell (sum, buckets)
 
 REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
@@ -218,7 +220,7 @@ class ServerMetrics:
         self._load_micros: dict[tuple[str, ...], int] = {}  # (model_path,)
         self._warmup: dict[tuple[str, ...], list[float]] = {}  # (model_path, status)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))
+        self.registry.register(_Collector(self.snapshot))
 
     # The request path: these two run once per Predict/Classify/Regress.
 
@@ -257,7 +259,7 @@ class ServerMetrics:
 
     # The scrape.
 
-    def snapshot(self) -> dict[str, dict[tuple[str, ...], Any]]:
+    def snapshot(self) -> Snapshot:
         """A consistent copy of every cell, by metric name."""
         with self._lock:
             latency = {labels: list(cell) for labels, cell in self._latency.items()}
@@ -269,9 +271,41 @@ class ServerMetrics:
             requests[key] = requests.get(key, 0) + int(sum(cell[1:]))
         return {**cells, WARMUP_LATENCY: warmup, REQUEST_COUNT: requests, REQUEST_LATENCY: latency}
 
-    def render(self) -> bytes:
-        """The Prometheus text page of this server's registry."""
-        return render(self.registry)
+    def render(self, others: Iterable[Snapshot] = ()) -> bytes:
+        """The Prometheus text page of this server's registry; with ``others`` (the snapshots of the other
+        processes serving the same ports), of the sum of them all."""
+        others = list(others)
+        if not others:
+            return render(self.registry)
+        merged = merge_snapshots([self.snapshot(), *others])
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(lambda: merged))
+        return render(registry)
+
+
+def snapshot_to_json(snapshot: Snapshot) -> bytes:
+    """A snapshot as JSON (label tuples as lists), to hand to another process."""
+    return json.dumps({name: [[list(labels), value] for labels, value in cells.items()]
+                       for name, cells in snapshot.items()}).encode()
+
+
+def snapshot_from_json(data: bytes) -> Snapshot:
+    return {name: {tuple(labels): value for labels, value in cells} for name, cells in json.loads(data).items()}
+
+
+def merge_snapshots(snapshots: Iterable[Snapshot]) -> Snapshot:
+    """The cell-by-cell sum of several snapshots (counters add; a histogram cell adds its sum and each bucket)."""
+    merged: Snapshot = {name: {} for name in _FAMILIES}
+    for snapshot in snapshots:
+        for name, cells in snapshot.items():
+            into = merged.setdefault(name, {})
+            for labels, value in cells.items():
+                have = into.get(labels)
+                if isinstance(value, list):
+                    into[labels] = [a + b for a, b in zip(have, value, strict=True)] if have else list(value)
+                else:
+                    into[labels] = (have or 0) + value
+    return merged
 
 
 # name -> (type, TF Serving's description, label names), in TF's order (sorted by its metric path).
@@ -291,11 +325,11 @@ _FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 class _Collector:
     """Turns a :class:`ServerMetrics` snapshot into ``prometheus_client`` metric families at scrape time."""
 
-    def __init__(self, metrics: ServerMetrics):
-        self._metrics = metrics
+    def __init__(self, snapshot: Callable[[], Snapshot]):
+        self._snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        cells = self._metrics.snapshot()
+        cells = self._snapshot()
         for name, (kind, documentation, label_names) in _FAMILIES.items():
             family = Metric(name, documentation, kind)
             for labels, value in sorted(cells[name].items()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
@@ -18,8 +19,10 @@ from pipeline.wire.status import ServingError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pipeline.embedded_server.admin import Admin
     from pipeline.embedded_server.batching import BatchScheduler
     from pipeline.embedded_server.metrics import ServerMetrics
+    from pipeline.embedded_server.processes import MemberPeer, ProcessGroup
     from pipeline.embedded_server.servable import Servable
 
 log = logging.getLogger(__name__)
@@ -101,6 +104,9 @@ class ModelServer:
         self.metrics_path: str | None = None
         self._grpc: Any = None
         self._rest: Any = None
+        self.admin: Admin | None = None  # set by start(): this process's state, or every serving process's
+        self.group: ProcessGroup | None = None  # the first of several --serving_processes: the others
+        self._peer: MemberPeer | None = None  # one of the others: its private port
         self._stop = threading.Event()
         self._pollers: list[threading.Thread] = []
 
@@ -127,24 +133,50 @@ class ModelServer:
         self._start_batching()
         set_tensorflow_threads(self.options.tensorflow_intra_op_parallelism,
                                self.options.tensorflow_inter_op_parallelism)
-        self.manager.apply_config(self._initial_config())
         limits = RequestLimits(self.options.max_request_bytes, self.options.max_tensor_elements)
+        shared = self.options.serving_processes > 1 or self.options.serving_process_of is not None
         try:
+            self.admin = self._load_initial_config()
             self._grpc = GrpcServer(self.manager, self.options.bind_address, self.options.port,
-                                    self.options.grpc_max_threads, metrics=self.metrics, limits=limits)
+                                    self.options.grpc_max_threads, metrics=self.metrics, limits=limits,
+                                    admin=self.admin, reuse_port=shared)
             if self.options.rest_api_port is not None:
                 self._rest = RestServer(self.manager, self.options.bind_address, self.options.rest_api_port,
                                         metrics=self.metrics, metrics_path=self.metrics_path,
                                         threads=self.options.rest_api_num_threads, limits=limits,
-                                        timeout_s=self.options.rest_api_timeout_in_ms / 1000)
+                                        timeout_s=self.options.rest_api_timeout_in_ms / 1000, admin=self.admin,
+                                        reuse_port=shared)
+            self._grpc.start()
+            if self._rest:
+                self._rest.start()
+            if self.group is not None:
+                self.group.start(self.grpc_port, self.rest_port)
         except BaseException:
             self.stop()
             raise
-        self._grpc.start()
-        if self._rest:
-            self._rest.start()
         self._start_pollers()
         return self
+
+    def _load_initial_config(self) -> Admin:
+        """Load what this process serves first; who answers its admin requests.
+
+        One process: its own config and state. The first of several: the same, and it answers for all of them.
+        One of the others: it joins the first, which hands it the config in effect.
+        """
+        from pipeline.embedded_server.admin import LocalAdmin
+        from pipeline.embedded_server.processes import FirstProcessAdmin, MemberPeer, ProcessGroup, member_of
+
+        if self.options.serving_process_of:
+            index, address = member_of(self.options.serving_process_of)
+            self._peer = MemberPeer(self.manager, self.metrics)
+            admin = FirstProcessAdmin(address)
+            admin.join(index, self._peer.address)
+            return admin
+        self.manager.apply_config(self._initial_config())
+        if self.options.serving_processes > 1:
+            self.group = ProcessGroup(self.options, self.manager, self.metrics)
+            return self.group
+        return LocalAdmin(self.manager, self.metrics)
 
     def _start_monitoring(self) -> None:
         """Read ``--monitoring_config_file``; with Prometheus enabled, record metrics and serve them over REST."""
@@ -219,7 +251,10 @@ class ModelServer:
             return
         log.info("Model config file %s changed; applying it", self.options.model_config_file)
         try:
-            self.manager.apply_config(config)
+            if self.admin is None:
+                self.manager.apply_config(config)
+            else:
+                self.admin.reload_config(config)  # with --serving_processes: in every process
         except ServingError as exc:
             log.error("Failed to apply model config file: %s", exc)
 
@@ -229,11 +264,17 @@ class ModelServer:
         for thread in self._pollers:
             thread.join(timeout=5)
         self._pollers.clear()
+        if self.group is not None:  # the others first: no process keeps serving once this one stops
+            self.group.stop()
+            self.group = None
         if self._rest:
             self._rest.stop()
             self._rest = None
         if self._grpc:
             self._grpc.stop()
+        if self._peer is not None:
+            self._peer.stop()
+            self._peer = None
         self.manager.close()
         if self.batching:
             self.batching.stop()
@@ -285,9 +326,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for line in _ready_lines(server):
         print(line, flush=True)
+    parent = os.getppid()
     try:
         while not stop.wait(0.5):
-            pass
+            if options.serving_process_of and os.getppid() != parent:
+                log.warning("The first serving process is gone; stopping")
+                break
     finally:
         log.info("Shutting down")
         server.stop()

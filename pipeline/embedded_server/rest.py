@@ -25,6 +25,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from pipeline.embedded_server import api, json_tensor
+from pipeline.embedded_server.admin import Admin, LocalAdmin
 from pipeline.embedded_server.http_server import HttpLimits, HttpRequest, HttpResponse, HttpServer
 from pipeline.embedded_server.limits import RequestLimits
 from pipeline.embedded_server.manager import ModelManager
@@ -51,10 +52,11 @@ class RestApi:
     """
 
     def __init__(self, manager: ModelManager, metrics: ServerMetrics | None = None,
-                 limits: RequestLimits | None = None):
+                 limits: RequestLimits | None = None, admin: Admin | None = None):
         self.manager = manager
         self.metrics = metrics
         self.limits = limits or RequestLimits()
+        self.admin = admin or LocalAdmin(manager, metrics)  # model status: this process's, or all that serve
 
     def handle(self, method: str, path: str, body: bytes | bytearray) -> tuple[int, str]:
         """Answer one request; never raises. A client error is logged in one line, a bug with its traceback."""
@@ -93,7 +95,7 @@ class RestApi:
 
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.CopyFrom(spec)
-        response = api.get_model_status(self.manager, request)
+        response = self.admin.model_status(request)
         return json_format.MessageToJson(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
 
@@ -188,14 +190,16 @@ class RestServer:
 
     def __init__(self, manager: ModelManager, host: str, port: int, metrics: ServerMetrics | None = None,
                  metrics_path: str | None = None, *, threads: int = 16, limits: RequestLimits | None = None,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, admin: Admin | None = None, reuse_port: bool = False):
         self.limits = limits or RequestLimits()
-        self._api = RestApi(manager, metrics, self.limits)
+        admin = admin or LocalAdmin(manager, metrics)
+        self._api = RestApi(manager, metrics, self.limits, admin)
         self._metrics_path = metrics_path if metrics is not None else None
-        self._metrics_page: Callable[[], bytes] | None = metrics.render if metrics is not None else None
+        self._metrics_page: Callable[[], bytes] | None = admin.metrics_page if metrics is not None else None
         self._server = HttpServer(host, port, self._respond, threads=threads,
                                   limits=HttpLimits(self.limits.max_request_bytes, timeout_s),
-                                  error_body=lambda message: json_tensor.error_body(message).encode("utf-8"))
+                                  error_body=lambda message: json_tensor.error_body(message).encode("utf-8"),
+                                  reuse_port=reuse_port)
 
     @property
     def port(self) -> int:
