@@ -4,7 +4,8 @@
 Two local-backend servers (the embedded TF Serving, as production runs it) serve the same MNIST version: one plain,
 one with ``--enable_batching --batching_parameters_file`` (the file is ``--parameters``, by default
 ``configs/serving/batching.config``). Each server is ``--serving_processes`` processes (``--serving-processes``,
-default 2: one per core here) with one TensorFlow op thread and 4 request threads each; ``--serving-processes 1``
+default 2: one per core here) with one TensorFlow op thread, 4 request threads and a CPU each
+(``--pin_serving_processes``); ``--serving-processes 1``
 measures TF Serving's single process (the rows before this flag existed). A server's CPU is its processes' sum. Each way is called with batch-1 requests from 1 and from 8 client threads:
 ``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads: the floor),
 ``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. At concurrency 1 the
@@ -68,9 +69,11 @@ _CONCURRENCIES = (1, 8)
 _WARMUP_CALLS = 20
 _TARGET_RATIO = 0.60
 _DEFAULT_SERVING_PROCESSES = 2
-# Per process: one TensorFlow op thread (each process runs its own model calls) and 4 request threads (8 clients
-# spread over 2 processes). The floor keeps TensorFlow's default inter-op pool: its 8 threads share one model.
-_SERVER_THREADS = ("--tensorflow_inter_op_parallelism=1", "--rest_api_num_threads=4", "--grpc_max_threads=4")
+# Per process: one TensorFlow op thread (each process runs its own model calls), 4 request threads (8 clients
+# spread over 2 processes) and a CPU of its own. The floor keeps TensorFlow's default inter-op pool: its 8 threads
+# share one model.
+_SERVER_THREADS = ("--tensorflow_inter_op_parallelism=1", "--rest_api_num_threads=4", "--grpc_max_threads=4",
+                   "--pin_serving_processes")
 _WAYS = ("in_process", "rest", "grpc", "rest_batched", "grpc_batched")
 _EXTERNAL_SUFFIX = {"rest": "_wrk", "grpc": "_h2load"}
 

@@ -164,10 +164,18 @@ class ModelServer:
         One of the others: it joins the first, which hands it the config in effect.
         """
         from pipeline.embedded_server.admin import LocalAdmin
-        from pipeline.embedded_server.processes import FirstProcessAdmin, MemberPeer, ProcessGroup, member_of
+        from pipeline.embedded_server.processes import (
+            FirstProcessAdmin,
+            MemberPeer,
+            ProcessGroup,
+            member_of,
+            pin_to_cpu,
+        )
 
         if self.options.serving_process_of:
             index, address = member_of(self.options.serving_process_of)
+            if self.options.serving_process_cpu is not None:
+                pin_to_cpu(self.options.serving_process_cpu)
             self._peer = MemberPeer(self.manager, self.metrics)
             admin = FirstProcessAdmin(address)
             admin.join(index, self._peer.address)

@@ -25,6 +25,7 @@ pipeline's host may reach them (see the README on keeping the serving ports priv
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -170,6 +171,7 @@ class ProcessGroup:
         from pipeline.embedded_server.grpc_services import ModelService
 
         self._ports = (grpc_port, rest_port or 0)
+        self._cpus = sorted(os.sched_getaffinity(0)) if self.options.pin_serving_processes else []
         self._server, self.address = start_peer_server(
             {JOIN: self._join, METRICS: lambda _: self.metrics_page()},
             lambda server: model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self), server))
@@ -184,6 +186,8 @@ class ProcessGroup:
             if time.monotonic() > deadline:
                 raise ServingError("UNAVAILABLE", f"serving processes did not all join within {timeout_s:g}s")
             time.sleep(0.1)
+        if self._cpus:  # every thread this process has, and those they start from now on
+            pin_to_cpu(self._cpus[0])
         self._watcher = threading.Thread(target=self._watch, name="serving-processes", daemon=True)
         self._watcher.start()
         log.info("%d serving processes share gRPC port %d and REST port %s", self.options.serving_processes,
@@ -219,6 +223,8 @@ class ProcessGroup:
         argv = [sys.executable, "-m", "pipeline.embedded_server", *self.options.argv,
                 f"--port={grpc_port}", f"--rest_api_port={rest_port}", f"--serving_process_of={index}@{self.address}",
                 "--model_config_file_poll_wait_seconds=0"]  # the config file is polled by the first process only
+        if self._cpus:
+            argv.append(f"--serving_process_cpu={self._cpus[index % len(self._cpus)]}")
         if self.options.log_file:
             log_file = Path(self.options.log_file)
             argv.append(f"--log_file={log_file.with_name(f'{log_file.stem}-process{index}{log_file.suffix}')}")
@@ -424,6 +430,20 @@ class FirstProcessAdmin:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def pin_to_cpu(cpu: int) -> None:
+    """Run every thread of this process on ``cpu`` (threads started later inherit it from their starter)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+    log.info("serving process pinned to CPU %d", cpu)
 
 
 def member_of(value: str) -> tuple[int, str]:

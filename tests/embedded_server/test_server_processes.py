@@ -163,7 +163,7 @@ def two_processes(make_base_path: Any, half_plus_two_dir: Path, half_plus_three_
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline.embedded_server", f"--port={grpc_port}", f"--rest_api_port={rest_port}",
          f"--model_config_file={config}", f"--monitoring_config_file={monitoring}", "--serving_processes=2",
-         "--file_system_poll_wait_seconds=0"],
+         "--pin_serving_processes", "--file_system_poll_wait_seconds=0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:
         assert process.stdout is not None
@@ -182,6 +182,17 @@ def two_processes(make_base_path: Any, half_plus_two_dir: Path, half_plus_three_
         for other in others:
             if other.is_running():
                 other.kill()
+
+
+def _thread_affinities(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of a process's threads (one that ends meanwhile is left out)."""
+    seen = set()
+    for thread in psutil.Process(pid).threads():
+        try:
+            seen.add(frozenset(os.sched_getaffinity(thread.id)))
+        except ProcessLookupError:
+            continue
+    return seen
 
 
 def _reload(grpc_port: int, config: Any) -> None:
@@ -211,6 +222,9 @@ def test_both_processes_serve_and_a_reload_reaches_every_one(two_processes: Any)
     assert len(others) == 1
     for port in (grpc_port, rest_port):
         assert _listening_pids(port) == {process.pid, others[0].pid}
+    cpus = sorted(os.sched_getaffinity(0))  # each process on a CPU of its own, every thread of it
+    for pid, cpu in ((process.pid, cpus[0]), (others[0].pid, cpus[1 % len(cpus)])):
+        assert _thread_affinities(pid) == {frozenset({cpu})}
 
     _reload(grpc_port, single_model_config(MODEL, two_processes[3], [1, 2], {"stable": 1, "canary": 2}))
     # every fresh connection, whichever process takes it, knows the new label at once
