@@ -38,6 +38,8 @@ import grpc
 
 from pipeline.embedded_server import api
 from pipeline.embedded_server.metrics import snapshot_from_json, snapshot_to_json
+from pipeline.errors import DeadlineExceeded
+from pipeline.util.polling import poll_until
 from pipeline.wire.status import ServingError, from_exception
 
 if TYPE_CHECKING:
@@ -157,6 +159,7 @@ class ProcessGroup:
         self._server: grpc.Server | None = None
         self.address = ""
         self._ports = (0, 0)
+        self._cpus: list[int] = []  # with --pin_serving_processes: the CPUs to hand out, round robin
 
     # ---- lifecycle
 
@@ -177,21 +180,24 @@ class ProcessGroup:
             lambda server: model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self), server))
         for index in range(1, self.options.serving_processes):
             self._members[index] = _Member(index, self._spawn(index))
-        deadline = time.monotonic() + timeout_s
-        while not all(member.channel is not None for member in self._members.values()):
-            for member in self._members.values():
-                if member.process.poll() is not None:
-                    raise ServingError("UNAVAILABLE", f"serving process {member.index} exited with "
-                                                      f"{member.process.returncode} while starting (see its log)")
-            if time.monotonic() > deadline:
-                raise ServingError("UNAVAILABLE", f"serving processes did not all join within {timeout_s:g}s")
-            time.sleep(0.1)
+        try:
+            poll_until(self._all_joined, timeout_s, "the serving processes did not all join", interval_s=0.1)
+        except DeadlineExceeded as exc:
+            raise ServingError("UNAVAILABLE", str(exc)) from None
         if self._cpus:  # every thread this process has, and those they start from now on
             pin_to_cpu(self._cpus[0])
         self._watcher = threading.Thread(target=self._watch, name="serving-processes", daemon=True)
         self._watcher.start()
         log.info("%d serving processes share gRPC port %d and REST port %s", self.options.serving_processes,
                  grpc_port, rest_port or "off")
+
+    def _all_joined(self) -> tuple[bool | None, str]:
+        for member in self._members.values():
+            if member.process.poll() is not None:
+                raise ServingError("UNAVAILABLE", f"serving process {member.index} exited with "
+                                                  f"{member.process.returncode} while starting (see its log)")
+        waiting = [member.index for member in self._members.values() if member.channel is None]
+        return (None if waiting else True), f"waiting for process(es) {waiting}"
 
     def stop(self) -> None:
         """Stop the others (SIGTERM, then SIGKILL after a grace period) and the peer port; idempotent."""

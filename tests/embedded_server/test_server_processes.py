@@ -98,6 +98,24 @@ def test_metrics_of_several_processes_add_up_cell_by_cell() -> None:
 # ------------------------------------------------------------------ the group's logic, in this process
 
 
+def test_the_first_process_fails_to_start_when_another_exits_before_joining() -> None:
+    from pipeline.embedded_server.processes import ProcessGroup, _Member
+
+    group = ProcessGroup(parse_flags(["--model_base_path=/m", "--serving_processes=3"]), None, None)
+    waiting, exited = subprocess.Popen(["sleep", "60"]), subprocess.Popen(["false"])
+    exited.wait(timeout=30)
+    try:
+        group._members = {1: _Member(1, waiting), 2: _Member(2, exited)}
+        with pytest.raises(ServingError, match="serving process 2 exited with 1 while starting"):
+            group._all_joined()
+        group._members = {1: _Member(1, waiting)}
+        assert group._all_joined() == (None, "waiting for process(es) [1]")
+    finally:
+        waiting.kill()
+        waiting.wait(timeout=10)
+
+
+
 @pytest.fixture
 def group_with_a_member(make_base_path: Any, half_plus_two_dir: Path, half_plus_three_dir: Path) -> Any:
     """A ProcessGroup and one member (its peer port in this process; a ``sleep`` stands in for its process)."""
