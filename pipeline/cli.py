@@ -226,13 +226,12 @@ def _feedback(args: argparse.Namespace) -> Any:
 
 @command("traffic")
 def _traffic(args: argparse.Namespace) -> Any:
-    import signal
-    import threading
     from dataclasses import replace
 
     from pipeline.config import load_model_config
     from pipeline.live.traffic import APIS, TrafficSpec, check_endpoints, configured_endpoints, run_traffic
     from pipeline.release.registry import Registry
+    from pipeline.util.signals import stop_on_signals
 
     apis = APIS if args.api == "both" else (args.api,)
     rest_url, grpc_target = args.endpoint_rest, args.endpoint_grpc
@@ -254,10 +253,8 @@ def _traffic(args: argparse.Namespace) -> Any:
     paths = _paths(args)
     registry = Registry(paths.registry_url, models_dir=paths.models_dir)
     spec = replace(spec, stable_version=registry.stable_version(args.model))
-    stop = threading.Event()  # SIGTERM/SIGINT end the run early; the report still prints (the demo stops it so)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    report = run_traffic(spec, paths=paths, stop=stop)
+    with stop_on_signals() as stop:  # SIGTERM/SIGINT end the run early; the report still prints (the demo stops it)
+        report = run_traffic(spec, paths=paths, stop=stop)
     return report.as_dict() if args.json else "\n".join(report.summary_lines())
 
 

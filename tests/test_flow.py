@@ -145,8 +145,12 @@ def test_run_ids_made_in_the_same_instant_in_many_processes_are_unique():
 
     from pipeline.util.ids import unique_run_id
 
-    with multiprocessing.get_context("fork").Pool(4) as pool:
+    pool = multiprocessing.get_context("fork").Pool(4)
+    try:
         ids = pool.map(unique_run_id, ["manual"] * 400)
+    finally:  # close + join: the workers exit on their own (terminate's SIGTERM may meet an inherited handler)
+        pool.close()
+        pool.join()
     assert len(set(ids)) == 400
 
 

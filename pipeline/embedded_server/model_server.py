@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.embedded_server.flags import ServerOptions, parse_flags
 from pipeline.util.memory import pin_mmap_threshold
+from pipeline.util.signals import stop_on_signals
 from pipeline.wire.grpc_io import prefer_classic_io
 from pipeline.wire.status import ServingError
 
@@ -323,8 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pin_mmap_threshold(_MMAP_THRESHOLD_BYTES)  # a large request's buffers go back to the OS when it ends
     options = parse_flags(sys.argv[1:] if argv is None else list(argv))
     configure_logging(options)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
+    with stop_on_signals() as stop:
+        return _serve_until(stop, options)
+
+
+def _serve_until(stop: threading.Event, options: ServerOptions) -> int:
     server = ModelServer(options)
     try:
         server.start()
@@ -344,10 +347,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("Shutting down")
         server.stop()
     return 0
-
-
-def _install_signal_handlers(stop: threading.Event) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return  # signals only reach the main thread; an embedding caller stops us itself
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())

@@ -11,9 +11,7 @@ and a proxy that runs keeps its split (a live canary in progress is not reset by
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from pipeline.serving.backends import get_backend
 from pipeline.settings import Paths
 from pipeline.util.files import write_atomically
 from pipeline.util.net import free_port, port_in_use
+from pipeline.util.signals import stop_on_signals
 from pipeline.util.supervisor import RUNNING, Program, Supervisor, python_env, stack_supervisor
 
 log = logging.getLogger(__name__)
@@ -166,9 +165,7 @@ def serve_capture(host: str, port: int, serving_url: str, models: Sequence[str] 
 
     service = CaptureService(serving_url, list(models) or list_models(), host=host, port=port,
                              options=CaptureOptions(workers=workers), stable_url=stable_url).start()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     log.info("capture service on %s:%s for %s, asking %s", host, service.port, service.models, serving_url)
-    stop.wait()
+    with stop_on_signals() as stop:
+        stop.wait()
     service.stop()
