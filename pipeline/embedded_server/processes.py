@@ -220,10 +220,6 @@ class ProcessGroup:
             self._server.stop(1.0)
             self._server = None
 
-    def pids(self) -> list[int]:
-        """The other processes' pids (those running)."""
-        return [member.process.pid for member in self._members.values() if member.process.poll() is None]
-
     def _spawn(self, index: int) -> subprocess.Popen:
         grpc_port, rest_port = self._ports
         argv = [sys.executable, "-m", "pipeline.embedded_server", *self.options.argv,
@@ -433,9 +429,6 @@ class FirstProcessAdmin:
             return call()
         except grpc.RpcError as exc:
             raise _error_of(exc) from None
-
-    def close(self) -> None:
-        self._channel.close()
 
 
 def pin_to_cpu(cpu: int) -> None:
