@@ -49,7 +49,7 @@ def _grpc_options(limits: RequestLimits, reuse_port: bool) -> list[tuple[str, in
     ]
 
 
-def _call(context: grpc.ServicerContext, function: Callable[[], Any]) -> Any:
+def answer_rpc(context: grpc.ServicerContext, function: Callable[[], Any]) -> Any:
     """Run one RPC; a ServingError becomes the gRPC status of the same name with TF Serving's message."""
     try:
         return function()
@@ -115,7 +115,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             _abort(context, error)
 
     def GetModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _call(context, lambda: api.get_model_metadata(self.manager, request))
+        return answer_rpc(context, lambda: api.get_model_metadata(self.manager, request))
 
     def MultiInference(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not implemented by this server")
@@ -128,7 +128,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.admin = admin
 
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        return _call(context, lambda: self.admin.model_status(request))
+        return answer_rpc(context, lambda: self.admin.model_status(request))
 
     def HandleReloadConfigRequest(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         """Apply the config now; answer once its versions are AVAILABLE, or with an error before the deadline."""

@@ -40,7 +40,7 @@ from pipeline.embedded_server import api
 from pipeline.embedded_server.metrics import snapshot_from_json, snapshot_to_json
 from pipeline.errors import DeadlineExceeded
 from pipeline.util.polling import poll_until
-from pipeline.wire.status import ServingError, from_exception
+from pipeline.wire.status import ServingError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,30 +62,20 @@ _ADMIN_TIMEOUT_S = 60.0
 _WATCH_S = 0.5
 _RESTART_BACKOFF_S = (1.0, 30.0)  # first wait, most
 _STOP_GRACE_S = 10.0
-_STATE_RANK = {"START": 0, "LOADING": 1, "AVAILABLE": 2, "UNLOADING": 3, "END": 4}
 
 
 # ------------------------------------------------------------------ the private peer port
-
-
-def _abort(context: grpc.ServicerContext, exc: Exception) -> None:
-    error = from_exception(exc)
-    context.abort(getattr(grpc.StatusCode, error.code), error.message)
 
 
 def start_peer_server(methods: dict[str, Callable[[bytes], bytes]], services: Callable[[grpc.Server], None] | None
                       = None) -> tuple[grpc.Server, str]:
     """A gRPC server on 127.0.0.1 (any free port) with ``methods`` (raw bytes in and out) under
     :data:`PEER_SERVICE`, plus whatever ``services`` adds; the server and its address."""
-    def handler(function: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
-        def call(request: bytes, context: grpc.ServicerContext) -> bytes:
-            try:
-                return function(request)
-            except Exception as exc:
-                _abort(context, exc)
-                raise  # not reached: abort raises
+    from pipeline.embedded_server.grpc_services import answer_rpc
 
-        return grpc.unary_unary_rpc_method_handler(call)
+    def handler(function: Callable[[bytes], bytes]) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            lambda request, context: answer_rpc(context, lambda: function(request)))
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=_PEER_THREADS, thread_name_prefix="peer"))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -348,7 +338,7 @@ def merge_status(response: Any, theirs: Any) -> None:
         mine = state_name(entry.state)
         seen = other.get(entry.version)
         there = state_name(seen.state) if seen is not None else "START"
-        if mine == "AVAILABLE" and _STATE_RANK[there] < _STATE_RANK["AVAILABLE"]:
+        if mine == "AVAILABLE" and there in ("START", "LOADING"):
             entry.state = state_value("LOADING")
         elif mine in ("UNLOADING", "END") and there == "AVAILABLE":
             entry.state = state_value("UNLOADING")
