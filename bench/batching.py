@@ -8,14 +8,17 @@ default 2: one per core here) with one TensorFlow op thread, 4 request threads a
 (``--pin_serving_processes``); ``--serving-processes 1``
 measures TF Serving's single process (the rows before this flag existed). A server's CPU is its processes' sum. Each way is called with batch-1 requests from 1 and from 8 client threads:
 ``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads: the floor),
+``servable``/``servable_batched`` (the server's own model call, :class:`Servable`, loaded in this process, without
+and with a batch queue of the same parameters: batching's own cost or gain, with no HTTP or gRPC),
 ``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. At concurrency 1 the
-ways take turns call by call (req/s there is 1 / mean latency); at 8 they alternate in rounds. Either way drift on
+ways take turns call by call, in a new shuffled order each cycle (req/s there is 1 / mean latency); at 8 they alternate in rounds. Either way drift on
 a busy VM hits them alike. Each row also reports the CPU the server process and this (client) process
 used, in cores, which shows where the time goes.
 
 Which client produced which row (read this before comparing numbers across versions of this bench):
 
 * ``in_process``: no client; the floor.
+* ``servable``, ``servable_batched``: no client either; the batching layer alone (not judged against a target).
 * ``rest``, ``grpc``, ``rest_batched``, ``grpc_batched``: the project's Python client (``ServingClient``), one per
   thread, in this process. Its ``client cpu`` is this process's. On 2 cores these threads take about as much CPU
   per request as the server, from the server: these rows measure client and server together. They were the only
@@ -48,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import threading
@@ -74,12 +78,17 @@ _DEFAULT_SERVING_PROCESSES = 2
 # share one model.
 _SERVER_THREADS = ("--tensorflow_inter_op_parallelism=1", "--rest_api_num_threads=4", "--grpc_max_threads=4",
                    "--pin_serving_processes")
-_WAYS = ("in_process", "rest", "grpc", "rest_batched", "grpc_batched")
+_IN_PROCESS_WAYS = ("in_process", "servable", "servable_batched")  # no server: no server CPU
 _EXTERNAL_SUFFIX = {"rest": "_wrk", "grpc": "_h2load"}
 
 
-def callers(endpoints: dict[str, Any], signature: Any, inputs: Any) -> dict[str, Callable[[], Any]]:
-    """One no-argument callable per way; one client per thread and server (clients aren't shared)."""
+def callers(endpoints: dict[str, Any], signature: Any, inputs: Any,
+            servables: dict[str, Any]) -> dict[str, Callable[[], Any]]:
+    """One no-argument callable per way; one client per thread and server (clients aren't shared).
+
+    ``servables``: the server's own model call (:class:`Servable`) loaded here, "plain" and "batched" (through a
+    batch queue with the batching server's parameters): what batching itself costs or gains, without HTTP/gRPC.
+    """
     import tensorflow as tf
 
     from pipeline.serving.client import ServingClient
@@ -94,6 +103,9 @@ def callers(endpoints: dict[str, Any], signature: Any, inputs: Any) -> dict[str,
 
     tensor = tf.constant(inputs)
     ways: dict[str, Callable[[], Any]] = {"in_process": lambda: signature(images=tensor)["classes"].numpy()}
+    model_calls = {server: servable.signature(serving_bench._SIGNATURE) for server, servable in servables.items()}
+    for server, suffix in (("plain", ""), ("batched", "_batched")):
+        ways[f"servable{suffix}"] = lambda s=model_calls[server]: s.call({"images": inputs})
     for server, suffix in (("plain", ""), ("batched", "_batched")):
         ways[f"rest{suffix}"] = (lambda s=server: client(s).predict(_MODEL, instances=inputs, label="stable",
                                                                      protocol="rest"))
@@ -166,7 +178,7 @@ def measure(ways: dict[str, Any], servers: dict[str, Any], concurrency: int, sec
     for round_index in range(rounds):
         order = list(ways) if round_index % 2 == 0 else list(reversed(list(ways)))
         for way in order:
-            server = servers[server_of(way)] if way != "in_process" else None
+            server = servers[server_of(way)] if way not in _IN_PROCESS_WAYS else None
             server_before, client_before = (cpu_seconds(server) if server else 0.0), cpu_seconds(me)
             external = isinstance(ways[way], loadgen.ExternalLoad)
             result = ways[way].run(concurrency, per_run) if external else serving_bench.run_load(ways[way], concurrency,
@@ -189,7 +201,7 @@ def client_of(way: str, call: Any) -> str:
     """Who made the load of a row: "python" (ServingClient threads), "wrk", "h2load", or "-" (the floor)."""
     if isinstance(call, loadgen.ExternalLoad):
         return call.tool
-    return "-" if way == "in_process" else "python"
+    return "-" if way in _IN_PROCESS_WAYS else "python"
 
 
 def merge_external(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -212,9 +224,10 @@ def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, A
     busy: dict[str, float] = dict.fromkeys(ways, 0.0)
     cpu: dict[str, list[float]] = {way: [0.0, 0.0] for way in ways}
     stop_at = time.perf_counter() + seconds
+    cycle = 0
     while time.perf_counter() < stop_at:
-        for way, call in ways.items():
-            server = servers.get("batched" if way.endswith("_batched") else "plain") if way != "in_process" else None
+        for way, call in shuffled(list(ways.items()), cycle):
+            server = servers[server_of(way)] if way not in _IN_PROCESS_WAYS else None
             server_before, client_before = (cpu_seconds(server) if server else 0.0), cpu_seconds(me)
             started = time.perf_counter()
             call()
@@ -222,6 +235,7 @@ def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, A
             busy[way] += latencies[way][-1]
             cpu[way][0] += (cpu_seconds(server) - server_before) if server else 0.0
             cpu[way][1] += cpu_seconds(me) - client_before
+        cycle += 1
     rows = []
     for way, call in ways.items():
         values = sorted(latencies[way])
@@ -235,6 +249,19 @@ def measure_interleaved(ways: dict[str, Callable[[], Any]], servers: dict[str, A
                      "server_cores": round(cpu[way][0] / busy[way], 2), "client_cores": round(cpu[way][1] / busy[way], 2),
                      **({"paired_delta_p50_ms": round(serving_bench._percentile(paired, 50) * 1e3, 3)} if paired else {})})
     return rows
+
+
+def shuffled(items: list[Any], cycle: int) -> list[Any]:
+    """``items`` in cycle ``cycle``'s order: a shuffle seeded by the cycle, so runs repeat and, over many cycles,
+    each way follows every other about equally often and holds every position.
+
+    A call's latency can depend on the call before it (the same server still busy after its answer, or the floor's
+    TensorFlow threads winding down); in a fixed order ``rest_batched`` always followed plain ``grpc`` while ``rest``
+    always followed ``in_process`` (rotating the order would not change that: it keeps each way's predecessor).
+    """
+    order = list(items)
+    random.Random(cycle).shuffle(order)
+    return order
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -275,6 +302,10 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if tool_plain is not None and tool_batched is not None:
             summary[f"{protocol}_c1_p50_delta_ms"][f"{suffix.lstrip('_')}_ms"] = round(
                 tool_batched["p50_ms"] - tool_plain["p50_ms"], 3)
+    layer_plain, layer_batched = row("servable", 1), row("servable_batched", 1)
+    if layer_plain is not None and layer_batched is not None:
+        summary["servable_c1_p50_delta_ms"] = {"value": round(layer_batched["p50_ms"] - layer_plain["p50_ms"], 3),
+                                               "paired_median_ms": layer_batched.get("paired_delta_p50_ms")}
     return summary
 
 
@@ -302,6 +333,10 @@ def render_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
         lines.append(f"{protocol} conc 1 p50 (python client): {delta['with_batching_ms']:.2f} ms with batching, "
                      f"{delta['without_batching_ms']:.2f} ms without ({delta['value']:+.2f} ms; median of call-by-call "
                      f"differences {delta['paired_median_ms']:+.3f} ms{tool})")
+    if "servable_c1_p50_delta_ms" in summary:
+        layer = summary["servable_c1_p50_delta_ms"]
+        lines.append(f"batch queue alone, in process, conc 1 p50: {layer['value']:+.3f} ms (median of call-by-call "
+                     f"differences {layer['paired_median_ms']:+.3f} ms)")
     return "\n".join(lines)
 
 
@@ -341,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra_op_threads)
 
+    from pipeline.embedded_server.batching import BatchScheduler, read_batching_parameters
+    from pipeline.embedded_server.servable import Servable
     from pipeline.serving.backends.local import LocalBackend
     from pipeline.settings import get_paths
     from pipeline.wire.model_config import single_model_config, write_config
@@ -356,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         serving_bench.stage_versions(source, base_path, 1)
         signature = tf.saved_model.load(str(source)).signatures[serving_bench._SIGNATURE]
         (workdir / "batching.config").write_text(parameters)
+        scheduler = BatchScheduler(read_batching_parameters(str(workdir / "batching.config")))
+        servables = {"plain": Servable.load(_MODEL, 1, source),
+                     "batched": Servable.load(_MODEL, 1, source, batching=scheduler)}
 
         threads = [f"--tensorflow_intra_op_parallelism={args.intra_op_threads}",
                    f"--serving_processes={args.serving_processes}",
@@ -373,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                 endpoints[name] = backend.start(timeout_s=120)
                 backend.apply_config(config, timeout_s=60)
                 processes[name] = psutil.Process(backend.pid())
-            ways = callers(endpoints, signature, serving_bench.sample_inputs(1))
+            ways = callers(endpoints, signature, serving_bench.sample_inputs(1), servables)
             for call in ways.values():
                 for _ in range(_WARMUP_CALLS):
                     call()
@@ -392,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for backend in backends.values():
                 backend.stop()
+            scheduler.stop()
 
     summary = summarize(rows) if {1, 8} <= set(args.concurrencies) else {}
     load = [round(load_before, 2), round(os.getloadavg()[0], 2)]
