@@ -21,10 +21,19 @@ call, and the outputs split back, as TF Serving's ``BatchingSession`` on a ``Sha
 Latency: with ``batch_timeout_micros`` 0 (the default) a request that finds its queue empty and a slot free runs
 in its own thread at once (what a free TF Serving batch thread would do, without the hand-over), so batching adds
 nothing at concurrency 1; requests that arrive while every slot is busy wait together and run as one batch when a
-slot frees. A request waits at most the timeout plus the model calls of the batches ahead of it (at most
+slot frees. With a timeout, a batch also runs as soon as it holds as many rows as the load: the most rows in flight
+in its queue (queued or running) while the previous batch was forming. A steady load of k clients gets batches of
+k rows without waiting for the timeout (on 2 cores, one process, batch-1 MNIST at concurrency 4 with a 1 ms
+timeout: 4 rows a model call instead of 1.6 with no timeout, 0.48-0.51 instead of 0.59-0.63 ms of CPU a request);
+a lone client's load is its own request, so it runs at once; a client left alone after a burst waits the timeout
+once. A
+request waits at most the timeout plus the model calls of the batches ahead of it (at most
 ``max_enqueued_batches`` of them, shared among ``num_batch_threads`` slots).
 
 Where we differ from TF Serving (on purpose, each more lenient):
+
+* A batch runs before its timeout once it is as large as the load (above); TF Serving waits out the timeout for
+  every batch that is not full.
 
 * Requests whose inputs are not batchable (a scalar, inputs of different dimension-0 sizes, an empty input) run
   alone instead of failing; so do signatures whose SignatureDef fixes dimension 0 or the rank of an input to 0.
@@ -408,6 +417,11 @@ class BatchQueue:
         self._run = run
         self._batches: deque[_Batch] = deque()  # guarded by the scheduler's lock; the last one is open
         self._closed = False
+        # Under the scheduler's lock. The steady load's batch (see _ready): the most rows in flight here (queued or
+        # running, until their callers have them) seen as requests arrived between the last two batches taken.
+        self._in_flight = 0
+        self._peak = 0
+        self._expected = 1
 
     def submit(self, arrays: Arrays) -> dict[str, np.ndarray]:
         """Run ``arrays`` as part of a batch; its own rows of every output.
@@ -421,14 +435,30 @@ class BatchQueue:
             return self._run(arrays)
         scheduler = self._scheduler
         with scheduler._cond:
-            alone = self._take_slot_alone(size)
-            if self._closed or alone:
-                inline, tasks = None, None  # unloaded meanwhile (run unbatched), or alone in its slot: below
-            else:
-                tasks = self._enqueue(arrays, size)
-                inline = self._take_inline(tasks)
-                if inline is None and scheduler._free_slots > 0:
-                    scheduler._cond.notify()  # a free thread runs it now, or sleeps until its batch's timeout
+            self._in_flight += size
+            self._peak = max(self._peak, self._in_flight)
+            try:
+                alone = self._take_slot_alone(size)
+                if self._closed or alone:
+                    inline, tasks = None, None  # unloaded meanwhile (run unbatched), or alone in its slot: below
+                else:
+                    tasks = self._enqueue(arrays, size)
+                    inline = self._take_inline(tasks)
+                    if inline is None and scheduler._free_slots > 0:
+                        scheduler._cond.notify()  # a free thread runs it now, or sleeps until its batch's timeout
+            except BaseException:
+                self._in_flight -= size
+                raise
+        try:
+            return self._submitted(arrays, alone, tasks, inline)
+        finally:
+            with scheduler._cond:
+                self._in_flight -= size
+
+    def _submitted(self, arrays: Arrays, alone: bool, tasks: list[_Task] | None,
+                   inline: _Batch | None) -> dict[str, np.ndarray]:
+        """The rest of :meth:`submit`, outside the lock: run or wait, and put the request's rows together."""
+        scheduler = self._scheduler
         if alone:
             try:
                 return self._run(arrays)
@@ -490,29 +520,52 @@ class BatchQueue:
         costs two lock round trips over the plain call.
         """
         options = self._options
-        if (options.batch_timeout_micros or self._scheduler._free_slots <= 0 or self._batches or self._closed
-                or size > options.execution_batch_size or _padding_rows(options.allowed_batch_sizes, size)):
+        if ((options.batch_timeout_micros and size < self._expected) or self._scheduler._free_slots <= 0
+                or self._batches or self._closed or size > options.execution_batch_size
+                or _padding_rows(options.allowed_batch_sizes, size)):
             return False
         self._scheduler._free_slots -= 1
+        self._learn()
         return True
 
     def _take_inline(self, tasks: list[_Task]) -> _Batch | None:
         """The open batch, to run in the caller's thread, when nothing waits ahead of it and a slot is free."""
         scheduler = self._scheduler
-        if (self._options.batch_timeout_micros or scheduler._free_slots <= 0 or len(self._batches) != 1
-                or len(tasks) != 1):
+        if (scheduler._free_slots <= 0 or len(self._batches) != 1 or len(tasks) != 1
+                or not self._ready(self._batches[0], time.monotonic())):
             return None
         scheduler._free_slots -= 1
-        return self._batches.popleft()
+        return self._taken()
 
     def _take_schedulable(self, now: float) -> _Batch | None:
         if not self._batches:
             return None
-        front = self._batches[0]
-        if (len(self._batches) > 1 or self._closed or front.size >= self._options.execution_batch_size
-                or now >= front.started + self._scheduler._timeout_s):
-            return self._batches.popleft()
+        if len(self._batches) > 1 or self._closed or self._ready(self._batches[0], now):
+            return self._taken()
         return None
+
+    def _ready(self, batch: _Batch, now: float) -> bool:
+        """May ``batch`` (the open one) run now: full, past its timeout, or as large as the load (``_expected``).
+
+        The last rule is ours: under a steady load of k clients each batch fills to k rows, so once it holds
+        that many, more are not coming soon; TF Serving would wait out the timeout.
+        """
+        return (batch.size >= self._options.execution_batch_size or now >= batch.started + self._scheduler._timeout_s
+                or batch.size >= self._expected)
+
+    def _taken(self) -> _Batch:
+        batch = self._batches.popleft()
+        self._learn()
+        return batch
+
+    def _learn(self) -> None:
+        """A batch was taken: the most rows in flight since the previous one is the size the next one waits for.
+
+        (The size of the last batch would not do: two clients' worth running while two more queue settles at
+        batches of 2 for 4 clients.)
+        """
+        self._expected = max(1, min(self._peak, self._options.execution_batch_size))
+        self._peak = sum(batch.size for batch in self._batches)  # counting again from those still queued
 
     # ---- outside the lock
 

@@ -189,12 +189,45 @@ def test_the_timeout_flushes_a_lone_request(schedulers: Any, pool: ThreadPoolExe
     assert [len(call["x"]) for call in model.calls] == [1]
 
 
+def learn(queue: BatchQueue, size: int) -> None:
+    """Make ``size`` rows the queue's last batch: one request of that many rows (alone, it runs at once)."""
+    queue.submit(rows(*[0.0] * size))
+
+
 def test_a_full_batch_runs_without_waiting_for_the_timeout(schedulers: Any, pool: ThreadPoolExecutor) -> None:
     model = Model()
     queue = schedulers(batch_timeout_micros=3_600_000_000, max_batch_size=3).queue(model)  # an hour
+    learn(queue, 3)
     futures = [pool.submit(queue.submit, rows(float(i))) for i in range(3)]
     assert [future.result(_WAIT_S)["y"].tolist() for future in futures] == [[1.0], [11.0], [21.0]]
-    assert [len(call["x"]) for call in model.calls] == [3]
+    assert [len(call["x"]) for call in model.calls] == [3, 3]
+
+
+def test_a_batch_as_large_as_the_last_one_runs_without_waiting_for_the_timeout(schedulers: Any,
+                                                                                  pool: ThreadPoolExecutor) -> None:
+    """A steady load of k clients: each batch runs once its k-th request joins, not after the timeout."""
+    model = Model()
+    queue = schedulers(batch_timeout_micros=3_600_000_000, max_batch_size=8).queue(model)  # an hour
+    learn(queue, 2)
+    first = pool.submit(queue.submit, rows(1.0))
+    poll_until(lambda: (True if queue.waiting() else None, "not queued"), _WAIT_S, "the first request to wait")
+    assert not first.done() and len(model.calls) == 1  # 1 row of the 2 expected: it waits for another
+    second = pool.submit(queue.submit, rows(2.0))
+    assert [first.result(_WAIT_S)["y"].tolist(), second.result(_WAIT_S)["y"].tolist()] == [[11.0], [21.0]]
+    assert [len(call["x"]) for call in model.calls] == [2, 2]
+
+
+def test_a_client_left_alone_waits_the_timeout_once(schedulers: Any, pool: ThreadPoolExecutor) -> None:
+    model = Model()
+    queue = schedulers(batch_timeout_micros=200_000, max_batch_size=8).queue(model)
+    learn(queue, 3)
+    assert pool.submit(queue.submit, rows(1.0)).result(_WAIT_S)["y"].tolist() == [11.0]  # after the timeout
+    worker = threading.get_ident()
+    model_threads: list[int] = []
+    queue._run = lambda arrays: model_threads.append(threading.get_ident()) or model(arrays)  # type: ignore[method-assign]
+    assert queue.submit(rows(2.0))["y"].tolist() == [21.0]  # its last batch was 1 row: at once, in its own thread
+    assert model_threads == [worker]
+    assert [len(call["x"]) for call in model.calls] == [3, 1, 1]
 
 
 def test_allowed_batch_sizes_pad_with_the_last_requests_first_row(schedulers: Any, pool: ThreadPoolExecutor) -> None:
@@ -324,6 +357,7 @@ def test_stop_drains_queued_requests(pool: ThreadPoolExecutor) -> None:
     scheduler = BatchScheduler(BatchingOptions(num_batch_threads=1, batch_timeout_micros=3_600_000_000))
     model = Model()
     queue = scheduler.queue(model)
+    learn(queue, 2)
     future = pool.submit(queue.submit, rows(4.0))
     poll_until(lambda: (True if queue.waiting() else None, "not queued"), _WAIT_S, "the request to queue")
     scheduler.stop()  # the hour-long timeout does not hold it back
