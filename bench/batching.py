@@ -5,15 +5,15 @@ Two local-backend servers (the embedded TF Serving, as production runs it) serve
 one with ``--enable_batching --batching_parameters_file`` (the file is ``--parameters``, by default
 ``configs/serving/batching.config``). Each server is ``--serving_processes`` processes (``--serving-processes``,
 default 2: one per core here) with one TensorFlow op thread, 4 request threads and a CPU each
-(``--pin_serving_processes``); ``--serving-processes 1``
-measures TF Serving's single process (the rows before this flag existed). A server's CPU is its processes' sum. Each way is called with batch-1 requests from 1 and from 8 client threads:
-``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads: the floor),
-``servable``/``servable_batched`` (the server's own model call, :class:`Servable`, loaded in this process, without
-and with a batch queue of the same parameters: batching's own cost or gain, with no HTTP or gRPC),
+(``--pin_serving_processes``); ``--serving-processes 1`` measures TF Serving's single process (the rows before this
+flag existed). A server's CPU is its processes' sum. Each way is called with batch-1 requests from 1 and from 8
+client threads: ``in_process`` (the SavedModel's signature called in this process with the same TensorFlow threads:
+the floor), ``servable``/``servable_batched`` (the server's own model call, :class:`Servable`, loaded in this
+process, without and with a batch queue of the same parameters: batching's own cost or gain, with no HTTP or gRPC),
 ``rest``/``grpc`` on the plain server, ``rest_batched``/``grpc_batched`` on the batching one. At concurrency 1 the
-ways take turns call by call, in a new shuffled order each cycle (req/s there is 1 / mean latency); at 8 they alternate in rounds. Either way drift on
-a busy VM hits them alike. Each row also reports the CPU the server process and this (client) process
-used, in cores, which shows where the time goes.
+ways take turns call by call, in a new shuffled order each cycle (req/s there is 1 / mean latency); at 8 they
+alternate in rounds. Either way drift on a busy VM hits them alike. Each row also reports the CPU the server process
+and this (client) process used, in cores, which shows where the time goes.
 
 Which client produced which row (read this before comparing numbers across versions of this bench):
 
