@@ -91,6 +91,7 @@ class ModelServer:
     """
 
     def __init__(self, options: ServerOptions):
+        from pipeline.embedded_server.admin import LocalAdmin
         from pipeline.embedded_server.manager import ModelManager
 
         self.options = options
@@ -104,7 +105,8 @@ class ModelServer:
         self.metrics_path: str | None = None
         self._grpc: Any = None
         self._rest: Any = None
-        self.admin: Admin | None = None  # set by start(): this process's state, or every serving process's
+        # this process's state; start() replaces it with every serving process's under --serving_processes
+        self.admin: Admin = LocalAdmin(self.manager)
         self.group: ProcessGroup | None = None  # the first of several --serving_processes: the others
         self._peer: MemberPeer | None = None  # one of the others: its private port
         self._stop = threading.Event()
@@ -259,10 +261,7 @@ class ModelServer:
             return
         log.info("Model config file %s changed; applying it", self.options.model_config_file)
         try:
-            if self.admin is None:
-                self.manager.apply_config(config)
-            else:
-                self.admin.reload_config(config)  # with --serving_processes: in every process
+            self.admin.reload_config(config)  # with --serving_processes: in every process
         except ServingError as exc:
             log.error("Failed to apply model config file: %s", exc)
 
